@@ -1,0 +1,20 @@
+"""malm: image-to-recipe retrieval that trains on GPUs and runs on the edge.
+
+`from malm import Retriever` is the on-device API (no torch is imported).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["Retriever", "Hit", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `import malm` stays cheap and `malm.training` never drags in the SDK.
+    if name in ("Retriever", "Hit"):
+        from malm import sdk
+
+        return getattr(sdk, name)
+    raise AttributeError(name)

@@ -1,0 +1,243 @@
+"""The bundle: a directory that ships to a device, described by `manifest.json`.
+
+Light on purpose (stdlib only): the SDK reads it, export and edge_index write it.
+
+Layout (paths are relative to the bundle and must stay inside it):
+    manifest.json                 this schema, format_version FORMAT_VERSION
+    encoders/*.onnx, *.mlpackage  image (and recipe) encoders
+    index/recipes.hnsw            hnswlib index (settings live in the manifest: hnswlib does not save them)
+    index/recipes.sqlite          recipe store
+    rerank/*                      what local re-ranking needs
+    vocab.json                    the recipe tokenizer's vocabulary
+
+Manifest keys:
+    format, format_version, malm_version, created, updated
+    model        the training config (dict) the encoders come from, and its hash
+    preprocess   PreprocessConfig.to_dict()
+    embedding    {"dim": int, "metric": "cosine"}
+    files        {relpath: {"sha256": hex, "bytes": int}}; a directory (.mlpackage) is hashed as a tree
+    encoders     {name: {"file": relpath, "kind": "onnx"|"coreml"|"tensorrt-onnx", "role": "image"|"recipe"|"rerank",
+                         "precision": "fp32"|"int8"|"fp16"|..., "quality": {...}, ...}}
+    index        {"file", "store", "space", "dim", "M", "ef_construction", "ef_search", "count", "max_elements"}
+    rerank       {...} or absent
+    libraries    {name: version} at build time
+    quality      {variant: {"im2recipe": {...}, ...}} and export report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from malm import __version__
+from malm._atomic import fsync_dir, write_text_atomic
+from malm.errors import BundleError
+
+FORMAT = "malm-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+def sha256_path(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, or of a directory tree (relative names + contents, sorted)."""
+    h = hashlib.sha256()
+    total = 0
+    if path.is_dir():
+        for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+            rel = sub.relative_to(path).as_posix().encode()
+            h.update(len(rel).to_bytes(8, "little") + rel)
+            digest, size = sha256_path(sub)
+            h.update(bytes.fromhex(digest))
+            total += size
+        return h.hexdigest(), total
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            total += len(chunk)
+    return h.hexdigest(), total
+
+
+def safe_relpath(root: Path, rel: str) -> Path:
+    """Resolve `rel` inside `root`, refusing absolute paths, `..` and links that escape."""
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
+        raise BundleError(f"bundle {root}: manifest names a file outside the bundle: {rel!r}")
+    full = (root / p).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise BundleError(f"bundle {root}: manifest names a file outside the bundle: {rel!r}")
+    return full
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and check the manifest's shape and version (not the file hashes: see verify)."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle {root}: not a directory")
+    if not path.is_file():
+        raise BundleError(f"bundle {root}: no {MANIFEST} (is this a malm bundle?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"bundle {root}: {MANIFEST} is not a malm bundle manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {root}: format version {version!r} is not supported by malm {__version__} "
+            f"(expects {FORMAT_VERSION}); re-export the bundle with this malm version"
+        )
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise BundleError(f"bundle {root}: manifest 'files' must be an object")
+    for rel, entry in files.items():
+        safe_relpath(root, rel)
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
+            raise BundleError(f"bundle {root}: manifest entry for {rel!r} needs 'sha256' and 'bytes'")
+    return manifest
+
+
+def verify(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check every listed file exists with its recorded size and sha256. Returns the manifest."""
+    root = Path(root)
+    manifest = manifest if manifest is not None else read_manifest(root)
+    for rel, entry in manifest.get("files", {}).items():
+        path = safe_relpath(root, rel)
+        if not path.exists():
+            raise BundleError(f"bundle {root}: missing file {rel}")
+        digest, size = sha256_path(path)
+        if size != entry["bytes"]:
+            raise BundleError(f"bundle {root}: {rel} has {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
+        if digest != entry["sha256"]:
+            raise BundleError(f"bundle {root}: {rel} does not match its sha256 in the manifest (tampered or corrupted)")
+    return manifest
+
+
+def new_manifest() -> dict[str, Any]:
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "malm_version": __version__, "created": now,
+            "files": {}, "encoders": {}, "libraries": {}, "quality": {}}
+
+
+class BundleWriter:
+    """Exclusive, crash-safe writes into a bundle.
+
+    Holds an advisory lock (`.lock`, flock) for its lifetime so a second writer waits (up to
+    `timeout` s) or is refused; files are staged via temp + rename and the manifest is replaced
+    atomically last, so a kill at any point leaves the previous manifest and files valid.
+    Replaced files are written under a new name first when the old one is still referenced.
+
+        with BundleWriter(path) as bw:
+            bw.add_file(src, "encoders/image_int8.onnx")
+            bw.manifest["encoders"]["image_int8"] = {...}
+        # manifest committed on exit without an exception
+    """
+
+    def __init__(self, root: str | os.PathLike[str], timeout: float = 30.0) -> None:
+        self.root = Path(root)
+        self.timeout = timeout
+        self._lock_fd: int | None = None
+        self.manifest: dict[str, Any] = {}
+
+    def __enter__(self) -> BundleWriter:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+                    raise BundleError(f"bundle {self.root}: another malm process is writing it (lock held)") from None
+                time.sleep(0.1)
+        self.manifest = read_manifest(self.root) if (self.root / MANIFEST).exists() else new_manifest()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+        finally:
+            if self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def path(self, rel: str) -> Path:
+        return safe_relpath(self.root, rel)
+
+    def add_file(self, src: str | os.PathLike[str], rel: str, move: bool = False) -> str:
+        """Copy (or move) a file or directory into the bundle at `rel`, atomically, and record its hash."""
+        src = Path(src)
+        dest = self.path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.with_name(f".{dest.name}.staging")
+        if staging.exists():
+            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+        if move:
+            shutil.move(str(src), staging)
+        elif src.is_dir():
+            shutil.copytree(src, staging)
+        else:
+            shutil.copyfile(src, staging)
+        self._fsync_tree(staging)
+        if dest.is_dir():
+            # A directory cannot be renamed over a non-empty one: swap via a trash name.
+            trash = dest.with_name(f".{dest.name}.old")
+            if trash.exists():
+                shutil.rmtree(trash)
+            os.replace(dest, trash)
+            os.replace(staging, dest)
+            shutil.rmtree(trash)
+        else:
+            os.replace(staging, dest)
+        fsync_dir(dest.parent)
+        self.record(rel)
+        return rel
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        write_text_atomic(self.path(rel), json.dumps(obj, indent=2, sort_keys=True))
+        self.record(rel)
+        return rel
+
+    def record(self, rel: str) -> None:
+        """(Re)hash a file already written in place at `rel` (e.g. through atomic_path)."""
+        digest, size = sha256_path(self.path(rel))
+        self.manifest.setdefault("files", {})[rel] = {"sha256": digest, "bytes": size}
+
+    def forget(self, rel: str) -> None:
+        self.manifest.get("files", {}).pop(rel, None)
+
+    def update(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        fn(self.manifest)
+
+    def commit(self) -> None:
+        self.manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        write_text_atomic(self.root / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+
+    @staticmethod
+    def _fsync_tree(path: Path) -> None:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for f in files:
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def open_for_write(root: str | os.PathLike[str], timeout: float = 30.0) -> Iterator[BundleWriter]:
+    with BundleWriter(root, timeout=timeout) as bw:
+        yield bw

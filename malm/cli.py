@@ -1,0 +1,62 @@
+"""The `malm` command line: a thin face over the library.
+
+Each command lives in `malm/commands/<part>.py` and imports its heavy machinery (torch, onnx, …)
+inside its body, so `malm --help` and `malm query` start fast and never import torch.
+
+    malm data synth OUT --recipes 10000 --seed 0
+    malm train --data DATA --preset malm-tiny --out runs/malm
+    malm export --checkpoint runs/malm --target onnx --int8 --data DATA --bundle bundle/
+    malm query photo.jpg --bundle bundle/
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from malm.errors import MalmError
+
+app = typer.Typer(
+    name="malm",
+    help="Image-to-recipe retrieval: train, evaluate, export, index and query.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Order here is the order in `malm --help`.
+    from malm.commands import bench, data, demo, evaluate, export, index, query, train
+
+    for module in (demo, data, train, evaluate, export, index, query, bench):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear line and exit 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except MalmError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors carry their own exit codes
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One module per CLI part; each defines `register(app)` and keeps heavy imports inside commands."""

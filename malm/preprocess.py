@@ -1,0 +1,121 @@
+"""Image preprocessing shared by training (eval transform) and the on-device SDK.
+
+Numpy + Pillow only, driven by a `PreprocessConfig` that the bundle's manifest stores, so the
+device sees exactly the pixels the model was evaluated on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 224  # side of the square crop the encoder sees
+    resize: int = 256  # shorter side before cropping (Recipe1M: 256 → crop 224)
+    crop: str = "center"  # "center" at eval; training uses a random crop of the same size
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    max_pixels: int = field(default=64_000_000)  # refuse decompression bombs above this
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or self.resize < self.size:
+            raise ValueError(f"preprocess: need 0 < size <= resize, got size={self.size} resize={self.resize}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"preprocess: unknown interpolation {self.interpolation!r}; one of {sorted(_INTERPOLATIONS)}")
+        if self.crop not in ("center",):
+            raise ValueError(f"preprocess: unknown crop {self.crop!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ValueError("preprocess: mean and std need 3 values, std > 0")
+
+    @classmethod
+    def for_size(cls, size: int, **kw: Any) -> PreprocessConfig:
+        """The Recipe1M recipe (resize 256, crop 224) scaled to another input size."""
+        return cls(size=size, resize=round(size * 256 / 224), **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for k in ("mean", "std"):
+            if k in known:
+                known[k] = tuple(float(v) for v in known[k])
+        return cls(**known)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, RGBA, P, CMYK, I;16, …) to RGB; alpha is composited on white.
+
+    EXIF orientation is applied first so a phone photo is upright.
+    """
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        hi = max(float(arr.max()), 1.0)
+        scale = 255.0 / (65535.0 if hi > 255 else 255.0)
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        arr = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_shorter(image: Image.Image, side: int, interpolation: str) -> Image.Image:
+    w, h = image.size
+    if min(w, h) == side:
+        return image
+    if w <= h:
+        new = (side, max(side, round(h * side / w)))
+    else:
+        new = (max(side, round(w * side / h)), side)
+    return image.resize(new, _INTERPOLATIONS[interpolation])
+
+
+def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    left = (width - size) // 2
+    top = (height - size) // 2
+    return left, top, left + size, top + size
+
+
+def normalize(rgb_uint8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """HWC uint8 → CHW float32, scaled to [0, 1] then normalized by mean/std."""
+    x = rgb_uint8.astype(np.float32) / 255.0
+    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The deployment (and evaluation) transform: RGB → resize shorter side → center crop → normalize."""
+    rgb = to_rgb(image)
+    rgb = resize_shorter(rgb, cfg.resize, cfg.interpolation)
+    rgb = rgb.crop(center_crop_box(*rgb.size, cfg.size))
+    return normalize(np.asarray(rgb, dtype=np.uint8), cfg)

@@ -40,7 +40,10 @@ _register()
 def main() -> None:
     """Console entry point: user errors print one clear line and exit 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        # With standalone_mode=False a `typer.Exit(n)` comes back as the return value, not as an exception.
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except MalmError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -52,7 +55,8 @@ def main() -> None:
     except Exception as e:  # click usage errors carry their own exit codes
         import click
 
-        if isinstance(e, click.ClickException):
+        # typer >= 0.2x vendors its own click: recognize a usage error by its interface, not its class.
+        if isinstance(e, click.ClickException) or (hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int)):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -100,6 +100,25 @@ def resize_shorter(image: Image.Image, side: int, interpolation: str) -> Image.I
     return image.resize(new, _INTERPOLATIONS[interpolation])
 
 
+MAX_ASPECT = 4.0
+
+
+def limit_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """Center-crop a very long image (e.g. 1x20000) to `max_aspect` before resizing.
+
+    Only the central square survives the center crop anyway; without this, resizing the shorter side
+    up would allocate a gigantic image. Ordinary photos (aspect <= 4) are untouched.
+    """
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    if long <= short * max_aspect:
+        return image
+    keep = max(1, round(short * max_aspect))
+    off = (long - keep) // 2
+    box = (off, 0, off + keep, h) if w > h else (0, off, w, off + keep)
+    return image.crop(box)
+
+
 def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     left = (width - size) // 2
     top = (height - size) // 2
@@ -108,14 +127,14 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
 
 def normalize(rgb_uint8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """HWC uint8 → CHW float32, scaled to [0, 1] then normalized by mean/std."""
-    x = rgb_uint8.astype(np.float32) / 255.0
+    x: np.ndarray = rgb_uint8.astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
 def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """The deployment (and evaluation) transform: RGB → resize shorter side → center crop → normalize."""
-    rgb = to_rgb(image)
+    rgb = limit_aspect(to_rgb(image))
     rgb = resize_shorter(rgb, cfg.resize, cfg.interpolation)
     rgb = rgb.crop(center_crop_box(*rgb.size, cfg.size))
     return normalize(np.asarray(rgb, dtype=np.uint8), cfg)

@@ -1,9 +1,92 @@
-"""`malm bench` commands (placeholder until its issue lands)."""
+"""`malm bench`: speed, size and scale benchmarks (the code lives in the repo's `benchmarks/` folder).
+
+    malm bench --quick                          # smoke run, a minute or two, small sizes
+    malm bench --out benchmarks/results         # the full run README quotes (~15 min on 2 cores)
+    malm bench --bundle B --checkpoint RUN      # measure an existing model instead of a tiny built one
+    malm bench --only index --index-sizes 10000,100000
+
+`benchmarks/` sits at the repository root, not inside the installed package: benchmark code, results
+and their history belong to the source tree (and the wheel a device installs stays small), so this
+command finds the folder beside the `malm` package of a source checkout (editable install), or in
+the current directory.
+"""
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+
 import typer
+
+from malm.errors import MalmError
+
+
+def _repo_root() -> Path:
+    """The checkout holding `benchmarks/suite/`, put first on sys.path so that copy is the one imported."""
+    import malm
+
+    for root in (Path(malm.__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "benchmarks" / "suite" / "runner.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return root
+    raise MalmError("malm bench needs the benchmarks/ folder of a malm source checkout "
+                    "(git clone the repository and `pip install -e '.[all,bench]'`); it is not part of the installed package")
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v.replace("_", "")) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise MalmError(f"bench: {name} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise MalmError(f"bench: {name} is empty")
+    return values
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("bench")
+    def bench(
+        quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke test of the benchmark code (numbers not quotable)."),
+        out: Path | None = typer.Option(None, "--out", help="Where bench.json and bench.md go [default: benchmarks/results, or benchmarks/results/quick with --quick]."),
+        work: Path | None = typer.Option(None, "--work", help="Built data/model/bundle and scratch, reused on a re-run [default: runs/bench or runs/bench-quick]."),
+        bundle: Path | None = typer.Option(None, "--bundle", help="Measure this bundle instead of building a tiny one."),
+        checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Training run of the bundle's model (the torch teacher)."),
+        data: Path | None = typer.Option(None, "--data", help="Dataset (Recipe1M layout) for building and calibration."),
+        only: str = typer.Option("", "--only", help="Comma-separated sections to run (others are kept from an existing bench.json): "
+                                 "peak,bundle,latency,encoder,cold_start,training,index."),
+        threads: str = typer.Option("1,2", "--threads", help="Thread counts for latency."),
+        index_sizes: str = typer.Option("", "--index-sizes", help="Index sizes [default: 10000,100000,1000000; quick: 500,2000]."),
+        index_dim: int | None = typer.Option(None, "--index-dim", help="Vector dim for the index section [default: the model's]."),
+        deploy_recipes: int = typer.Option(100_000, "--deploy-recipes", help="Recipes in the deployment-size bundle (latency, cold start) [full runs]."),
+        budget_min: float = typer.Option(15.0, "--budget-min", help="Soft time limit: slow optional peer builds are skipped past it."),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Benchmark query latency, encoder throughput, index at scale, training and bundle size."""
+        root = _repo_root()
+        from benchmarks.suite.context import SECTIONS, BenchOptions
+        from benchmarks.suite.runner import failed_sections, run
+        from benchmarks.suite.targets import evaluate  # noqa: F401  (fail early if the suite is broken)
+
+        sections = tuple(s.strip() for s in only.split(",") if s.strip()) or SECTIONS
+        options = BenchOptions(
+            out=out or root / "benchmarks" / "results" / ("quick" if quick else ""),
+            work=work or root / "runs" / ("bench-quick" if quick else "bench"),
+            quick=quick, bundle=bundle, checkpoint=checkpoint, data=data, sections=sections,
+            threads=_ints(threads, "--threads"),
+            index_sizes=_ints(index_sizes, "--index-sizes") if index_sizes else
+            ((500, 2000) if quick else (10_000, 100_000, 1_000_000)),
+            index_dim=index_dim, deploy_recipes=deploy_recipes, budget_s=budget_min * 60, seed=seed,
+            command="malm bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []),
+        )
+        results = run(options)
+        typer.echo(f"wrote {options.out / 'bench.json'} and {options.out / 'bench.md'} in {results['duration_s']:.0f} s")
+        for t in results.get("targets", []):
+            mark = {True: "met", False: "MISSED", None: "n/a"}[t["passed"]]
+            ratio = "" if t["ratio"] is None else f" (ratio {t['ratio']:.2f})"
+            typer.echo(f"  [{mark}] {t['target']}: {t['measured']}{ratio}, goal {t['goal']}")
+        failed = failed_sections(results)
+        if failed:
+            typer.echo(f"error: benchmark section(s) failed: {', '.join(failed)} (details in bench.json)", err=True)
+            raise typer.Exit(1)

@@ -1,9 +1,108 @@
-"""`malm evaluate` commands (placeholder until its issue lands)."""
+"""`malm eval`: the Recipe1M retrieval protocol on saved embeddings or on a checkpoint.
+
+    malm eval --embeddings emb.npz [--protocol ht|tfood] [--size 1000 --size 10000] [--seed 0] [--json]
+    malm eval --checkpoint runs/malm --data DATA [--split test] [--tag best] [--json]
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from malm.errors import MalmError
+
+
+def _load_npz(path: Path):  # -> tuple[np.ndarray, np.ndarray]
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("image", "recipe") if k not in z.files]
+            if missing:
+                raise MalmError(f"{path}: missing array(s) {', '.join(missing)} (found: {', '.join(z.files) or 'none'}); "
+                                "expected `image` and `recipe`, row i of each a pair")
+            return z["image"], z["recipe"]
+    except FileNotFoundError:
+        raise MalmError(f"{path}: file not found") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise MalmError(f"{path}: not a readable .npz of numeric arrays ({e})") from None
+
+
+def _print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from malm.training.evaluate import METRICS
+
+    table = Table(title=f"protocol {result['protocol']} · {result['n']} pairs · seed {result['seed']}")
+    for col in ("direction", "size", "subsets", *METRICS):
+        table.add_column(col, justify="left" if col in ("direction", "size") else "right")
+    for direction in ("im2recipe", "recipe2im"):
+        for key, entry in result[direction].items():
+            cells = []
+            for m in METRICS:
+                fmt = "{:.1f}" if m == "medR" else "{:.2f}"
+                std = entry.get(f"{m}_std", 0.0)
+                cells.append(fmt.format(entry[m]) + (f" ± {fmt.format(std)}" if std else ""))
+            table.add_row(direction, key, str(entry["subsets"]), *cells)
+    console = Console()
+    console.print(table)
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+
+
+def eval_command(
+    embeddings: Path | None = typer.Option(None, "--embeddings", help=".npz with arrays `image` and `recipe` [N, D]"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Run folder to embed --data with"),
+    data: Path | None = typer.Option(None, "--data", help="Recipe1M-layout folder (with --checkpoint)"),
+    split: str = typer.Option("test", "--split", help="Split to embed (with --checkpoint)"),
+    tag: str = typer.Option("best", "--tag", help="Checkpoint tag: best or last"),
+    device: str = typer.Option("cpu", "--device", help="Torch device for --checkpoint"),
+    save: Path | None = typer.Option(None, "--save", help="Also write the embeddings (and ids) to this .npz"),
+    protocol: str = typer.Option("ht", "--protocol", help="ht: 10 random subsets; tfood: disjoint bags"),
+    size: list[int] | None = typer.Option(None, "--size", help="Subset size (repeatable); default 1k and 10k"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subset sampling"),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout"),
+) -> None:
+    """Image→recipe and recipe→image medR and R@1/5/10 (percent) on 1k/10k subsets."""
+    import numpy as np
+
+    from malm.training.evaluate import PROTOCOLS, retrieval_metrics
+
+    if protocol not in PROTOCOLS:
+        raise MalmError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if (embeddings is None) == (checkpoint is None):
+        raise MalmError("give exactly one source: --embeddings FILE.npz or --checkpoint RUN --data DIR")
+    ids = None
+    if embeddings is not None:
+        if data is not None:
+            raise MalmError("--data goes with --checkpoint, not with --embeddings")
+        image_emb, recipe_emb = _load_npz(embeddings)
+    else:
+        if data is None:
+            raise MalmError("--checkpoint needs --data DIR (the Recipe1M-layout folder to embed)")
+        from malm.training.embed import embed_split
+
+        typer.echo(f"embedding {data} split {split} with {checkpoint} ({tag}) on {device}", err=True)
+        image_emb, recipe_emb, ids = embed_split(checkpoint, data, split=split, tag=tag, device=device)
+    if save is not None:
+        from malm._atomic import atomic_path
+
+        arrays = {"image": np.asarray(image_emb), "recipe": np.asarray(recipe_emb)}
+        if ids is not None:
+            arrays["ids"] = np.asarray([str(i) for i in ids])
+        with atomic_path(save) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    result = retrieval_metrics(image_emb, recipe_emb, sizes=size or None, protocol=protocol, seed=seed)
+    if json_out:
+        typer.echo(json.dumps(result, indent=1))
+    else:
+        _print_table(result)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("eval")(eval_command)

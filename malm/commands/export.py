@@ -1,9 +1,53 @@
-"""`malm export` commands (placeholder until its issue lands)."""
+"""`malm export`: distil the edge student and export it (and the recipe encoder) into a bundle.
+
+    malm export --checkpoint runs/ht --target onnx --int8 --data data/bench --bundle bundle/
+    malm export --checkpoint runs/ht --target coreml --weights palettize6 --data data/bench --bundle bundle/
+    malm export --checkpoint runs/ht --target tensorrt --int8 --data data/bench --bundle bundle/
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("export", help="Distil, quantize and export encoders (onnx | tensorrt | coreml) into a bundle.")(export)
+
+
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="training run directory (config.json, *.safetensors)"),
+    target: str = typer.Option(..., "--target", help="onnx | tensorrt | coreml"),
+    data: Path = typer.Option(..., "--data", help="benchmark / Recipe1M data: train images distil and calibrate, "
+                                                  "test images measure quality"),
+    bundle: Path = typer.Option(..., "--bundle", help="output bundle directory (created or updated)"),
+    student: str = typer.Option("efficientnet-lite0", "--student", help="efficientnet-lite0 | none (teacher's own)"),
+    int8: bool = typer.Option(False, "--int8", help="add an int8 QDQ model (onnx, tensorrt)"),
+    calib_images: int | None = typer.Option(None, "--calib-images", help="int8 calibration images [default: 500]"),
+    distill_epochs: int | None = typer.Option(None, "--distill-epochs", help="student distillation epochs [default: 10]"),
+    image_size: int | None = typer.Option(None, "--image-size", help="student input side [default: the teacher's]"),
+    weights: str | None = typer.Option(None, "--weights", help="coreml weight compression: int8 | palettize6 | none"),
+    tag: str = typer.Option("best", "--tag", help="checkpoint tag (best | last)"),
+    recipe_encoder: bool | None = typer.Option(None, "--recipe-encoder/--no-recipe-encoder",
+                                               help="also export the recipe encoder (onnx) [default: yes]"),
+    tokens: bool = typer.Option(False, "--tokens", help="also output (and distil) patch tokens for re-ranking"),
+    eval_images: int | None = typer.Option(None, "--eval-images", help="test images for the report [default: 1000]"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
+) -> None:
+    from malm.export.registry import ExportOptions
+
+    # Validate before any heavy import: a wrong flag answers instantly.
+    options = ExportOptions(target=target, student=student, int8=int8, calib_images=calib_images,
+                            distill_epochs=distill_epochs, image_size=image_size, weights=weights, tag=tag,
+                            recipe_encoder=recipe_encoder, tokens=tokens, eval_images=eval_images)
+    from malm.export.exporter import ExportRequest, run_export
+    from malm.export.report import to_markdown
+
+    report = run_export(ExportRequest(checkpoint=checkpoint, data_dir=data, bundle=bundle, options=options),
+                        log=lambda m: typer.echo(m, err=True))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        typer.echo(to_markdown(report))

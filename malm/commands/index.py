@@ -1,9 +1,218 @@
-"""`malm index` commands (placeholder until its issue lands)."""
+"""`malm index build | add | remove`: the bundle's recipe index (hnswlib) and recipe store (SQLite).
+
+    malm index build --checkpoint runs/malm --recipes data/ --bundle bundle/ --split test
+    malm index add --bundle bundle/ --recipes new.jsonl            # ONNX recipe encoder in the bundle, no torch
+    malm index remove --bundle bundle/ --ids 000018c8a5 00003a70b1
+
+The torch recipe encoder is imported only when --checkpoint is given.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from malm.errors import MalmError
+
+index_app = typer.Typer(help="Build and update a bundle's recipe index.", no_args_is_help=True,
+                        pretty_exceptions_show_locals=False)
+
+SPLITS = ("all", "train", "val", "test")
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields `advance(n)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=not console.is_terminal) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], Any]:
+    """Records from a Recipe1M folder or a JSONL file, with per-reason skip counts."""
+    from malm.edge_index.records import ReadReport, RecipeRecord, dedupe, iter_jsonl
+
+    report = ReadReport()
+    if split not in SPLITS:
+        raise MalmError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if source.is_dir():
+        from malm.training.data import load_recipe1m
+
+        data = load_recipe1m(source, strict=strict)
+        for reason, n in data.stats.skipped.items():
+            report.skipped[reason] += n
+        records = [RecipeRecord(id=r.id, title=r.title, ingredients=tuple(r.ingredients),
+                                instructions=tuple(r.instructions), url=r.url or "",
+                                names=tuple(r.det_ingredients))
+                   for r in data.recipes if split == "all" or r.partition == split]
+        report.read = len(records)
+    elif source.is_file():
+        records = list(iter_jsonl(source, report, strict=strict, split=split))
+    else:
+        raise MalmError(f"recipes {source}: no such file or folder")
+    return list(dedupe(records, report, strict=strict)), report
+
+
+def torch_recipe_encoder(run_dir: Path, tag: str = "best", tokens: bool = False) -> Callable[[Any], Any]:
+    """`encode_fn` over the trained torch recipe encoder of a run (embeddings, and token features if asked)."""
+    import numpy as np
+    import torch
+
+    from malm.edge_index.builder import Encoded
+    from malm.text import encode_recipe
+    from malm.training.checkpoint import load_model
+
+    loaded = load_model(run_dir, tag=tag)
+    limits = loaded.config.data.limits()
+    model = loaded.model
+
+    def encode(records: Any) -> Any:
+        arrays = [encode_recipe(r.title, r.ingredients, r.instructions, loaded.vocab, limits) for r in records]
+        batch = {k: torch.from_numpy(np.stack([a[k] for a in arrays]).astype(np.int64))
+                 for k in ("title", "ingredients", "instructions")}
+        with torch.inference_mode():
+            if not tokens:
+                return model.encode_recipe(**batch).float().numpy()
+            feats = model.recipe_features(**batch)
+            emb = torch.nn.functional.normalize(feats.embedding.float(), dim=-1).numpy()
+            toks = [t[m].float().numpy() for t, m in zip(feats.tokens, feats.token_mask.bool(), strict=True)]
+            return Encoded(emb, toks)
+
+    return encode
+
+
+def _check_checkpoint(bundle: Path, run: Path, tag: str) -> str:
+    """sha256 of the run's weights; refuse a bundle whose encoders were exported from other weights
+    (recipe and image embeddings of two different models do not live in the same space)."""
+    from malm.bundle import MANIFEST, read_manifest, sha256_path
+
+    weights = run / f"{tag}.safetensors"
+    if not weights.is_file():
+        raise MalmError(f"checkpoint {run}: no {tag}.safetensors (is this a training run directory?)")
+    digest, _ = sha256_path(weights)
+    if (bundle / MANIFEST).is_file():
+        exported = (read_manifest(bundle).get("model") or {}).get("checkpoint_sha256")
+        if exported and exported != digest:
+            raise MalmError(f"bundle {bundle}: its encoders were exported from other weights than {weights} "
+                            f"(sha256 {exported[:12]}… vs {digest[:12]}…); index with the checkpoint you exported")
+    return digest
+
+
+def _echo_report(report: Any, bundle: Path, verb: str, json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+        return
+    skipped = ", ".join(f"{k}={v}" for k, v in sorted(report.read.skipped.items()))
+    typer.echo(f"{verb} {report.indexed or report.removed} recipes; the index of {bundle} now holds {report.count}"
+               + (f" (skipped: {skipped})" if skipped else "")
+               + (f" (not found: {', '.join(report.not_found)})" if report.not_found else ""))
+
+
+@index_app.command("build")
+def build_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Training run directory (its recipe encoder)"),
+    recipes: Path = typer.Option(..., "--recipes", help="Recipe1M-layout folder or a JSONL file (one recipe a line)"),
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle directory to write the index into"),
+    m: int = typer.Option(32, "--M", help="hnswlib graph degree"),
+    ef_construction: int = typer.Option(200, "--ef-construction", help="hnswlib build beam width"),
+    ef_search: int = typer.Option(128, "--ef-search", help="hnswlib query beam width (stored in the manifest)"),
+    batch_size: int = typer.Option(256, "--batch-size", help="Recipes encoded per batch"),
+    split: str = typer.Option("all", "--split", help="Which partition to index: all, train, val or test"),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record instead of skipping it"),
+    tag: str = typer.Option("best", "--tag", help="Checkpoint tag: best or last"),
+    rerank_tokens: bool = typer.Option(False, "--rerank-tokens",
+                                       help="Also store recipe token features for --rerank (fp16, grows the bundle)"),
+    matching_head: Path | None = typer.Option(None, "--matching-head",
+                                              help="Matching-head ONNX to re-rank with (else late interaction)"),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
+) -> None:
+    """Encode recipes with the trained recipe encoder and (re)build the bundle's index and store."""
+    from malm.edge_index.builder import build_index
+    from malm.edge_index.hnsw import IndexSettings
+
+    try:  # validate the settings before the slow encoding
+        IndexSettings(dim=1, M=m, ef_construction=ef_construction, ef_search=ef_search)
+    except ValueError as e:
+        raise MalmError(str(e)) from None
+    if matching_head is not None and not matching_head.is_file():
+        raise MalmError(f"--matching-head {matching_head}: file not found")
+    digest = _check_checkpoint(bundle, checkpoint, tag)
+    records, read = _read_recipes(recipes, split, strict)
+    encode = torch_recipe_encoder(checkpoint, tag, tokens=rerank_tokens or matching_head is not None)
+    extra = {"checkpoint": {"run": str(checkpoint), "tag": tag, "sha256": digest}, "recipes": str(recipes),
+             "split": split}
+    with _progress(len(records), "encoding recipes") as advance:
+        report = build_index(bundle, records, encode, M=m, ef_construction=ef_construction, ef_search=ef_search,
+                             batch_size=batch_size, progress=advance, report=read, extra=extra)
+    if matching_head is not None:
+        from malm.bundle import BundleWriter
+
+        with BundleWriter(bundle) as bw:
+            bw.add_file(matching_head, "encoders/matching_head.onnx")
+            bw.manifest["encoders"]["matching_head"] = {"file": "encoders/matching_head.onnx", "kind": "onnx",
+                                                        "role": "rerank", "precision": "fp32"}
+            bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head",
+                                     "model": "encoders/matching_head.onnx"}
+    _echo_report(report, bundle, "indexed", json_out)
+
+
+@index_app.command("add")
+def add_command(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle directory with an index"),
+    recipes: Path = typer.Option(..., "--recipes", help="JSONL file, one recipe a line"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint",
+                                           help="Encode with this run's torch model (default: the bundle's ONNX)"),
+    tag: str = typer.Option("best", "--tag", help="Checkpoint tag: best or last"),
+    batch_size: int = typer.Option(256, "--batch-size", help="Recipes encoded per batch"),
+    replace: bool = typer.Option(False, "--replace", help="Re-index recipes whose id is already in the index"),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record instead of skipping it"),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
+) -> None:
+    """Add recipes to the index, atomically (a crash leaves the previous bundle intact)."""
+    from malm.bundle import read_manifest
+    from malm.edge_index.builder import add_recipes
+
+    manifest = read_manifest(bundle)
+    if not recipes.is_file():
+        raise MalmError(f"recipes {recipes}: file not found (index add reads a JSONL file)")
+    records, read = _read_recipes(recipes, "all", strict)
+    if checkpoint is not None:
+        _check_checkpoint(bundle, checkpoint, tag)
+        encode = torch_recipe_encoder(checkpoint, tag, tokens=bool(manifest.get("rerank")))
+    else:
+        from malm.sdk.bundle_loader import open_bundle
+        from malm.sdk.recipe_encoder import OnnxRecipeEncoder
+
+        encode = OnnxRecipeEncoder(open_bundle(bundle))
+    with _progress(len(records), "encoding recipes") as advance:
+        report = add_recipes(bundle, records, encode, batch_size=batch_size, progress=advance, report=read,
+                             replace_existing=replace)
+    _echo_report(report, bundle, "added", json_out)
+
+
+@index_app.command("remove")
+def remove_command(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle directory with an index"),
+    ids: list[str] = typer.Option(..., "--ids", help="Recipe ids to remove (--ids A B C)"),
+    more: list[str] | None = typer.Argument(None, hidden=True),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
+) -> None:
+    """Remove recipes by id, atomically; their index slots are reused by later adds."""
+    from malm.edge_index.builder import remove_recipes
+
+    report = remove_recipes(bundle, [*ids, *(more or [])])
+    _echo_report(report, bundle, "removed", json_out)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(index_app, name="index")

@@ -1,9 +1,105 @@
-"""`malm query` commands (placeholder until its issue lands)."""
+"""`malm query PHOTO... --bundle DIR`: the top recipes for food photos, on this machine.
+
+    malm query dinner.jpg --bundle bundle/ -k 5
+    MALM_BUNDLE=bundle/ malm query photos/ --json --exclude-ingredient peanut
+
+No torch on this path (the SDK is numpy + ONNX Runtime + hnswlib), so it starts fast on a device.
+Exit status: 0 all answered, 1 some photo could not be read (the others are still answered), 2 a user
+error such as a missing or tampered bundle.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from malm.errors import MalmError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def expand_photos(photos: list[Path]) -> list[tuple[str, Path | None, str | None]]:
+    """(name, path, error) in the order given; a folder expands to its images, sorted."""
+    out: list[tuple[str, Path | None, str | None]] = []
+    for p in photos:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                out.append((str(p), None, f"folder {p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+            out.extend((str(f), f, None) for f in found)
+        else:
+            out.append((str(p), p, None))
+    return out
+
+
+def _table(photo: str, hits: list[Any]) -> Any:
+    from rich.table import Table
+
+    from malm.edge_index.records import ingredient_names
+
+    table = Table(title=photo, title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("title")
+    table.add_column("main ingredients")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.title, ", ".join(ingredient_names(h.ingredients)[:5]))
+    return table
+
+
+def query_command(
+    photos: list[Path] = typer.Argument(..., help="Photos and/or folders of photos"),
+    bundle: Path = typer.Option(..., "--bundle", envvar="MALM_BUNDLE", help="Bundle directory (or $MALM_BUNDLE)"),
+    k: int = typer.Option(10, "-k", "--k", help="Recipes per photo"),
+    rerank: bool = typer.Option(False, "--rerank", help="Re-score the top candidates with token-level matching"),
+    exclude: list[str] | None = typer.Option(None, "--exclude-ingredient",
+                                             help="Leave out recipes with this ingredient (repeatable)"),
+    json_out: bool = typer.Option(False, "--json", help="JSON on stdout instead of tables"),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, tensorrt or coreml"),
+    variant: str = typer.Option("auto", "--variant", help="Image encoder: auto, int8 or fp32"),
+    threads: int | None = typer.Option(None, "--threads", help="Encoder threads (default: the runtime's)"),
+) -> None:
+    """Find the recipes that match food photos, with the bundle's on-device encoder and index."""
+    from malm.sdk import Retriever
+
+    if k < 1:
+        raise MalmError(f"-k must be >= 1, got {k}")
+    retriever = Retriever.load(bundle, backend=backend, variant=variant, threads=threads)
+    items = expand_photos(photos)
+    readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]
+    answers = retriever.search_batch([str(path) for _, path in readable], k=k, rerank=rerank,
+                                     exclude_ingredients=exclude or ())
+    by_item: dict[int, Any] = {i: ans for (i, _), ans in zip(readable, answers, strict=True)}
+    results: list[dict[str, Any]] = []
+    failed = False
+    for i, (name, _, err) in enumerate(items):
+        ans = by_item.get(i, MalmError(err or "not read"))
+        if isinstance(ans, MalmError):
+            failed = True
+            results.append({"photo": name, "hits": [], "error": str(ans), "_hits": []})
+        else:
+            results.append({"photo": name, "hits": [h.to_dict() for h in ans], "error": None, "_hits": ans})
+    if json_out:
+        payload = {"results": [{k_: v for k_, v in r.items() if k_ != "_hits"} for r in results]}
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+    else:
+        from rich.console import Console
+
+        out, err_console = Console(), Console(stderr=True)
+        for r in results:
+            if r["error"]:
+                err_console.print(f"[red]error[/red]: {r['error']}", highlight=False)
+            else:
+                out.print(_table(r["photo"], r["_hits"]))
+    if failed:
+        # SystemExit, not typer.Exit: `malm.cli.main` runs click with standalone_mode=False, where an Exit's
+        # code is returned (and dropped) instead of becoming the process status.
+        sys.exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("query")(query_command)

@@ -1,0 +1,277 @@
+"""What each part of MALM buys: H-T vs TNLBT vs MALM and MALM's ablations, same data, same CPU time.
+
+    python benchmarks/ablation.py --quick                        # smoke test, ~1–2 minutes
+    python benchmarks/ablation.py --minutes 4                    # the real table (generates 10k recipes)
+    python benchmarks/ablation.py --data data/synth --minutes 4 --methods ht-tiny malm-tiny
+
+Every method trains through the real trainer (`malm.training.train.run`, what `malm train` calls) on the
+same procedural benchmark. "Same CPU time" is enforced by calibration: each method first runs a few
+steps to measure its seconds per step, then gets as many whole epochs as fit its budget (at least one),
+with the full warm-up + cosine schedule over them; the measured training time is reported next to the
+metrics, so any unfairness left by whole-epoch rounding is visible. Validation runs only once, at the end,
+and the `last` checkpoint is evaluated on the test split: 1k image→recipe (and recipe→image) medR and
+R@1/5/10, H-T protocol (10 random 1k subsets, seeded), or all test pairs when there are fewer than 1k.
+
+Results: `benchmarks/results/ablation.json` and `.md` (atomic writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from malm._atomic import write_text_atomic  # noqa: E402
+from malm.errors import MalmError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+METHODS = [
+    Method("ht-tiny", "ht-tiny", note="H-T: triplet + recipe self-supervision"),
+    Method("tnlbt-tiny", "tnlbt-tiny", note="+ dynamic margin + cross decoder"),
+    Method("malm-tiny", "malm-tiny", note="+ matching (global + local) + 75% mask + self-distillation"),
+    Method(
+        "malm-tiny no-mask",
+        "malm-tiny",
+        {"loss.mask.enabled": False, "loss.distill.enabled": False},
+        "no mask augmentation (distillation needs masked patches, so it goes too)",
+    ),
+    Method("malm-tiny no-distill", "malm-tiny", {"loss.distill.enabled": False}, "no self-distillation"),
+    Method("malm-tiny no-local", "malm-tiny", {"loss.matching.local_weight": 0.0}, "global matching only"),
+    Method("malm-tiny mask-0.5", "malm-tiny", {"loss.mask.ratio": 0.5}, "mask ratio 0.5"),
+    Method("malm-tiny mask-0.9", "malm-tiny", {"loss.mask.ratio": 0.9}, "mask ratio 0.9"),
+]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_data(data: Path | None, work: Path, recipes: int, seed: int, image_size: int) -> Path:
+    if data is not None:
+        if not (data / "layer1.json").exists():
+            raise MalmError(f"--data {data}: no layer1.json (generate one with `malm data synth`)")
+        return data
+    from malm.training.synth import generate
+
+    out = work / f"synth-{recipes}-{seed}-{image_size}"
+    if (out / "layer1.json").exists() and not (out / ".in_progress").exists():
+        return out
+    _log(f"generating the procedural benchmark: {recipes} recipes → {out}")
+    stats = generate(out, recipes=recipes, seed=seed, image_size=image_size, workers=2, force=out.exists())
+    _log(f"  {stats.images} photos in {stats.seconds:.0f} s")
+    return out
+
+
+def _train(data: Path, run_dir: Path, config: Any, stop_after_steps: int = 0) -> dict[str, Any]:
+    from malm.training.train import TrainOptions, run
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    opts = TrainOptions(
+        data_dir=data,
+        out_dir=run_dir,
+        config=config,
+        device="cpu",
+        stop_after_steps=stop_after_steps,
+        progress_bar=False,
+        log=lambda _m: None,
+    )
+    return run(opts)
+
+
+def _config(method: Method, base: dict[str, Any]) -> Any:
+    from malm.training.config import load_preset
+
+    return load_preset(method.preset).with_overrides({**base, **method.overrides})
+
+
+def evaluate(run_dir: Path, data: Path) -> dict[str, Any]:
+    """Test-split 1k metrics of the run's `last` checkpoint (all pairs when fewer than 1k)."""
+    from malm.training.checkpoint import load_model
+    from malm.training.data import RecipeImageDataset, prepare
+    from malm.training.evaluate import retrieval_metrics
+    from malm.training.train import embed_pairs
+
+    loaded = load_model(run_dir, tag="last")
+    cfg = loaded.config
+    prepared = prepare(data, min_freq=cfg.data.min_freq, limits=cfg.data.limits(), log=lambda _m: None)
+    test = RecipeImageDataset(prepared, "test", cfg.preprocess(), train=False)
+    img, rec, _ = embed_pairs(loaded.model, test, __import__("torch").device("cpu"), batch_size=128)
+    size = min(1000, len(img))
+    m = retrieval_metrics(img, rec, sizes=[size], protocol="ht", seed=0)
+    key = next(iter(m["im2recipe"]))
+    return {"size": size, "key": key, "im2recipe": m["im2recipe"][key], "recipe2im": m["recipe2im"][key]}
+
+
+def run_method(
+    method: Method,
+    data: Path,
+    work: Path,
+    budget_s: float,
+    base: dict[str, Any],
+    calib_steps: int,
+    quick: bool,
+) -> dict[str, Any]:
+    slug = method.name.replace(" ", "_")
+    cfg = _config(method, base)
+    if quick:
+        # Smoke test: a few steps of one epoch, no calibration. Checks the pipeline, measures nothing.
+        epochs, sec_per_step, stop = 1, float("nan"), calib_steps
+    else:
+        # 1) calibration: seconds per optimizer step of this method on this machine right now
+        calib = _train(data, work / f"{slug}.calib", cfg.with_overrides({"train.epochs": 1000}), calib_steps)
+        sec_per_step = calib["seconds"] / max(1, calib["steps"])
+        steps_per_epoch = int(round(calib["steps"] / calib["epochs_done"])) if calib["epochs_done"] else 0
+        shutil.rmtree(work / f"{slug}.calib", ignore_errors=True)
+        if steps_per_epoch < 1:
+            raise MalmError(f"{method.name}: could not measure steps per epoch")
+        epochs, stop = max(1, int(round(budget_s / (sec_per_step * steps_per_epoch)))), 0
+    # 2) the measured run: whole epochs in the budget, validation only at the end
+    cfg = cfg.with_overrides({"train.epochs": epochs, "train.eval_every": epochs})
+    t0 = time.perf_counter()
+    summary = _train(data, work / slug, cfg, stop_after_steps=stop)
+    wall = time.perf_counter() - t0
+    metrics = evaluate(work / slug, data)
+    return {
+        "method": method.name,
+        "preset": method.preset,
+        "overrides": method.overrides,
+        "note": method.note,
+        "epochs": epochs,
+        "steps": summary["steps"],
+        "sec_per_step_calibrated": round(sec_per_step, 4),
+        "train_seconds": summary["seconds"],
+        "wall_seconds": round(wall, 1),
+        "test": metrics,
+    }
+
+
+def _md(results: dict[str, Any]) -> str:
+    lines = [
+        "# Ablation: what each part of MALM buys (procedural benchmark, CPU, same time budget)",
+        "",
+        f"Data: `{results['data']}` ({results['n_test']} test pairs). "
+        + (
+            "QUICK MODE: 3 training steps per method, a smoke test; the numbers mean nothing. "
+            if results["mode"] == "quick"
+            else f"Budget {results['budget_s']:.0f} s of training per method. "
+        )
+        + f"Machine: {results['machine']}. Command: `{results['command']}`.",
+        "",
+        "| method | what | epochs | steps | train s | im→rec medR | R@1 | R@5 | R@10 | rec→im medR | R@1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["methods"]:
+        a, b = r["test"]["im2recipe"], r["test"]["recipe2im"]
+        lines.append(
+            f"| {r['method']} | {r['note']} | {r['epochs']} | {r['steps']} | {r['train_seconds']:.0f} | "
+            f"{a['medR']:.1f} | {a['R@1']:.1f} | {a['R@5']:.1f} | {a['R@10']:.1f} | {b['medR']:.1f} | {b['R@1']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Test subset: {results['methods'][0]['test']['key']} pairs, H-T protocol (mean over 10 seeded "
+        "subsets); R@K in percent. Measured, not tuned: each method runs its preset as shipped.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, help="an existing benchmark folder (default: generate one)")
+    p.add_argument("--recipes", type=int, help="recipes to generate (default 10000; --quick 300)")
+    p.add_argument("--seed", type=int, default=0, help="benchmark seed")
+    p.add_argument("--minutes", type=float, default=4.0, help="training budget per method (default 4)")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke test: tiny data, 3 steps per method, no time budget"
+    )
+    p.add_argument("--methods", nargs="*", help="subset of: " + ", ".join(m.name for m in METHODS))
+    p.add_argument("--work", type=Path, help="folder for data and runs (default: a temp folder, removed)")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    recipes = args.recipes or (300 if args.quick else 10_000)
+    minutes = args.minutes
+    methods = METHODS
+    if args.methods:
+        known = {m.name: m for m in METHODS}
+        bad = [n for n in args.methods if n not in known]
+        if bad:
+            raise MalmError(f"--methods: unknown {bad}; known: {', '.join(known)}")
+        methods = [known[n] for n in args.methods]
+    # No DataLoader worker processes: on 2 shared cores they only add start-up time and contention.
+    base: dict[str, Any] = {"train.num_workers": 0}
+    if args.quick:
+        base |= {"train.batch_size": 16}
+    tmp = None
+    work = args.work
+    if work is None:
+        tmp = tempfile.mkdtemp(prefix="malm-ablation-")
+        work = Path(tmp)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        data = ensure_data(args.data, work, recipes, args.seed, image_size=72 if args.quick else 96)
+        out: list[dict[str, Any]] = []
+        for method in methods:
+            _log(
+                f"{method.name}: "
+                + ("3 steps" if args.quick else f"calibrating, then ~{minutes:g} min of training")
+            )
+            r = run_method(
+                method, data, work / "runs", minutes * 60, base, calib_steps=3 if args.quick else 10
+            )
+            a = r["test"]["im2recipe"]
+            _log(
+                f"  {r['epochs']} epochs, {r['steps']} steps, {r['train_seconds']:.0f} s: "
+                f"medR {a['medR']:.1f} R@1 {a['R@1']:.1f} R@5 {a['R@5']:.1f} R@10 {a['R@10']:.1f}"
+            )
+            out.append(r)
+        results = {
+            "mode": "quick" if args.quick else "full",
+            "command": "python benchmarks/ablation.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "data": str(args.data or f"generated: {recipes} recipes, seed {args.seed}"),
+            "n_test": out[0]["test"]["size"] if out else 0,
+            "budget_s": None if args.quick else minutes * 60,
+            "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} threads",
+            "base_overrides": base,
+            "methods": out,
+        }
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.results, json.dumps(results, indent=1) + "\n")
+        write_text_atomic(args.results.with_suffix(".md"), _md(results))
+        _log(f"wrote {args.results} and {args.results.with_suffix('.md')}")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except MalmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Benchmark sections and their shared machinery (see `benchmarks/__init__.py`)."""

@@ -1,0 +1,146 @@
+"""Static int8 quantization of an image encoder with ONNX Runtime: QDQ, per-channel, symmetric.
+
+Symmetric int8 for activations *and* weights (every zero point 0) is what TensorRT's explicit
+quantization requires, so one QDQ model serves ONNX Runtime on CPU and TensorRT on a Jetson.
+Calibration images go through the deployment preprocessing (`malm.preprocess.preprocess`), so the
+activation ranges are the ones the device will see.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malm._atomic import atomic_path
+from malm.errors import MalmError
+from malm.preprocess import PreprocessConfig, preprocess
+
+QUANT_MIN_CALIB = 1  # a floor that still lets tests run; the CLI default is 500
+
+
+def calibration_batches(image_paths: Sequence[Path], cfg: PreprocessConfig, batch: int = 16) -> Iterator[np.ndarray]:
+    from PIL import Image
+
+    for i in range(0, len(image_paths), batch):
+        arrays = []
+        for p in image_paths[i:i + batch]:
+            try:
+                with Image.open(p) as im:
+                    arrays.append(preprocess(im, cfg))
+            except OSError as e:
+                raise MalmError(f"calibration image {p} cannot be read: {e}") from None
+        yield np.stack(arrays).astype(np.float32)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over preprocessed image batches (one image per call keeps the
+    calibration model's batch dim trivially compatible with static-shape exports)."""
+
+    def __init__(self, image_paths: Sequence[Path], cfg: PreprocessConfig, input_name: str) -> None:
+        self._it = (x[j:j + 1] for x in calibration_batches(image_paths, cfg) for j in range(len(x)))
+        self.input_name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x}
+
+    def rewind(self) -> None:  # pragma: no cover - only some calibrators call it
+        raise MalmError("calibration reader cannot rewind")
+
+
+def input_affine_nodes(model_path: Path) -> list[str]:
+    """Element-wise ops between the graph input and the first conv (the student's input re-normalization).
+
+    Quantizing their 3-value constants per tensor only adds error before the first layer, so they stay float
+    (TensorRT fuses such a scale/shift into the first convolution anyway).
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    out, frontier = [], [i.name for i in model.graph.input]
+    while frontier:
+        name = frontier.pop()
+        for node in consumers.get(name, []):
+            if node.op_type in ("Mul", "Add", "Sub", "Div") and node.name and node.name not in out:
+                out.append(node.name)
+                frontier.extend(node.output)
+    return out
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path], cfg: PreprocessConfig, *,
+                  method: str = "minmax", exclude_ops: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the QDQ int8 model; returns what was done (for the manifest)."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise MalmError("int8 quantization needs onnxruntime: pip install onnxruntime") from None
+    if len(calib_images) < QUANT_MIN_CALIB:
+        raise MalmError("int8 quantization needs calibration images; none were found in the training split")
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise MalmError(f"unknown calibration method {method!r}; one of {sorted(methods)}")
+    with tempfile.TemporaryDirectory(prefix="malm-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # Shape inference + graph optimization first, as ORT recommends: fused Conv+BN etc. get one scale.
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        exclude = [*exclude_ops, *input_affine_nodes(pre)]
+        with atomic_path(out_path) as out_tmp:
+            quantize_static(
+                str(pre), str(out_tmp), _Reader(calib_images, cfg, "image"),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                calibrate_method=methods[method],
+                nodes_to_exclude=exclude,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+    return {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric per-channel",
+            "calibration_images": len(calib_images), "calibration_method": method}
+
+
+def qdq_properties(path: Path) -> dict[str, Any]:
+    """What TensorRT requires of a QDQ model, read back from the file (used by tests and the report)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = a.t
+    zero_points, zp_types, per_channel, q_nodes = [], set(), 0, 0
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        q_nodes += 1
+        if len(node.input) > 2 and node.input[2]:
+            t = inits.get(node.input[2]) or consts.get(node.input[2])
+            if t is not None:
+                arr = numpy_helper.to_array(t)
+                zero_points.append(arr)
+                zp_types.add(arr.dtype.name)
+        scale = inits.get(node.input[1]) or consts.get(node.input[1])
+        if scale is not None and len(scale.dims) == 1 and scale.dims[0] > 1:
+            per_channel += 1
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {
+        "qdq_nodes": q_nodes,
+        "all_zero_points_zero": all(bool((z == 0).all()) for z in zero_points) and bool(zero_points),
+        "zero_point_types": sorted(zp_types),
+        "per_channel_scales": per_channel,
+        "opset": opset,
+    }

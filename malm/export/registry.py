@@ -1,0 +1,145 @@
+"""The export targets, the options each accepts, and their validation.
+
+One table (ultralytics' `export_formats()` is the model): a target lists the options it supports, and an
+option given to a target that does not support it is a clear `MalmError`, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from types import ModuleType
+
+from malm.errors import MalmError
+
+STUDENTS = ("efficientnet-lite0", "none")
+WEIGHT_MODES = ("none", "int8", "palettize6")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    files: tuple[str, ...]  # bundle paths it writes
+    options: frozenset[str]  # ExportOptions fields it accepts beyond the common ones
+    requires: tuple[tuple[str, str], ...]  # (import name, pip install hint)
+
+
+COMMON = frozenset({"student", "distill_epochs", "image_size", "tag", "eval_images"})
+
+TARGETS: dict[str, Target] = {
+    "onnx": Target(
+        "onnx", "ONNX image (+ recipe) encoder, dynamic batch, opset 17; --int8 adds a QDQ int8 model",
+        ("encoders/image_fp32.onnx", "encoders/image_int8.onnx", "encoders/recipe_fp32.onnx"),
+        frozenset({"int8", "calib_images", "recipe_encoder", "tokens"}),
+        (("onnx", "onnx>=1.16"), ("onnxruntime", "onnxruntime>=1.17")),
+    ),
+    "tensorrt": Target(
+        "tensorrt", "static 1x3xHxW ONNX for TensorRT (fp16, or int8 QDQ with --int8); engine built where possible",
+        ("tensorrt/image_static.onnx",),
+        frozenset({"int8", "calib_images", "tokens"}),
+        (("onnx", "onnx>=1.16"), ("onnxruntime", "onnxruntime>=1.17")),
+    ),
+    "coreml": Target(
+        "coreml", "CoreML mlprogram (fp16, image input, normalization folded in); --weights compresses",
+        ("encoders/image.mlpackage",),
+        frozenset({"weights"}),
+        (("coremltools", "coremltools>=8"),),
+    ),
+}
+
+# CLI spelling of each option, for error messages.
+FLAGS = {
+    "int8": "--int8", "calib_images": "--calib-images", "recipe_encoder": "--recipe-encoder/--no-recipe-encoder",
+    "tokens": "--tokens", "weights": "--weights", "student": "--student", "distill_epochs": "--distill-epochs",
+    "image_size": "--image-size", "tag": "--tag", "eval_images": "--eval-images",
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the user asked for. `None` means 'not given' so validation can tell a default from a choice."""
+
+    target: str
+    student: str = "efficientnet-lite0"  # the edge student, or "none" to export the teacher's own image encoder
+    int8: bool = False  # add an int8 QDQ variant (onnx, tensorrt)
+    calib_images: int | None = None  # calibration images for int8 (default 500)
+    distill_epochs: int | None = None  # student distillation epochs (default 10)
+    image_size: int | None = None  # student input side (default: the teacher's)
+    weights: str | None = None  # coreml weight compression: none | int8 | palettize6
+    tag: str = "best"  # checkpoint tag in the run dir
+    recipe_encoder: bool | None = None  # also export the recipe encoder (onnx; default yes)
+    tokens: bool = False  # also output patch tokens (and distill them) for re-ranking
+    eval_images: int | None = None  # test images for the quality report (default 1000)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise MalmError(f"unknown export target {self.target!r}; one of: {', '.join(TARGETS)}")
+        target = TARGETS[self.target]
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ("int8", "calib_images", "recipe_encoder", "tokens", "weights"):
+            if getattr(self, name) != defaults[name] and name not in target.options:
+                supported = sorted(t for t, spec in TARGETS.items() if name in spec.options)
+                raise MalmError(f"{FLAGS[name]} is not supported by --target {self.target} "
+                                f"(supported by: {', '.join(supported)})")
+        if self.student not in STUDENTS:
+            raise MalmError(f"--student must be one of {', '.join(STUDENTS)}, got {self.student!r}")
+        if self.student == "none" and self.distill_epochs is not None:
+            raise MalmError("--distill-epochs needs a student; it does nothing with --student none")
+        if self.student == "none" and self.image_size is not None:
+            raise MalmError("--image-size needs a student: the teacher's image encoder has a fixed input size")
+        if self.distill_epochs is not None and self.distill_epochs < 0:
+            raise MalmError(f"--distill-epochs must be >= 0, got {self.distill_epochs}")
+        if self.calib_images is not None:
+            if not self.int8:
+                raise MalmError("--calib-images only applies with --int8")
+            if self.calib_images < 1:
+                raise MalmError(f"--calib-images must be >= 1, got {self.calib_images}")
+        if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
+            raise MalmError(f"--image-size must be a multiple of 32 (the student's stride) and >= 32, "
+                            f"got {self.image_size}")
+        if self.weights is not None and self.weights not in WEIGHT_MODES:
+            raise MalmError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}")
+        if self.eval_images is not None and self.eval_images < 0:
+            raise MalmError(f"--eval-images must be >= 0, got {self.eval_images}")
+        if not self.tag or "/" in self.tag or self.tag.startswith("."):
+            raise MalmError(f"--tag must be a checkpoint name like 'best' or 'last', got {self.tag!r}")
+
+    # Resolved values (defaults applied).
+    @property
+    def calibration_images(self) -> int:
+        return 500 if self.calib_images is None else self.calib_images
+
+    @property
+    def epochs(self) -> int:
+        return 10 if self.distill_epochs is None else self.distill_epochs
+
+    @property
+    def weight_mode(self) -> str:
+        return self.weights or "none"
+
+    @property
+    def with_recipe_encoder(self) -> bool:
+        return self.target == "onnx" and self.recipe_encoder is not False
+
+    @property
+    def num_eval_images(self) -> int:
+        return 1000 if self.eval_images is None else self.eval_images
+
+
+def require(target: str) -> dict[str, ModuleType]:
+    """Import the target's heavy libraries, or say exactly what to install (never installs anything)."""
+    mods = {}
+    for module, hint in TARGETS[target].requires:
+        try:
+            mods[module] = importlib.import_module(module)
+        except ImportError:
+            raise MalmError(f"--target {target} needs {module}: pip install '{hint}' "
+                            "(or pip install 'malm[export]')") from None
+    return mods
+
+
+def describe() -> list[dict[str, object]]:
+    """The table, for `malm export --list`-style output and the docs."""
+    return [{"target": t.name, "description": t.description, "files": list(t.files),
+             "options": sorted(FLAGS[o] for o in t.options)} for t in TARGETS.values()]

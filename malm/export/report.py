@@ -1,0 +1,102 @@
+"""What each export step costs: size, CPU latency, cosine to the teacher, image→recipe retrieval."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LATENCY_RUNS = 30
+LATENCY_WARMUP = 5
+
+
+def size_mb(path: Path) -> float:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+    return path.stat().st_size / 1e6
+
+
+def _p50(fn: Any, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000.0)
+
+
+def onnx_latency_ms(path: Path, image_size: int, threads: int, runs: int = LATENCY_RUNS,
+                    warmup: int = LATENCY_WARMUP) -> float:
+    """p50 milliseconds per image (batch 1) with ONNX Runtime on CPU at `threads` intra-op threads."""
+    from malm.export.onnx_export import session
+
+    sess = session(path, threads=threads)
+    x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
+    return _p50(lambda: sess.run(["embedding"], {"image": x}), runs, warmup)
+
+
+def torch_latency_ms(module: Any, image_size: int, threads: int, runs: int = LATENCY_RUNS,
+                     warmup: int = LATENCY_WARMUP) -> float:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(1, 3, image_size, image_size)
+        with torch.no_grad():
+            return _p50(lambda: module(x), runs, warmup)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def retrieval(image_emb: np.ndarray, recipe_emb: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """image→recipe medR, R@1/5/10 on 1k subsets (or all pairs when fewer), the H-T protocol."""
+    from malm.training.evaluate import retrieval_metrics, size_key
+
+    n = len(image_emb)
+    if n < 2:
+        return {"n": n, "note": "fewer than 2 test pairs: retrieval not measured"}
+    size = min(1000, n)
+    result = retrieval_metrics(image_emb, recipe_emb, sizes=[size], protocol="ht", seed=seed)
+    row = result["im2recipe"][size_key(size)]
+    return {"size": size, "n": n, "medR": row["medR"], "R@1": row["R@1"], "R@5": row["R@5"], "R@10": row["R@10"],
+            "subsets": row.get("subsets")}
+
+
+def cosine_mean(a: np.ndarray, b: np.ndarray) -> float:
+    from malm.export.onnx_export import cosine_rows
+
+    return float(cosine_rows(a, b).mean()) if len(a) else float("nan")
+
+
+COLUMNS = ("variant", "file", "size_mb", "latency_ms_1t", "latency_ms_2t", "cosine_to_teacher", "medR", "R@1",
+           "R@5", "R@10")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
+    return str(v)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# malm export report ({report.get('target', '?')})", ""]
+    lines.append(f"checkpoint `{report.get('checkpoint')}` (tag {report.get('tag')}), student "
+                 f"`{report.get('student')}`, image size {report.get('image_size')}, "
+                 f"{report.get('eval_pairs', 0)} test pairs")
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name, row in report.get("variants", {}).items():
+        r = row.get("retrieval", {})
+        vals = [name, row.get("file"), row.get("size_mb"), row.get("latency_ms_1t"), row.get("latency_ms_2t"),
+                row.get("cosine_to_teacher"), r.get("medR"), r.get("R@1"), r.get("R@5"), r.get("R@10")]
+        lines.append("| " + " | ".join(_fmt(v) for v in vals) + " |")
+    lines.append("")
+    for note in report.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"

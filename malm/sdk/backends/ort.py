@@ -1,0 +1,127 @@
+"""ONNX Runtime, wrapped once: an ordered execution-provider preference and explicit thread settings.
+
+TensorRT and CUDA execution providers exist in GPU builds of onnxruntime (onnxruntime-gpu, JetPack's
+wheels), CoreML in macOS builds; the plain CPU one everywhere. We take the best one present.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malm.errors import BundleError, MalmError
+from malm.sdk.backends.base import EncoderOutput, l2_normalize
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+COREML = "CoreMLExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_PREFERENCE: tuple[str, ...] = (TENSORRT, CUDA, COREML, CPU)
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def select_providers(available: Sequence[str], preference: Sequence[str] = PROVIDER_PREFERENCE) -> list[str]:
+    """The preferred providers that are present, best first; CPU always last as the fallback."""
+    chosen = [p for p in preference if p in available and p != CPU]
+    return [*chosen, CPU]
+
+
+def trt_cache_dir() -> Path:
+    env = os.environ.get("MALM_TRT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "malm" / "tensorrt"
+
+
+def provider_options(provider: str) -> dict[str, Any]:
+    if provider == TENSORRT:
+        # Engines are slow to build: cache them (keyed by ORT itself on model + GPU + TRT version).
+        cache = trt_cache_dir() / "ort"
+        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
+    return {}
+
+
+class OrtSession:
+    """One InferenceSession; `run` is thread-safe (ONNX Runtime allows concurrent Run calls)."""
+
+    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None,
+                 threads: int | None = None, inter_op_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if threads is not None and threads < 1:
+            raise MalmError(f"threads must be >= 1, got {threads}")
+        wanted = list(providers) if providers is not None else select_providers(available_providers())
+        opts = ort.SessionOptions()
+        # 0 = ONNX Runtime's default (all cores); an explicit count keeps latency predictable beside an app.
+        opts.intra_op_num_threads = threads or 0
+        opts.inter_op_num_threads = inter_op_threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        for_ort = [(p, provider_options(p)) for p in wanted]
+        if for_ort and for_ort[0][0] == TENSORRT:
+            trt_cache_dir().joinpath("ort").mkdir(parents=True, exist_ok=True)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=for_ort)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for bad models
+            raise BundleError(f"model {self.path}: ONNX Runtime cannot load it ({e})") from None
+        self.providers: list[str] = list(self.session.get_providers())
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def input_shape(self, name: str) -> list[int | str | None]:
+        for i in self.session.get_inputs():
+            if i.name == name:
+                return list(i.shape)
+        raise KeyError(name)
+
+    def output_shape(self, name: str) -> list[int | str | None]:
+        for o in self.session.get_outputs():
+            if o.name == name:
+                return list(o.shape)
+        raise KeyError(name)
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else self.output_names
+        values = self.session.run(names, dict(feeds))
+        return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+class OrtImageBackend:
+    """An image ONNX (`image` [N,3,H,W] → `embedding` [N,D], optional `tokens` [N,P,Dt])."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], variant: str, providers: Sequence[str] | None = None,
+                 threads: int | None = None) -> None:
+        self.session = OrtSession(path, providers, threads)
+        self.variant = variant
+        self.device = self.session.providers[0]
+        if "image" not in self.session.input_names or "embedding" not in self.session.output_names:
+            raise BundleError(f"model {path}: expected input 'image' and output 'embedding', has inputs "
+                              f"{self.session.input_names} outputs {self.session.output_names}")
+        self.has_tokens = "tokens" in self.session.output_names
+        shape = self.session.output_shape("embedding")
+        self.dim = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+        in_shape = self.session.input_shape("image")
+        self.static_batch = in_shape[0] if isinstance(in_shape[0], int) else None
+
+    def encode(self, images: np.ndarray, tokens: bool = False) -> EncoderOutput:
+        if tokens and not self.has_tokens:
+            raise MalmError(f"model {self.session.path} has no 'tokens' output (needed for re-ranking)")
+        names = ["embedding", "tokens"] if tokens else ["embedding"]
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        if self.static_batch is not None and len(x) != self.static_batch:
+            # A static-shape model (e.g. TensorRT-ready, batch 1): feed it one image at a time.
+            parts = [self.encode(x[i:i + self.static_batch], tokens) for i in range(0, len(x), self.static_batch)]
+            tok = np.concatenate([p.tokens for p in parts if p.tokens is not None]) if tokens else None
+            return EncoderOutput(np.concatenate([p.embedding for p in parts]), tok)
+        out = self.session.run({"image": x}, names)
+        return EncoderOutput(l2_normalize(out["embedding"]), out.get("tokens"))

@@ -1,0 +1,66 @@
+"""Open a bundle for the SDK: parse and verify the manifest, then check what the SDK relies on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from malm.bundle import read_manifest, safe_relpath, verify
+from malm.errors import BundleError
+from malm.preprocess import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+    preprocess: PreprocessConfig
+    dim: int  # embedding dimension shared by the encoders and the index
+
+    def path(self, rel: str) -> Path:
+        """A file named by the manifest, resolved inside the bundle (never outside it)."""
+        return safe_relpath(self.root, rel)
+
+    def encoder(self, name: str) -> dict[str, Any] | None:
+        entry = (self.manifest.get("encoders") or {}).get(name)
+        return entry if isinstance(entry, dict) else None
+
+    def file_hash(self, rel: str) -> str:
+        entry = (self.manifest.get("files") or {}).get(rel)
+        if not entry:
+            raise BundleError(f"bundle {self.root}: {rel} is not listed in the manifest")
+        return str(entry["sha256"])
+
+    @property
+    def index(self) -> dict[str, Any]:
+        return dict(self.manifest["index"])
+
+
+def open_bundle(root: str | os.PathLike[str], check_hashes: bool = True) -> Bundle:
+    """Read (and by default verify every file's sha256 of) the bundle at `root`."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    if check_hashes:
+        verify(root, manifest)
+    try:
+        cfg = PreprocessConfig.from_dict(manifest.get("preprocess") or {})
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"bundle {root}: bad preprocess config in the manifest ({e})") from None
+    if "preprocess" not in manifest:
+        raise BundleError(f"bundle {root}: manifest has no preprocess config (was an image encoder exported?)")
+    index = manifest.get("index")
+    if not isinstance(index, dict) or not index.get("file") or not index.get("store"):
+        raise BundleError(f"bundle {root}: has no recipe index (run `malm index build --bundle {root}`)")
+    files = manifest.get("files") or {}
+    for key in ("file", "store"):
+        if index[key] not in files:
+            raise BundleError(f"bundle {root}: index {key} {index[key]!r} is not listed (and hashed) in the manifest")
+    emb = manifest.get("embedding") or {}
+    dim = emb.get("dim")
+    if not isinstance(dim, int) or dim <= 0:
+        raise BundleError(f"bundle {root}: manifest 'embedding.dim' is missing or invalid")
+    if index.get("dim") != dim:
+        raise BundleError(f"bundle {root}: index has dim {index.get('dim')}, the encoders' embedding dim is {dim}")
+    return Bundle(root=root, manifest=manifest, preprocess=cfg, dim=dim)

@@ -1,0 +1,302 @@
+"""`Retriever`: photo in, recipes out, on the device.
+
+    from malm import Retriever
+    r = Retriever.load("bundle/")
+    for hit in r.search("photo.jpg", k=5):
+        print(hit.rank, hit.score, hit.title)
+
+Thread safety: searches read an immutable snapshot (encoder, index, store, re-rank data) taken at their
+start; `add_recipes` / `remove_recipes` write the bundle under a lock and then swap in a new snapshot, so
+searches never see a half-updated index and never block on an update.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malm.edge_index import builder as _builder
+from malm.edge_index.hnsw import HnswIndex, IndexSettings
+from malm.edge_index.records import RecipeRecord
+from malm.edge_index.rerank import (
+    LateInteractionScorer,
+    LocalScorer,
+    RerankSettings,
+    TokenStore,
+    fuse,
+    pad_tokens,
+)
+from malm.edge_index.store import RecipeStore
+from malm.errors import BundleError, ImageError, MalmError
+from malm.preprocess import preprocess
+from malm.sdk.backends import create_backend
+from malm.sdk.backends.base import ImageBackend
+from malm.sdk.backends.ort import OrtSession
+from malm.sdk.bundle_loader import Bundle, open_bundle
+from malm.sdk.image_io import ImageInput, describe, load_image
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved recipe."""
+
+    rank: int  # 1-based
+    recipe_id: str
+    title: str
+    score: float  # cosine similarity (fused with the local score when re-ranked)
+    ingredients: tuple[str, ...]
+    url: str = ""
+    instructions: tuple[str, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "recipe_id": self.recipe_id, "title": self.title,
+                "score": round(float(self.score), 6), "ingredients": list(self.ingredients), "url": self.url}
+
+
+class MatchingHeadScorer:
+    """A trained matching head exported to ONNX (`malm.training.models.matching.export_matching_onnx`):
+    `image_tokens` [N,1+P,Wi], `recipe_tokens` [N,S,Wr], `recipe_mask` [N,S] bool → `score` [N], pairwise
+    (image n with recipe n), so the photo's tokens are repeated once per candidate."""
+
+    def __init__(self, session: OrtSession, dim: int) -> None:
+        need = {"image_tokens", "recipe_tokens", "recipe_mask"}
+        if need - set(session.input_names) or "score" not in session.output_names:
+            raise BundleError(f"matching head {session.path}: expected inputs {sorted(need)} and output 'score'")
+        self.session = session
+        self.dim = dim
+        p = session.input_shape("image_tokens")[1]
+        self.n_image_tokens = p if isinstance(p, int) else None
+
+    def __call__(self, image_tokens: np.ndarray, recipe_tokens: Sequence[np.ndarray]) -> np.ndarray:
+        tokens, mask = pad_tokens(recipe_tokens, self.dim)
+        img = np.asarray(image_tokens, np.float32)
+        if self.n_image_tokens is not None and self.n_image_tokens == len(img) + 1:
+            # The head reads [CLS] + patches; the image ONNX gives patches only: their mean stands in for [CLS].
+            img = np.concatenate([img.mean(axis=0, keepdims=True), img], axis=0)
+        if self.n_image_tokens is not None and self.n_image_tokens != len(img):
+            raise MalmError(f"matching head {self.session.path} expects {self.n_image_tokens} image tokens, "
+                            f"the image encoder gives {len(image_tokens)}")
+        image = np.repeat(img[None], len(recipe_tokens), axis=0)
+        out = self.session.run({"image_tokens": image, "recipe_tokens": tokens, "recipe_mask": mask}, ["score"])
+        return np.asarray(out["score"], np.float32).reshape(-1)
+
+
+@dataclass(frozen=True)
+class _Rerank:
+    settings: RerankSettings
+    tokens: TokenStore
+    scorer: LocalScorer
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    bundle: Bundle
+    index: HnswIndex
+    store: RecipeStore
+    rerank: _Rerank | None
+
+
+def _load_snapshot(root: Path, check_hashes: bool, threads: int | None) -> _Snapshot:
+    bundle = open_bundle(root, check_hashes)
+    section = bundle.index
+    try:
+        settings = IndexSettings.from_dict(section)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"bundle {root}: bad index settings in the manifest ({e})") from None
+    store = RecipeStore.open(bundle.path(section["store"]))
+    index = HnswIndex.load(bundle.path(section["file"]), settings, store.labels())
+    rerank = None
+    rr = bundle.manifest.get("rerank")
+    if rr:
+        try:
+            rs = RerankSettings.from_dict(rr)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"bundle {root}: bad rerank section in the manifest ({e})") from None
+        files = bundle.manifest.get("files") or {}
+        for rel in (rs.tokens, rs.offsets, *([rs.model] if rs.model else [])):
+            if rel not in files:
+                raise BundleError(f"bundle {root}: re-rank file {rel!r} is not listed (and hashed) in the manifest")
+        tokens = TokenStore.load(bundle.path(rs.tokens), bundle.path(rs.offsets))
+        scorer: LocalScorer
+        if rs.kind == "matching_head":
+            scorer = MatchingHeadScorer(OrtSession(bundle.path(str(rs.model)), threads=threads), tokens.dim)
+        else:
+            scorer = LateInteractionScorer()
+        rerank = _Rerank(rs, tokens, scorer)
+    return _Snapshot(bundle, index, store, rerank)
+
+
+class Retriever:
+    """Image → recipes over a verified bundle. Build with `Retriever.load`."""
+
+    def __init__(self, snapshot: _Snapshot, backend: ImageBackend, threads: int | None, check_hashes: bool) -> None:
+        self._snap = snapshot
+        self._backend = backend
+        self._threads = threads
+        self._check_hashes = check_hashes
+        self._write_lock = threading.RLock()
+
+    @classmethod
+    def load(cls, bundle: str | os.PathLike[str], backend: str = "auto", variant: str = "auto",
+             threads: int | None = None, verify: bool = True) -> Retriever:
+        """Open `bundle` (verifying every file's sha256 unless `verify=False`) and its image encoder.
+
+        backend: "auto" | "onnxruntime" | "tensorrt" | "coreml"; variant: "auto" | "int8" | "fp32";
+        threads: intra-op threads of the encoder (None = the runtime's default).
+        """
+        root = Path(bundle)
+        snap = _load_snapshot(root, verify, threads)
+        encoder = create_backend(snap.bundle, backend, variant, threads)
+        return cls(snap, encoder, threads, verify)
+
+    # information ---------------------------------------------------------------------------------
+    @property
+    def bundle(self) -> Bundle:
+        return self._snap.bundle
+
+    @property
+    def backend(self) -> ImageBackend:
+        return self._backend
+
+    @property
+    def can_rerank(self) -> bool:
+        return self._snap.rerank is not None and self._backend.has_tokens
+
+    def __len__(self) -> int:
+        return len(self._snap.index)
+
+    def info(self) -> dict[str, Any]:
+        snap = self._snap
+        return {"bundle": str(snap.bundle.root), "backend": self._backend.name, "variant": self._backend.variant,
+                "device": self._backend.device, "recipes": len(snap.index), "dim": snap.bundle.dim,
+                "rerank": self.can_rerank}
+
+    # search ------------------------------------------------------------------------------------------
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """L2-normalized embeddings [N, D] of decoded images (raises `ImageError` on the first bad one)."""
+        cfg = self._snap.bundle.preprocess
+        batch = np.stack([preprocess(load_image(im, cfg.max_pixels), cfg) for im in images])
+        return self._backend.encode(batch).embedding
+
+    def search(self, image: ImageInput, k: int = 10, rerank: bool = False,
+               exclude_ingredients: Iterable[str] = ()) -> list[Hit]:
+        """The top-k recipes for one photo; raises `ImageError` if it cannot be read."""
+        result = self.search_batch([image], k=k, rerank=rerank, exclude_ingredients=exclude_ingredients)[0]
+        if isinstance(result, MalmError):
+            raise result
+        return result
+
+    def search_batch(self, images: Sequence[ImageInput], k: int = 10, rerank: bool = False,
+                     exclude_ingredients: Iterable[str] = (), batch_size: int = 16) -> list[list[Hit] | MalmError]:
+        """One result per image, in order: its hits, or the `MalmError` saying why it could not be read."""
+        if k < 1:
+            raise MalmError(f"k must be >= 1, got {k}")
+        snap = self._snap  # one consistent view for the whole call
+        if rerank:
+            self._check_rerank(snap)
+        excluded: set[int] = set()
+        for term in exclude_ingredients:
+            excluded |= snap.store.labels_with_ingredient(term)
+        cfg = snap.bundle.preprocess
+        results: list[list[Hit] | MalmError] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            pixels: list[np.ndarray] = []
+            slots: list[int] = []
+            part: list[list[Hit] | MalmError] = [[] for _ in chunk]
+            for i, im in enumerate(chunk):
+                try:
+                    pixels.append(preprocess(load_image(im, cfg.max_pixels), cfg))
+                    slots.append(i)
+                except MalmError as e:
+                    part[i] = e
+                except (OSError, ValueError) as e:  # e.g. a PIL image whose lazy decoding fails now
+                    part[i] = ImageError(f"image {describe(im)}: cannot be preprocessed ({e})")
+            if pixels:
+                out = self._backend.encode(np.stack(pixels), tokens=rerank)
+                for j, i in enumerate(slots):
+                    tokens = out.tokens[j] if out.tokens is not None else None
+                    part[i] = self._rank(snap, out.embedding[j], tokens, k, rerank, excluded)
+            results.extend(part)
+        return results
+
+    def _check_rerank(self, snap: _Snapshot) -> None:
+        if snap.rerank is None:
+            raise MalmError(f"bundle {snap.bundle.root}: has no re-ranking data (build the index with a model "
+                            "that gives recipe token features); search without rerank")
+        if not self._backend.has_tokens:
+            raise MalmError(f"the {self._backend.name} {self._backend.variant} image encoder has no 'tokens' "
+                            "output, which re-ranking needs; search without rerank")
+
+    def _rank(self, snap: _Snapshot, embedding: np.ndarray, tokens: np.ndarray | None, k: int, rerank: bool,
+              excluded: set[int]) -> list[Hit]:
+        n_cand = max(k, snap.rerank.settings.candidates) if (rerank and snap.rerank) else k
+        found = snap.index.search(embedding[None], n_cand, exclude=excluded)[0]
+        labels = [label for label, _ in found]
+        scores = np.array([s for _, s in found], np.float32)
+        if rerank and snap.rerank is not None and tokens is not None and labels:
+            rr = snap.rerank
+            if rr.settings.kind == "late_interaction" and tokens.shape[-1] != rr.tokens.dim:
+                raise MalmError(f"image tokens have width {tokens.shape[-1]}, the bundle's recipe tokens "
+                                f"{rr.tokens.dim}: re-ranking cannot compare them")
+            recipe_tokens = [rr.tokens.get(label) for label in labels]
+            local = rr.scorer(tokens, recipe_tokens)
+            # Recipes added without token features keep their global score instead of a local 0.
+            has = np.array([len(t) > 0 for t in recipe_tokens])
+            local = np.where(has, local, scores)
+            scores = fuse(scores, local, rr.settings.weight)
+            # Stable sort: ties keep the global order, so results are deterministic.
+            order = np.argsort(-scores, kind="stable")
+            labels = [labels[i] for i in order]
+            scores = scores[order]
+        labels, scores = labels[:k], scores[:k]
+        records = snap.store.get(labels)
+        return [Hit(rank=r + 1, recipe_id=records[label].id, title=records[label].title, score=float(s),
+                    ingredients=records[label].ingredients, url=records[label].url,
+                    instructions=records[label].instructions)
+                for r, (label, s) in enumerate(zip(labels, scores, strict=True)) if label in records]
+
+    # on-device updates ---------------------------------------------------------------------------------
+    def add_recipes(self, records: Iterable[RecipeRecord | dict[str, Any]],
+                    encode_fn: _builder.EncodeFn | None = None, replace_existing: bool = False) -> _builder.IndexReport:
+        """Add recipes to the bundle (written atomically) and to this retriever.
+
+        `encode_fn` defaults to the bundle's ONNX recipe encoder (`encoders/recipe_fp32.onnx` + `vocab.json`).
+        """
+        from malm.edge_index.records import RecordError, parse_record
+
+        recs: list[RecipeRecord] = []
+        for n, r in enumerate(records):
+            try:
+                recs.append(r if isinstance(r, RecipeRecord) else parse_record(r))
+            except RecordError as e:
+                raise MalmError(f"recipe #{n}: {e}") from None
+        with self._write_lock:
+            if encode_fn is None:
+                from malm.sdk.recipe_encoder import OnnxRecipeEncoder
+
+                encode_fn = OnnxRecipeEncoder(self._snap.bundle, self._threads)
+            report = _builder.add_recipes(self._snap.bundle.root, recs, encode_fn, replace_existing=replace_existing)
+            self._reload()
+        return report
+
+    def remove_recipes(self, ids: Iterable[str]) -> _builder.IndexReport:
+        with self._write_lock:
+            report = _builder.remove_recipes(self._snap.bundle.root, ids)
+            self._reload()
+        return report
+
+    def reload(self) -> None:
+        """Pick up changes another process made to the bundle."""
+        with self._write_lock:
+            self._reload()
+
+    def _reload(self) -> None:
+        new = _load_snapshot(self._snap.bundle.root, self._check_hashes, self._threads)
+        self._snap = new  # one reference assignment: searches see the old or the new snapshot

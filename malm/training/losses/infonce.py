@@ -1,0 +1,95 @@
+"""MALM's matching losses: symmetric InfoNCE on the global pair and on every local (per-patch) pair.
+
+Both take the pairs a `MatchingModule` produces for the positive (paired) samples of the batch; the
+negatives of sample i are the other samples' features (from every rank when a `gather` is given, the
+same way the triplet loss sees every GPU's negatives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from malm.errors import MalmError
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise MalmError(f"InfoNCE temperature must be > 0, got {temperature}")
+
+
+def symmetric_infonce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float,
+    gather: Gather | None = None,
+    rank: int = 0,
+) -> torch.Tensor:
+    """Mean of the a→b and b→a cross-entropies over cosine logits / temperature.
+
+    `a`, `b`: [..., N, D] with pair i at row i; leading dims are independent problems (averaged).
+    With `gather` (all-gather along the N dim, with gradient) local rows contrast against all ranks' rows
+    and this rank's positives sit at offset `rank * N`.
+    """
+    if a.shape != b.shape:
+        raise MalmError(f"InfoNCE pairs must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a = F.normalize(a, dim=-1)
+    b = F.normalize(b, dim=-1)
+    n = a.shape[-2]
+    a_all = gather(a) if gather is not None else a
+    b_all = gather(b) if gather is not None else b
+    offset = rank * n if gather is not None else 0
+    labels = torch.arange(n, device=a.device) + offset
+    logits_ab = a @ b_all.transpose(-2, -1) / temperature  # [..., N, N_all]
+    logits_ba = b @ a_all.transpose(-2, -1) / temperature
+    labels = labels.expand(logits_ab.shape[:-1])
+    loss_ab = F.cross_entropy(logits_ab.flatten(0, -2), labels.flatten())
+    loss_ba = F.cross_entropy(logits_ba.flatten(0, -2), labels.flatten())
+    return 0.5 * (loss_ab + loss_ba)
+
+
+class GlobalMatchingLoss(nn.Module):
+    """InfoNCE between [CLS] of the attended image features and the mean attended recipe feature."""
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    def forward(
+        self, image: torch.Tensor, recipe: torch.Tensor, gather: Gather | None = None, rank: int = 0
+    ) -> torch.Tensor:
+        if image.dim() != 2:
+            raise MalmError(f"global matching features must be [B, D], got {tuple(image.shape)}")
+        return symmetric_infonce(image, recipe, self.temperature, gather, rank)
+
+
+class LocalMatchingLoss(nn.Module):
+    """Per-patch InfoNCE: patch p of image i against the attention-weighted recipe summary of patch p
+    of recipe i, negatives the summaries of patch p of the other samples; averaged over patches."""
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    def forward(
+        self, patches: torch.Tensor, summaries: torch.Tensor, gather: Gather | None = None, rank: int = 0
+    ) -> torch.Tensor:
+        if patches.dim() != 3:
+            raise MalmError(f"local matching features must be [B, P, D], got {tuple(patches.shape)}")
+        # [P, B, D]: each patch position is its own contrastive problem over the batch.
+        p = patches.transpose(0, 1)
+        s = summaries.transpose(0, 1)
+        if gather is not None:
+            # the caller's gather works on dim 0; the batch is dim 1 here
+            def gather_b(x: torch.Tensor) -> torch.Tensor:
+                return gather(x.transpose(0, 1).contiguous()).transpose(0, 1)
+
+            return symmetric_infonce(p, s, self.temperature, gather_b, rank)
+        return symmetric_infonce(p, s, self.temperature)

@@ -1,0 +1,233 @@
+"""MALM's image-text matching module (training-only; exportable on its own for re-ranking).
+
+Decoder ψ takes the image tokens ([CLS] + patches, mask tokens included) as queries over the recipe
+tokens and gives the attended image features and the attention A [B, P, S] of each patch over the recipe
+tokens. Decoder ψ′ takes the recipe tokens as queries over the attended image features and gives the
+attended recipe features. The global pair is ([CLS] of the attended image features, mean of the attended
+recipe features); the local pairs are (attended patch p, Σ_s A[p, s] · attended recipe feature s).
+
+The paper describes a 1-layer decoder in its method section and 4 layers × 4 heads in its implementation
+details, so depth and heads are arguments; the presets say which they pick.
+
+The attention is written out by hand (not nn.MultiheadAttention) so its weights are available, padding is
+explicit, and the module exports to ONNX as plain MatMul/Softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from malm.errors import MalmError
+
+
+class Attention(nn.Module):
+    """Multi-head attention that also returns its weights [B, H, Q, S]."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise MalmError(f"attention width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.scale = 1.0 / math.sqrt(dim // heads)  # a Python float, so ONNX tracing keeps it constant
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, q_len, d = x.shape
+        s_len = memory.shape[1]
+        h = self.heads
+        q = self.q(x).view(b, q_len, h, d // h).transpose(1, 2)
+        k = self.k(memory).view(b, s_len, h, d // h).transpose(1, 2)
+        v = self.v(memory).view(b, s_len, h, d // h).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        # A large finite negative (not -inf) keeps rows finite even if every key were masked.
+        neg = torch.finfo(scores.dtype).min
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], neg)
+        if causal:
+            future = torch.ones(q_len, s_len, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, neg)
+        weights = scores.softmax(dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(b, q_len, d)
+        return self.out(out), weights
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention over a memory, MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, cross: bool = True) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads)
+        self.cross = cross
+        if cross:
+            self.norm_q = nn.LayerNorm(dim)
+            self.norm_mem = nn.LayerNorm(dim)
+            self.cross_attn = Attention(dim, heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y = self.norm_self(x)
+        x = x + self.self_attn(y, y, x_mask, causal=causal)[0]
+        weights = None
+        if self.cross:
+            if memory is None:
+                raise MalmError("a cross-attention block needs a memory")
+            out, weights = self.cross_attn(self.norm_q(x), self.norm_mem(memory), memory_mask)
+            x = x + out
+        x = x + self.mlp(self.norm_mlp(x))
+        return x, weights
+
+
+class Decoder(nn.Module):
+    """A stack of cross-attention blocks; returns the output and the last layer's head-averaged
+    cross-attention [B, Q, S] (the attention the local loss weights recipe features with)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if depth < 1:
+            raise MalmError(f"decoder depth must be >= 1, got {depth}")
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, cross=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        memory: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = queries
+        weights: torch.Tensor | None = None
+        for block in self.blocks:
+            x, weights = block(x, query_mask, memory, memory_mask)
+        assert weights is not None
+        return self.norm(x), weights.mean(dim=1)
+
+
+@dataclass
+class MatchingOutput:
+    image: torch.Tensor  # [B, 1+P, D] attended image features ([CLS] first)
+    recipe: torch.Tensor  # [B, S, D] attended recipe features
+    attention: torch.Tensor  # [B, P, S] each patch's attention over the recipe tokens (rows sum to 1)
+    recipe_mask: torch.Tensor  # [B, S] True = valid recipe token
+
+    def global_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([CLS] attended image feature [B, D], mean attended recipe feature over valid tokens [B, D])."""
+        m = self.recipe_mask.to(self.recipe.dtype).unsqueeze(-1)
+        mean = (self.recipe * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.image[:, 0], mean
+
+    def local_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attended patches [B, P, D], each patch's attention-weighted recipe summary [B, P, D])."""
+        return self.image[:, 1:], self.attention @ self.recipe
+
+
+class MatchingModule(nn.Module):
+    """ψ and ψ′ with input projections from the encoders' token widths to a shared width."""
+
+    def __init__(
+        self,
+        image_width: int,
+        recipe_width: int,
+        dim: int = 256,
+        depth: int = 1,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.image_in = nn.Linear(image_width, dim)
+        self.recipe_in = nn.Linear(recipe_width, dim)
+        self.psi = Decoder(dim, depth, heads, mlp_ratio)
+        self.psi_prime = Decoder(dim, depth, heads, mlp_ratio)
+
+    def forward(
+        self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor
+    ) -> MatchingOutput:
+        if not torch.jit.is_tracing() and (
+            image_tokens.dim() != 3
+            or recipe_tokens.dim() != 3
+            or recipe_mask.shape != recipe_tokens.shape[:2]
+        ):
+            raise MalmError(
+                "matching expects image_tokens [B,1+P,Wi], recipe_tokens [B,S,Wr], recipe_mask [B,S]; got "
+                f"{tuple(image_tokens.shape)}, {tuple(recipe_tokens.shape)}, {tuple(recipe_mask.shape)}"
+            )
+        recipe_mask = recipe_mask.bool()
+        img = self.image_in(image_tokens)
+        rec = self.recipe_in(recipe_tokens)
+        attended_image, attn = self.psi(img, rec, memory_mask=recipe_mask)
+        attended_recipe, _ = self.psi_prime(rec, attended_image, query_mask=recipe_mask)
+        return MatchingOutput(attended_image, attended_recipe, attn[:, 1:], recipe_mask)
+
+    def score(
+        self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Pairwise matching score [B] of image b with recipe b: cosine of the global pair (what the
+        global InfoNCE trains). The SDK's optional re-ranking scores top-k candidates with it."""
+        g, h = self.forward(image_tokens, recipe_tokens, recipe_mask).global_pair()
+        return (F.normalize(g, dim=-1) * F.normalize(h, dim=-1)).sum(-1)
+
+
+class MatchingScorer(nn.Module):
+    """`MatchingModule.score` as a module's forward, for ONNX export of the re-ranking head on its own."""
+
+    def __init__(self, matching: MatchingModule) -> None:
+        super().__init__()
+        self.matching = matching
+
+    def forward(
+        self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.matching.score(image_tokens, recipe_tokens, recipe_mask)
+
+
+def export_matching_onnx(matching: MatchingModule, path: str, opset: int = 17) -> None:
+    """Write the re-ranking head alone: inputs `image_tokens` [N, 1+P, Wi] float32, `recipe_tokens`
+    [N, S, Wr] float32, `recipe_mask` [N, S] bool; output `score` [N] (cosine, higher = better match).
+    N and S are dynamic. The caller owns the atomic write (export to a temp path, then rename)."""
+    scorer = MatchingScorer(matching).eval()
+    p = next(matching.parameters())
+    example = (
+        torch.zeros(2, 5, matching.image_in.in_features, device=p.device),
+        torch.zeros(2, 3, matching.recipe_in.in_features, device=p.device),
+        torch.ones(2, 3, dtype=torch.bool, device=p.device),
+    )
+    torch.onnx.export(
+        scorer,
+        example,
+        path,
+        input_names=["image_tokens", "recipe_tokens", "recipe_mask"],
+        output_names=["score"],
+        dynamic_axes={
+            "image_tokens": {0: "n"},
+            "recipe_tokens": {0: "n", 1: "s"},
+            "recipe_mask": {0: "n", 1: "s"},
+            "score": {0: "n"},
+        },
+        opset_version=opset,
+        # The TorchScript exporter: fast, and this graph (MatMul / Softmax / LayerNorm) needs nothing newer.
+        dynamo=False,
+    )

@@ -1,0 +1,165 @@
+"""`malm export` end to end on a tiny trained checkpoint, through the real command, read back with ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from _tiny_run import make_dataset, tiny_config
+from PIL import Image
+from typer.testing import CliRunner
+
+from malm.bundle import read_manifest, verify
+from malm.cli import app
+from malm.errors import MalmError
+from malm.export import onnx_export as ox
+from malm.export.quantize import qdq_properties
+from malm.preprocess import PreprocessConfig, preprocess
+from malm.text import TextLimits, encode_recipe
+from malm.training.checkpoint import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def _invoke(args: list[str]) -> Any:
+    return CliRunner().invoke(app, args, catch_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("export")
+    data = make_dataset(root / "data", n_train=24, n_val=4, n_test=12)
+    out = root / "run"
+    res = _invoke(["train", "--no-progress", "--data", str(data), "--preset",
+                   str(tiny_config(root / "c.json", epochs=1)), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return {"data": data, "run": out, "bundle": root / "bundle", "root": root}
+
+
+def _export(run: dict[str, Path], *extra: str, bundle: Path | None = None) -> Any:
+    return _invoke(["export", "--checkpoint", str(run["run"]), "--data", str(run["data"]),
+                    "--bundle", str(bundle or run["bundle"]), "--distill-epochs", "1", *extra])
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(run: dict[str, Path]) -> dict[str, Any]:
+    res = _export(run, "--target", "onnx", "--int8", "--calib-images", "16", "--tokens", "--eval-images", "12",
+                  "--json")
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    return json.loads(res.stdout)
+
+
+def test_onnx_bundle_runs_in_onnx_runtime(run: dict[str, Path], onnx_bundle: dict[str, Any]) -> None:
+    bundle = run["bundle"]
+    manifest = verify(bundle)
+    assert {"image_fp32", "image_int8", "recipe_fp32"} <= set(manifest["encoders"])
+    assert manifest["embedding"] == {"dim": 16, "metric": "cosine"}
+    pp = PreprocessConfig.from_dict(manifest["preprocess"])
+    assert pp.size == 32
+    assert (bundle / "vocab.json").read_text() == (run["run"] / "vocab.json").read_text()
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["libraries"])
+
+    entry = manifest["encoders"]["image_fp32"]
+    assert entry["opset"] >= 17 and entry["inputs"]["image"]["shape"] == ["batch", 3, 32, 32]
+    assert entry["outputs"]["embedding"]["shape"] == ["batch", 16] and entry["parity_min_cosine"] >= 0.9999
+    meta = {p.key: p.value for p in onnx.load(str(bundle / entry["file"])).metadata_props}
+    assert meta["model_hash"] == entry["model_hash"] == manifest["model"]["encoder_hash"]
+    assert json.loads(meta["config"])["name"] == "test-tiny"
+
+    photos = sorted((run["data"] / "images" / "test").rglob("*.jpg"))[:5]
+    x = np.stack([preprocess(Image.open(p), pp) for p in photos])
+    emb, tokens = ox.session(bundle / entry["file"]).run(None, {"image": x})
+    assert emb.shape == (5, 16) and tokens.shape == (5, 1, 32)  # 32 px → 1x1 grid of ViT-width tokens
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    emb8 = ox.session(bundle / "encoders/image_int8.onnx").run(["embedding"], {"image": x})[0]
+    assert ox.cosine_rows(emb, emb8).mean() > 0.9
+
+    props = qdq_properties(bundle / "encoders/image_int8.onnx")
+    assert props["all_zero_points_zero"] and props["per_channel_scales"] > 0
+    assert manifest["encoders"]["image_int8"]["quantization"]["calibration_images"] == 16
+
+    # The recipe encoder: vocab tokens in, the teacher's embedding out.
+    teacher = load_model(run["run"])
+    limits = teacher.config.data.limits()
+    assert isinstance(limits, TextLimits)
+    toks = encode_recipe("tomato pasta", ["1 cups tomato", "2 cups pasta"], ["cook the pasta well ."],
+                         teacher.vocab, limits)
+    feeds = {k: v[None].astype(np.int64) for k, v in toks.items()}
+    got = ox.session(bundle / "encoders/recipe_fp32.onnx").run(["embedding"], feeds)[0]
+    with torch.no_grad():
+        ref = teacher.model.encode_recipe(*(torch.from_numpy(feeds[k]) for k in ("title", "ingredients",
+                                                                               "instructions"))).numpy()
+    assert ox.cosine_rows(ref, got)[0] > 0.9999
+
+
+def test_report_has_each_variant(run: dict[str, Path], onnx_bundle: dict[str, Any]) -> None:
+    variants = onnx_bundle["variants"]
+    assert {"teacher_torch_fp32", "student_torch_fp32", "image_fp32", "image_int8"} <= set(variants)
+    for name in ("image_fp32", "image_int8"):
+        row = variants[name]
+        assert row["size_mb"] > 0 and row["latency_ms_1t"] > 0 and row["latency_ms_2t"] > 0
+        assert -1 <= row["cosine_to_teacher"] <= 1
+        assert set(row["retrieval"]) >= {"medR", "R@1", "R@5", "R@10"} and row["retrieval"]["n"] == 12
+    assert "R@1_drop_vs_fp32" in variants["image_int8"]
+    assert variants["image_int8"]["size_mb"] < variants["image_fp32"]["size_mb"] / 3
+    report = json.loads((run["bundle"] / "report.json").read_text())
+    assert report["variants"]["image_fp32"] == variants["image_fp32"]
+    assert "| image_int8 |" in (run["bundle"] / "report.md").read_text()
+    assert read_manifest(run["bundle"])["quality"]["image_int8"]["size_mb"] == variants["image_int8"]["size_mb"]
+
+
+def test_coreml_reuses_the_distilled_student(run: dict[str, Path], onnx_bundle: dict[str, Any]) -> None:
+    pytest.importorskip("coremltools", reason="coremltools is in malm[export]")
+    res = _export(run, "--target", "coreml", "--weights", "int8", "--eval-images", "12")
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    assert "student loaded from cache" in res.stderr
+    manifest = verify(run["bundle"])
+    assert {"image_fp32", "image_coreml", "image_coreml_w8"} <= set(manifest["encoders"])
+    cm = manifest["encoders"]["image_coreml"]
+    assert cm["file"] == "encoders/image.mlpackage" and cm["precision"] == "fp16"
+    assert cm["inputs"]["image"]["type"] == "image" and cm["outputs"]["embedding"]["shape"] == [1, 16]
+    assert manifest["encoders"]["image_coreml_w8"]["spec"]["compression_ops"] == ["constexpr_affine_dequantize"]
+    report = json.loads((run["bundle"] / "report.json").read_text())
+    assert {"image_int8", "image_coreml", "image_coreml_w8"} <= set(report["variants"])  # merged across targets
+
+
+def test_tensorrt_writes_static_qdq_onnx_and_the_trtexec_command(run: dict[str, Path],
+                                                                 onnx_bundle: dict[str, Any]) -> None:
+    res = _export(run, "--target", "tensorrt", "--int8", "--calib-images", "8", "--eval-images", "12")
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    assert "TensorRT engine not built" in res.stderr and "trtexec --onnx=tensorrt/image_static.onnx" in res.stderr
+    manifest = verify(run["bundle"])
+    entry = manifest["encoders"]["image_tensorrt"]
+    assert entry["file"] == "tensorrt/image_static.onnx" and entry["kind"] == "tensorrt-onnx"
+    assert entry["inputs"]["image"]["shape"] == [1, 3, 32, 32] and entry["static_shape"] == [1, 3, 32, 32]
+    assert entry["trtexec"] == ("trtexec --onnx=tensorrt/image_static.onnx --saveEngine=image-int8.engine "
+                                "--fp16 --int8")
+    assert entry["engine_built"] is False and entry["quantization"]["all_zero_points_zero"]
+    assert qdq_properties(run["bundle"] / entry["file"])["all_zero_points_zero"]
+
+
+def test_user_errors(run: dict[str, Path], onnx_bundle: dict[str, Any], tmp_path: Path) -> None:
+    res = _export(run, "--target", "onnx", "--tag", "nope", bundle=tmp_path / "b")
+    assert isinstance(res.exception, MalmError) and "no nope.safetensors" in str(res.exception)
+    res = _export(run, "--target", "onnx", "--image-size", "64")
+    assert isinstance(res.exception, MalmError) and "use a new bundle directory" in str(res.exception)
+    res = _invoke(["export", "--checkpoint", str(tmp_path / "none"), "--data", str(run["data"]), "--bundle",
+                 str(tmp_path / "c"), "--target", "onnx"])
+    assert isinstance(res.exception, MalmError) and "not a training run directory" in str(res.exception)
+
+
+def test_student_none_exports_the_teachers_own_image_encoder(run: dict[str, Path], tmp_path: Path) -> None:
+    res = _invoke(["export", "--checkpoint", str(run["run"]), "--data", str(run["data"]), "--bundle",
+                   str(tmp_path / "b"), "--target", "onnx", "--student", "none", "--no-recipe-encoder",
+                   "--eval-images", "12", "--json"])
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    manifest = verify(tmp_path / "b")
+    assert set(manifest["encoders"]) == {"image_fp32"} and "student" not in manifest
+    row = json.loads(res.stdout)["variants"]["image_fp32"]
+    assert row["cosine_to_teacher"] > 0.9999  # it *is* the teacher
+    assert row["retrieval"] == json.loads(res.stdout)["variants"]["teacher_torch_fp32"]["retrieval"]

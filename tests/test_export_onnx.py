@@ -1,0 +1,119 @@
+"""ONNX export of a small student: dynamic batch, metadata, parity check; int8 QDQ model properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+
+from malm.errors import MalmError
+from malm.export import onnx_export as ox
+from malm.export.distill import StudentFeatures
+from malm.export.quantize import calibration_batches, qdq_properties, quantize_int8
+from malm.export.student import StudentConfig, StudentImageEncoder
+from malm.preprocess import PreprocessConfig
+
+SIZE = 32
+PP = PreprocessConfig.for_size(SIZE)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("onnx")
+    # ImageNet weights: realistic activation ranges for the quantizer (random BN stats are not).
+    student = StudentImageEncoder(StudentConfig(embed_dim=16, token_dim=8, image_size=SIZE)).eval()
+    enc = StudentFeatures(student).eval()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        # Smooth colour gradients + noise: photo-like statistics, different sizes and aspect ratios.
+        h, w = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.uniform(0, 255, 3) + np.stack([xx, yy, xx + yy], -1) * rng.uniform(-2, 2, 3)
+        pix = np.clip(base + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+        paths.append(root / f"img{i}.jpg")
+        Image.fromarray(pix).save(paths[-1])
+    images = np.concatenate(list(calibration_batches(paths, PP)))
+    fp32 = ox.export_image_encoder(ox.ImageEncoderForExport(enc, tokens=True), root / "image_fp32.onnx", SIZE,
+                                   metadata={"model_hash": "abc", "config": '{"x": 1}'})
+    int8 = root / "image_int8.onnx"
+    info = quantize_int8(fp32, int8, paths, PP)
+    return {"enc": enc, "fp32": fp32, "int8": int8, "images": images, "info": info, "paths": paths}
+
+
+def test_dynamic_batch_outputs_and_metadata(exported: dict[str, object]) -> None:
+    fp32 = exported["fp32"]
+    assert isinstance(fp32, Path)
+    spec = ox.io_spec(fp32)
+    assert spec["opset"] >= 17
+    assert spec["inputs"]["image"] == {"dtype": "float32", "shape": ["batch", 3, SIZE, SIZE]}
+    assert spec["outputs"]["embedding"]["shape"] == ["batch", 16]
+    assert spec["outputs"]["tokens"]["shape"] == ["batch", 1, 8]
+    meta = ox.read_metadata(fp32)
+    assert meta["model_hash"] == "abc" and meta["config"] == '{"x": 1}'
+    sess = ox.session(fp32)
+    for n in (1, 3):
+        emb, tok = sess.run(None, {"image": np.random.default_rng(n).standard_normal((n, 3, SIZE, SIZE), np.float32)})
+        assert emb.shape == (n, 16) and tok.shape == (n, 1, 8)
+        assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_parity_check_passes_for_the_exported_module_and_fails_for_another(exported: dict[str, object]) -> None:
+    enc, fp32, images = exported["enc"], exported["fp32"], exported["images"]
+    assert isinstance(fp32, Path) and isinstance(images, np.ndarray)
+    assert ox.parity_check(ox.ImageEncoderForExport(enc, tokens=False), fp32, images) >= 0.9999  # type: ignore[arg-type]
+    torch.manual_seed(1)
+    other = StudentFeatures(StudentImageEncoder(StudentConfig(embed_dim=16, token_dim=8, image_size=SIZE),
+                                                pretrained=False).eval())
+    with pytest.raises(MalmError, match="failed its parity check"):
+        ox.parity_check(ox.ImageEncoderForExport(other, tokens=False), fp32, images)
+
+
+def test_qdq_model_is_symmetric_int8_per_channel(exported: dict[str, object]) -> None:
+    int8 = exported["int8"]
+    assert isinstance(int8, Path)
+    props = qdq_properties(int8)
+    assert props["qdq_nodes"] > 100 and props["all_zero_points_zero"] and props["opset"] >= 17
+    assert props["per_channel_scales"] > 0
+    model = onnx.load(str(int8))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consumers = {i: n.op_type for n in model.graph.node for i in n.input}
+    conv_weights = 0
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[node.input[2]]
+            assert not zp.any()
+            # activations and weights int8; only biases (int32, zero point 0) are wider
+            assert zp.dtype in (np.int8, np.int32)
+            if node.op_type == "DequantizeLinear" and consumers.get(node.output[0]) == "Conv" and node.input[0] in inits \
+                    and inits[node.input[0]].ndim == 4:
+                conv_weights += 1
+                assert inits[node.input[0]].dtype == np.int8
+                assert inits[node.input[1]].ndim == 1 and inits[node.input[1]].size == inits[node.input[0]].shape[0]
+    assert conv_weights >= 50  # every conv's weights, one scale per output channel
+    info = exported["info"]
+    assert isinstance(info, dict) and info["calibration_images"] == 12 and info["format"] == "QDQ"
+
+
+def test_int8_stays_close_to_fp32_and_is_smaller(exported: dict[str, object]) -> None:
+    fp32, int8, images = exported["fp32"], exported["int8"], exported["images"]
+    assert isinstance(fp32, Path) and isinstance(int8, Path) and isinstance(images, np.ndarray)
+    a = ox.run_image(ox.session(fp32), images)
+    b = ox.run_image(ox.session(int8), images)
+    assert ox.cosine_rows(a, b).mean() > 0.9
+    assert int8.stat().st_size < fp32.stat().st_size / 3
+
+
+def test_unreadable_calibration_image_is_named(tmp_path: Path, exported: dict[str, object]) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    fp32 = exported["fp32"]
+    assert isinstance(fp32, Path)
+    with pytest.raises(MalmError, match="bad.jpg"):
+        quantize_int8(fp32, tmp_path / "q.onnx", [bad], PP)

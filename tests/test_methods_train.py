@@ -1,0 +1,127 @@
+"""TNLBT and MALM through the real `malm train` entry point: tiny runs, ablation switches, EMA, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _tiny_run import make_dataset
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from malm.cli import app
+from malm.errors import MalmError
+from malm.training.checkpoint import load_model
+from malm.training.config import load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def method_config(path: Path, preset: str, **overrides: object) -> Path:
+    """`preset` (tnlbt-tiny / malm-tiny) shrunk to run in seconds, its method switches as shipped."""
+    shrink = {
+        "name": f"test-{preset}",
+        "model.image.image_size": 32, "model.image.patch_size": 8, "model.image.width": 32, "model.image.depth": 1,
+        "model.image.heads": 2, "model.image.mlp_ratio": 2.0, "model.recipe.width": 32, "model.recipe.heads": 2,
+        "model.embed_dim": 16, "data.min_freq": 1, "train.epochs": 2, "train.batch_size": 8, "train.num_workers": 0,
+        "train.eval_size": 8, "train.log_every": 1, "train.lr": 1e-3, "train.image_lr": 1e-3,
+        "loss.matching.heads": 2, "loss.cross_decoder.heads": 2,
+    }  # fmt: skip
+    cfg = load_preset(preset).with_overrides({**shrink, **overrides})
+    path.write_text(cfg.to_json())
+    return path
+
+
+def _train(args: list[str]) -> object:
+    return CliRunner().invoke(app, ["train", "--no-progress", *args], catch_exceptions=True)
+
+
+def _train_lines(run: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["type"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "recipe1m", n_train=16)
+
+
+def test_malm_tiny_trains_with_all_its_losses_and_an_ema_teacher(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "malm"
+    cfg = method_config(tmp_path / "malm.json", "malm-tiny", **{"loss.distill.ema_decay": 0.5})
+    res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    train = _train_lines(out)
+    assert [x["step"] for x in train] == [1, 2, 3, 4]
+    for key in ("triplet_loss", "recipe_ssl_loss", "match_global_loss", "match_local_loss", "distill_loss"):
+        assert all(np.isfinite(x[key]) and x[key] > 0 for x in train), key
+    # The resumable state holds the teacher; after 4 EMA updates (decay 0.5) it is close to, not equal to,
+    # the student, and it is not the student's initial weights either.
+    state = load_file(str(out / "last.state.safetensors"))
+    student = state["task.model.image_encoder.blocks.0.attn.qkv.weight"]
+    teachers = [
+        k
+        for k in state
+        if k.startswith("task.objectives.") and k.endswith("teacher.encoder.blocks.0.attn.qkv.weight")
+    ]
+    assert len(teachers) == 1
+    teacher = state[teachers[0]]
+    assert not torch.equal(teacher, student)
+    assert (teacher - student).abs().max() < 0.5 * (student.abs().max())
+    assert bool(state[teachers[0].replace("teacher.encoder.blocks.0.attn.qkv.weight", "teacher_ready")])
+    # Inference needs only the two encoders: the weights file loads into the plain retrieval model.
+    loaded = load_model(out, tag="last")
+    assert not any("teacher" in k or "matching" in k for k in loaded.model.state_dict())
+
+
+def test_tnlbt_tiny_trains_with_a_growing_margin_and_the_caption_loss(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tnlbt"
+    cfg = method_config(tmp_path / "tnlbt.json", "tnlbt-tiny")
+    res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    train = _train_lines(out)
+    assert all(np.isfinite(x["caption_loss"]) and x["caption_loss"] > 0 for x in train)
+    margins = [x["margin"] for x in train]
+    # linear 0.05 -> 0.3 over 4 steps, read at progress step/total before each step
+    np.testing.assert_allclose(margins, [0.05, 0.05 + 0.25 / 4, 0.05 + 0.5 / 4, 0.05 + 0.75 / 4], atol=1e-6)
+
+
+def test_ablation_switches_are_config_keys(data: Path, tmp_path: Path) -> None:
+    cfg = method_config(tmp_path / "m.json", "malm-tiny", **{"train.epochs": 1})
+    out = tmp_path / "nolocal"
+    res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(out),
+                  "--set", "loss.matching.local_weight=0", "--set", "loss.distill.enabled=false",
+                  "--set", "loss.mask.ratio=0.5"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    keys = set(_train_lines(out)[0])
+    assert "match_global_loss" in keys and "match_local_loss" not in keys and "distill_loss" not in keys
+    assert json.loads((out / "config.json").read_text())["loss"]["mask"]["ratio"] == 0.5
+    # distillation without masking has nothing to predict: a clear error, not a silent no-op
+    res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(tmp_path / "bad"),
+                  "--set", "loss.mask.enabled=false"])  # fmt: skip
+    assert isinstance(res.exception, MalmError) and "loss.distill needs loss.mask" in str(res.exception)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),
+                    reason="torchrun (part of torch) is not on PATH")  # fmt: skip
+def test_ddp_two_process_gloo_run_with_the_new_losses(data: Path, tmp_path: Path) -> None:
+    """MALM's matching (gathered InfoNCE), distillation and TNLBT's cross decoder under 2-rank DDP."""
+    cfg = method_config(tmp_path / "c.json", "malm-tiny", **{
+        "train.epochs": 1, "loss.cross_decoder.enabled": True, "loss.dynamic_margin.enabled": True})  # fmt: skip
+    out = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun") or str(ROOT / ".venv/bin/torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "malm.training.train", "--data", str(data),
+           "--preset", str(cfg), "--out", str(out), "--device", "cpu", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = _train_lines(out)
+    assert [x["step"] for x in train] == [1, 2]
+    for key in ("triplet_loss", "caption_loss", "match_global_loss", "match_local_loss", "distill_loss"):
+        assert all(np.isfinite(x[key]) for x in train), key

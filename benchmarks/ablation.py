@@ -12,7 +12,7 @@ metrics, so any unfairness left by whole-epoch rounding is visible. Validation r
 and the `last` checkpoint is evaluated on the test split: 1k image→recipe (and recipe→image) medR and
 R@1/5/10, H-T protocol (10 random 1k subsets, seeded), or all test pairs when there are fewer than 1k.
 
-Results: `benchmarks/results/ablation.json` and `.md` (atomic writes).
+Results: `benchmarks/results/ablation.json` and `.md` (`ablation-quick.*` with --quick; atomic writes).
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ METHODS = [
     Method("malm-tiny no-local", "malm-tiny", {"loss.matching.local_weight": 0.0}, "global matching only"),
     Method("malm-tiny mask-0.5", "malm-tiny", {"loss.mask.ratio": 0.5}, "mask ratio 0.5"),
     Method("malm-tiny mask-0.9", "malm-tiny", {"loss.mask.ratio": 0.9}, "mask ratio 0.9"),
+    Method(
+        "malm-tiny pair-neg-3",
+        "malm-tiny",
+        {"loss.matching.pair_negatives": 3},
+        "global matching over decoded hard-negative pairs (not in the paper; see objectives.py)",
+    ),
 ]
 
 
@@ -92,6 +98,8 @@ def _train(data: Path, run_dir: Path, config: Any, stop_after_steps: int = 0) ->
         config=config,
         device="cpu",
         stop_after_steps=stop_after_steps,
+        # a run stopped early saves `last` only through save_every
+        save_every=stop_after_steps,
         progress_bar=False,
         log=lambda _m: None,
     )
@@ -205,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--methods", nargs="*", help="subset of: " + ", ".join(m.name for m in METHODS))
     p.add_argument("--work", type=Path, help="folder for data and runs (default: a temp folder, removed)")
-    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="JSON path; the .md goes beside it (default benchmarks/results/ablation.json, or "
+        "ablation-quick.json with --quick so a smoke test never overwrites a real table)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
 
@@ -214,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     recipes = args.recipes or (300 if args.quick else 10_000)
     minutes = args.minutes
+    results_path = args.results or ROOT / "benchmarks" / "results" / (
+        "ablation-quick.json" if args.quick else "ablation.json"
+    )
     methods = METHODS
     if args.methods:
         known = {m.name: m for m in METHODS}
@@ -240,7 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                 + ("3 steps" if args.quick else f"calibrating, then ~{minutes:g} min of training")
             )
             r = run_method(
-                method, data, work / "runs", minutes * 60, base, calib_steps=3 if args.quick else 10
+                method,
+                data,
+                work / "runs",
+                minutes * 60,
+                base,
+                calib_steps=3 if args.quick else 10,
+                quick=args.quick,
             )
             a = r["test"]["im2recipe"]
             _log(
@@ -259,10 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             "base_overrides": base,
             "methods": out,
         }
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.results, json.dumps(results, indent=1) + "\n")
-        write_text_atomic(args.results.with_suffix(".md"), _md(results))
-        _log(f"wrote {args.results} and {args.results.with_suffix('.md')}")
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(results_path, json.dumps(results, indent=1) + "\n")
+        write_text_atomic(results_path.with_suffix(".md"), _md(results))
+        _log(f"wrote {results_path} and {results_path.with_suffix('.md')}")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -186,7 +186,10 @@ def markdown(r: dict[str, Any]) -> str:
         parts.append(st + "\n")
     else:
         parts.append(f"`{cs['command']}` on a {cs['recipes']:,}-recipe bundle, {cs['runs']} runs: p50 {cs['p50_s']:.3f} s, "
-                     f"p95 {cs['p95_s']:.3f} s (import only: p50 {cs.get('import_p50_s', 0):.3f} s). {cs.get('note', '')}\n")
+                     f"p95 {cs['p95_s']:.3f} s (python alone {cs.get('python_p50_s', 0):.3f} s, python + malm imports "
+                     f"{cs.get('import_p50_s', 0):.3f} s). {cs.get('note', '')}. Torch imported by the CLI: "
+                     f"{cs.get('torch_imported_by_cli')}. Inside `Retriever.load` (s): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in (cs.get("load_breakdown_s") or {}).items()) + "\n")
     errors = [f"- {k}: {v.get('error')}" for k, v in s.items() if isinstance(v, dict) and "error" in v]
     if errors:
         parts.append("## Failures\n" + "\n".join(errors) + "\n")

@@ -46,7 +46,13 @@ def test_two_rank_gloo_run_matches_single_process(tmp_path: Path) -> None:
     single = load_file(str(tmp_path / "single" / "last.safetensors"))
     ddp = load_file(str(tmp_path / "ddp" / "last.safetensors"))
     for k in single:
-        torch.testing.assert_close(ddp[k], single[k], atol=2e-5, rtol=1e-4, msg=k)
+        a, b = ddp[k], single[k]
+        if k.endswith(("in_proj_bias", "qkv.bias")):
+            # Attention is invariant to the key bias: its true gradient is 0, so what it gets is float
+            # noise that differs with reduction order and that Adam scales up to lr-sized steps.
+            third = a.shape[0] // 3
+            a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=k)
     lines = lambda run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     single_losses = [x["triplet_loss"] for x in lines("single") if x["type"] == "train"]
     ddp_losses = [x["triplet_loss"] for x in lines("ddp") if x["type"] == "train"]

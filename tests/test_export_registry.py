@@ -26,7 +26,7 @@ from malm.export.registry import TARGETS, ExportOptions, describe, require
         ({"target": "onnx", "student": "resnet"}, "--student must be one of"),
         ({"target": "onnx", "student": "none", "distill_epochs": 3}, "--distill-epochs needs a student"),
         ({"target": "onnx", "student": "none", "image_size": 224}, "--image-size needs a student"),
-        ({"target": "onnx", "image_size": 100}, "multiple of 32"),
+        ({"target": "onnx", "image_size": 16}, "--image-size must be between 32"),
         ({"target": "coreml", "weights": "int4"}, "--weights must be one of"),
         ({"target": "onnx", "distill_epochs": -1}, "--distill-epochs must be >= 0"),
         ({"target": "onnx", "tag": "../x"}, "--tag must be"),

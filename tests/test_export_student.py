@@ -48,11 +48,13 @@ def test_student_outputs_normalized_embedding_and_grid_tokens() -> None:
     assert emb.shape == (3, 24) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert tokens is not None and tokens.shape == (3, 4, 8) and student.grid() == (2, 2)
     assert student(torch.randn(2, 3, 64, 64)).shape == (2, 24)
+    odd = StudentImageEncoder(StudentConfig(embed_dim=8, token_dim=4, image_size=48), pretrained=False).eval()
+    assert odd.features(torch.randn(1, 3, 48, 48))[1].shape == (1, 4, 4) and odd.grid() == (2, 2)
 
 
 def test_student_config_is_validated() -> None:
-    with pytest.raises(ValueError, match="multiple of 32"):
-        StudentConfig(embed_dim=8, image_size=48)
+    with pytest.raises(ValueError, match=">= 32"):
+        StudentConfig(embed_dim=8, image_size=16)
     with pytest.raises(ValueError, match="embed_dim"):
         StudentConfig(embed_dim=0)
     cfg = StudentConfig(embed_dim=8, token_dim=4, image_size=96)

@@ -121,3 +121,48 @@ def test_scorer_exports_to_onnx_and_matches_torch(tmp_path) -> None:
     with torch.no_grad():
         want = scorer(img2, rec2, mask2).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_pair_negatives_decode_the_hardest_negative_pairs() -> None:
+    """With loss.matching.pair_negatives=k the objective scores (image i, its k hardest recipes) and
+    (its k hardest images, recipe i) with the same matching head that `score` exports."""
+    from types import SimpleNamespace
+
+    from malm.training.config import load_preset
+    from malm.training.objectives import MatchingObjective
+
+    cfg = load_preset("malm-tiny").with_overrides(
+        {
+            "model.image.width": 12,
+            "model.image.heads": 2,
+            "model.recipe.width": 16,
+            "loss.matching.heads": 2,
+            "loss.matching.pair_negatives": 2,
+        }  # fmt: skip
+    )
+    torch.manual_seed(0)
+    obj = MatchingObjective(cfg).eval()
+    b, p, s = 5, 4, 3
+    tokens = torch.randn(b, 1 + p, 12)
+    recipe = SimpleNamespace(tokens=torch.randn(b, s, 16), token_mask=torch.ones(b, s, dtype=torch.bool))
+    image_emb = torch.nn.functional.normalize(torch.randn(b, 8), dim=-1)
+    recipe_emb = torch.nn.functional.normalize(torch.randn(b, 8), dim=-1)
+    state = SimpleNamespace(
+        shared={"image_tokens": tokens}, recipe=recipe, image_emb=image_emb, recipe_emb=recipe_emb
+    )
+    seen = {}
+    obj.pair_loss.forward = lambda pos, nr, ni: seen.update(pos=pos, nr=nr, ni=ni) or pos.sum()  # type: ignore[method-assign]
+    out = obj(state)
+    assert set(out) == {"match_global_loss", "match_local_loss"}
+    sim = image_emb @ recipe_emb.t()
+    sim.fill_diagonal_(float("-inf"))
+    score = obj.matching.score
+    rt, rm = recipe.tokens, recipe.token_mask
+    assert torch.allclose(seen["pos"], score(tokens, rt, rm), atol=1e-5)
+    for i in range(b):
+        hard_r = sim[i].topk(2).indices
+        hard_i = sim[:, i].topk(2).indices
+        want_r = score(tokens[i : i + 1].expand(2, -1, -1), rt[hard_r], rm[hard_r])
+        want_i = score(tokens[hard_i], rt[i : i + 1].expand(2, -1, -1), rm[i : i + 1].expand(2, -1))
+        assert torch.allclose(seen["nr"][i], want_r, atol=1e-5)
+        assert torch.allclose(seen["ni"][i], want_i, atol=1e-5)

@@ -102,10 +102,36 @@ def test_ablation_switches_are_config_keys(data: Path, tmp_path: Path) -> None:
     keys = set(_train_lines(out)[0])
     assert "match_global_loss" in keys and "match_local_loss" not in keys and "distill_loss" not in keys
     assert json.loads((out / "config.json").read_text())["loss"]["mask"]["ratio"] == 0.5
+    # pair negatives: the global matching loss over decoded (image, negative recipe) pairs
+    res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(tmp_path / "pairs"),
+                  "--set", "loss.matching.pair_negatives=2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert all(np.isfinite(x["match_global_loss"]) for x in _train_lines(tmp_path / "pairs"))
     # distillation without masking has nothing to predict: a clear error, not a silent no-op
     res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(tmp_path / "bad"),
                   "--set", "loss.mask.enabled=false"])  # fmt: skip
     assert isinstance(res.exception, MalmError) and "loss.distill needs loss.mask" in str(res.exception)
+
+
+def test_malm_resume_after_interruption_gives_identical_weights_and_teacher(
+    data: Path, tmp_path: Path
+) -> None:
+    """Masks, EMA teacher, its first-step copy, predictor and the margin schedule all resume exactly."""
+    from malm.training.train import main
+
+    cfg = method_config(tmp_path / "c.json", "malm-tiny", **{
+        "loss.cross_decoder.enabled": True, "loss.dynamic_margin.enabled": True, "train.epochs": 1})  # fmt: skip
+    common = ["--data", str(data), "--preset", str(cfg), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "full")]) == 0
+    assert (
+        main([*common, "--out", str(tmp_path / "cut"), "--save-every", "1", "--stop-after-steps", "1"]) == 0
+    )
+    assert main([*common, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    full = load_file(str(tmp_path / "full" / "last.state.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "last.state.safetensors"))
+    assert full.keys() == cut.keys() and any("teacher.encoder" in k for k in full)
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),

@@ -57,15 +57,39 @@ def run(ctx: Context) -> dict[str, Any]:
         [sys.executable, "-c", "import sys, malm.cli, malm.sdk; print('torch' in sys.modules)"],
         capture_output=True, text=True, check=False).stdout.strip()
     a = np.asarray(times)
+    parts = _load_breakdown(target.bundle)
     ctx.log(f"cold start: {target.recipes:,} recipes: p50 {np.median(a):.3f}s p95 {np.percentile(a, 95):.3f}s")
     return {"command": "malm query PHOTO --bundle BUNDLE --json", "bundle": str(target.bundle), "scale": target.key,
             "recipes": target.recipes, "runs": runs, "p50_s": round(float(np.median(a)), 4),
             "p95_s": round(float(np.percentile(a, 95)), 4), "min_s": round(float(a.min()), 4),
             "import_p50_s": round(float(np.median(imports)), 4), "python_p50_s": round(float(np.median(bare)), 4),
-            "torch_imported_by_cli": torch_check == "True", "photo": origin, "hits": len(hits),
+            "torch_imported_by_cli": torch_check == "True", "load_breakdown_s": parts, "photo": origin, "hits": len(hits),
             "note": "cold process, warm page cache; " + ("quick run: small bundle" if ctx.options.quick else
                                                          f"{target.key} bundle")}
 
 
-def bundle_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+def _load_breakdown(bundle: Path) -> dict[str, float]:
+    """Where `Retriever.load` spends its time (in this process, imports already done): one timing each."""
+    from malm.bundle import read_manifest, verify
+    from malm.edge_index.hnsw import HnswIndex, IndexSettings
+    from malm.edge_index.store import RecipeStore
+    from malm.sdk.backends import create_backend
+    from malm.sdk.bundle_loader import open_bundle
+
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    verify(bundle, read_manifest(bundle))
+    out["verify_sha256"] = time.perf_counter() - t0
+    b = open_bundle(bundle, check_hashes=False)
+    t0 = time.perf_counter()
+    store = RecipeStore.open(b.path(b.index["store"]))
+    labels = store.labels()
+    out["store_open_and_labels"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    HnswIndex.load(b.path(b.index["file"]), IndexSettings.from_dict(b.index), labels)
+    out["hnsw_load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    create_backend(b)
+    out["encoder_session"] = time.perf_counter() - t0
+    store.close()
+    return {k: round(v, 4) for k, v in out.items()}

@@ -130,11 +130,14 @@ def obtain(ctx: Context, recipes: int) -> DeploymentBundle:
         ctx.log(f"deployment bundle: calibrating on synthetic photos ({e})")
     qinfo = quantize_int8(fp32, int8, calib, pp)
     info["export_s"] = round(time.perf_counter() - t0, 1)
-    # What-if (not shipped): the int8 layout ONNX Runtime's x86 kernels are fastest with, to show what the
-    # TensorRT-compatible symmetric S8S8 QDQ model costs on a CPU (see WHATIF_NOTE).
-    whatif = root.with_name(root.name + "-int8-u8s8-qoperator.onnx")
-    quantize_u8s8_qoperator(fp32, whatif, calib, pp)
-    info["whatif_int8"] = str(whatif)
+    # What-ifs (not shipped): the int8 layouts ONNX Runtime's x86 kernels are fastest with (uint8 activations),
+    # to show what the TensorRT-compatible symmetric int8 QDQ model costs on a CPU (see WHATIF_NOTE).
+    whatif: dict[str, str] = {}
+    for fmt in ("qdq", "qoperator"):
+        path = root.with_name(f"{root.name}-int8-u8s8-{fmt}.onnx")
+        quantize_u8s8(fp32, path, calib, pp, fmt)
+        whatif[f"student_int8_u8s8_{fmt}"] = str(path)
+    info["whatif"] = whatif
     info["quantization"] = qinfo
     info["calibration_images"] = len(calib)
     with BundleWriter(root) as bw:
@@ -156,10 +159,10 @@ def obtain(ctx: Context, recipes: int) -> DeploymentBundle:
 
 
 WHATIF_NOTE = ("what-if, not in the bundle: the same fp32 student quantized by onnxruntime's quantize_static with uint8 "
-               "asymmetric activations, int8 per-channel weights, QOperator format (QLinearConv), same calibration")
+               "asymmetric activations and int8 symmetric per-channel weights (QDQ or QOperator format), same calibration")
 
 
-def quantize_u8s8_qoperator(fp32: Path, out: Path, calib: list[Path], pp: Any) -> None:
+def quantize_u8s8(fp32: Path, out: Path, calib: list[Path], pp: Any, fmt: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -168,9 +171,10 @@ def quantize_u8s8_qoperator(fp32: Path, out: Path, calib: list[Path], pp: Any) -
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     try:
-        quantize_static(str(pre), str(out), _Reader(calib, pp, "image"), quant_format=QuantFormat.QOperator,
+        quantize_static(str(pre), str(out), _Reader(calib, pp, "image"),
+                        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, extra_options={"WeightSymmetric": True})
     finally:
         pre.unlink(missing_ok=True)
 

@@ -27,7 +27,7 @@ def _rows(ctx: Context, fn: Any, size: int, flops: float | None, threads: int, p
     for b in (1, 4) if ctx.options.quick else BATCHES:
         x = rng.standard_normal((b, 3, size, size), dtype=np.float32)
         # A big model at batch 32 takes seconds a call: fewer repetitions, still a median of several.
-        reps = 3 if (slow and b > 1) or ctx.options.quick else 5
+        reps = 2 if (slow and b > 8) else 3 if (slow and b > 1) or ctx.options.quick else 5
         with thread_limit(threads):
             st: Stats = measure(lambda x=x: fn(x), min_time=0.1 if ctx.options.quick else 1.0, min_reps=reps, warmup=1)
         ips = b / (st.p50_ms / 1e3)

@@ -65,7 +65,7 @@ class Searcher:
 
 def _times(ctx: Context) -> dict[str, float]:
     quick = ctx.options.quick
-    return {"e2e_s": 0.3 if quick else 3.0, "e2e_reps": 5 if quick else 30, "stage_s": 0.1 if quick else 1.0,
+    return {"e2e_s": 0.3 if quick else 2.0, "e2e_reps": 5 if quick else 20, "stage_s": 0.1 if quick else 1.0,
             "stage_reps": 3 if quick else 10}
 
 

@@ -72,7 +72,7 @@ def _deployment(ctx: Context) -> Scale:
                  "teacher = full `malm` preset ViT-B/16 (torch eager), student = EfficientNet-Lite0 "
                  "(ONNX Runtime); untrained weights (speed only)",
                  dep.root, model, pp, "malm preset ViT-B/16 224px, untrained, torch eager", dep.recipes,
-                 whatif={"student_int8_u8s8_qop": Path(dep.info["whatif_int8"])} if dep.info.get("whatif_int8") else {})
+                 whatif={k: Path(v) for k, v in (dep.info.get("whatif") or {}).items()})
 
 
 def _bundle(ctx: Context) -> Scale:

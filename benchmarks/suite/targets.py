@@ -40,10 +40,11 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         if fp32 and int8:
             r = fp32["p50_ms"] / int8["p50_ms"]
             note = scale
-            whatif = rows.get(("student_int8_u8s8_qop", t))
-            if whatif:
-                note += (f"; what-if uint8-activation QOperator int8 (not shipped): {whatif['p50_ms']:.2f} ms, "
-                         f"{fp32['p50_ms'] / whatif['p50_ms']:.2f}x fp32")
+            for fmt in ("qdq", "qoperator"):
+                whatif = rows.get((f"student_int8_u8s8_{fmt}", t))
+                if whatif:
+                    note += (f"; what-if uint8-activation {fmt} int8 (not shipped): {whatif['p50_ms']:.2f} ms, "
+                             f"{fp32['p50_ms'] / whatif['p50_ms']:.2f}x fp32")
             out.append(_target(f"int8 vs fp32 student, query p50, {t} thread(s)", ">= 2x faster",
                                f"{fp32['p50_ms']:.2f} ms / {int8['p50_ms']:.2f} ms", r, r >= 2, note))
     if not threads:

@@ -51,7 +51,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if art.data is None:
         raise SectionSkipped("no training data: pass --data, or let the benchmark build its tiny model")
     quick = ctx.options.quick
-    steps, warm, batch = (2, 1, 8) if quick else (30, 5, 64)
+    steps, warm, batch = (2, 1, 8) if quick else (8, 2, 64)
     presets = CPU_PRESETS[:1] if quick else CPU_PRESETS
     threads = max(ctx.options.threads)
     work = ctx.scratch / "train"

@@ -49,17 +49,17 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke test of the benchmark code (numbers not quotable)."),
-        out: Path | None = typer.Option(None, "--out", help="Where bench.json and bench.md go [default: benchmarks/results, or benchmarks/results/quick with --quick]."),
-        work: Path | None = typer.Option(None, "--work", help="Built data/model/bundle and scratch, reused on a re-run [default: runs/bench or runs/bench-quick]."),
+        out: Path | None = typer.Option(None, "--out", help="Where bench.json and bench.md go (default: benchmarks/results, or benchmarks/results/quick with --quick)."),
+        work: Path | None = typer.Option(None, "--work", help="Built data/model/bundle and scratch, reused on a re-run (default: runs/bench or runs/bench-quick)."),
         bundle: Path | None = typer.Option(None, "--bundle", help="Measure this bundle instead of building a tiny one."),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Training run of the bundle's model (the torch teacher)."),
         data: Path | None = typer.Option(None, "--data", help="Dataset (Recipe1M layout) for building and calibration."),
         only: str = typer.Option("", "--only", help="Comma-separated sections to run (others are kept from an existing bench.json): "
                                  "peak,bundle,latency,encoder,cold_start,training,index."),
         threads: str = typer.Option("1,2", "--threads", help="Thread counts for latency."),
-        index_sizes: str = typer.Option("", "--index-sizes", help="Index sizes [default: 10000,100000,1000000; quick: 500,2000]."),
-        index_dim: int | None = typer.Option(None, "--index-dim", help="Vector dim for the index section [default: the model's]."),
-        deploy_recipes: int = typer.Option(100_000, "--deploy-recipes", help="Recipes in the deployment-size bundle (latency, cold start) [full runs]."),
+        index_sizes: str = typer.Option("", "--index-sizes", help="Index sizes (default: 10000,100000,1000000; quick: 500,2000)."),
+        index_dim: int | None = typer.Option(None, "--index-dim", help="Vector dim for the index section (default: the model's)."),
+        deploy_recipes: int = typer.Option(100_000, "--deploy-recipes", help="Recipes in the deployment-size bundle (latency, cold start; full runs)."),
         budget_min: float = typer.Option(15.0, "--budget-min", help="Soft time limit: slow optional peer builds are skipped past it."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:

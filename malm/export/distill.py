@@ -225,8 +225,12 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
     seconds = time.monotonic() - started
     path = None
     if cache_dir is not None and teacher_hash:
-        path = save_cached(cache_dir, key, student, {"key": key, "teacher": teacher_hash, "student": student_cfg.to_dict(),
-                                                    "distill": asdict(cfg), "history": history, "seconds": seconds})
+        meta = {"key": key, "teacher": teacher_hash, "student": student_cfg.to_dict(), "distill": asdict(cfg),
+                "history": history, "seconds": seconds}
+        try:
+            path = save_cached(cache_dir, key, student, meta)
+        except OSError as e:  # a read-only run directory: export still works, the next one distils again
+            log(f"could not cache the distilled student in {cache_dir} ({e}); continuing without the cache")
     return DistillResult(student, history, False, key, path, seconds)
 
 

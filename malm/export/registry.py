@@ -95,9 +95,8 @@ class ExportOptions:
                 raise MalmError("--calib-images only applies with --int8")
             if self.calib_images < 1:
                 raise MalmError(f"--calib-images must be >= 1, got {self.calib_images}")
-        if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
-            raise MalmError(f"--image-size must be a multiple of 32 (the student's stride) and >= 32, "
-                            f"got {self.image_size}")
+        if self.image_size is not None and not 32 <= self.image_size <= 1024:
+            raise MalmError(f"--image-size must be between 32 (the student's stride) and 1024, got {self.image_size}")
         if self.weights is not None and self.weights not in WEIGHT_MODES:
             raise MalmError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}")
         if self.eval_images is not None and self.eval_images < 0:

@@ -45,6 +45,10 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         sh, sw = self.stride
+        if sh == sw == 1 and kh % 2 and kw % 2:
+            # Stride 1, odd kernel: SAME is symmetric, so the conv pads itself (no separate Pad node in ONNX,
+            # which lets ONNX Runtime and TensorRT fuse the quantized conv).
+            return F.conv2d(x, self.weight, self.bias, 1, (kh // 2, kw // 2), self.dilation, self.groups)
         h, w = int(x.shape[-2]), int(x.shape[-1])
         ph = max((math.ceil(h / sh) - 1) * sh + kh - h, 0)
         pw = max((math.ceil(w / sw) - 1) * sw + kw - w, 0)
@@ -141,8 +145,8 @@ class StudentConfig:
     def __post_init__(self) -> None:
         if self.embed_dim <= 0 or self.token_dim < 0:
             raise ValueError(f"student: embed_dim must be > 0 and token_dim >= 0, got {self.embed_dim}, {self.token_dim}")
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"student: image_size must be a multiple of 32 and >= 32, got {self.image_size}")
+        if self.image_size < 32:
+            raise ValueError(f"student: image_size must be >= 32 (the backbone's stride), got {self.image_size}")
         if self.arch != "efficientnet-lite0":
             raise ValueError(f"student: unknown architecture {self.arch!r}")
 

@@ -131,9 +131,14 @@ class MatchingConfig:
     global_weight: float = 1.0  # weight of the global InfoNCE ([CLS] vs mean attended recipe)
     local_weight: float = 1.0  # weight of the per-patch InfoNCE
     temperature: float = 0.07  # InfoNCE temperature
+    # 0: the paper's global InfoNCE (negatives = other pairs' features, each decoded with its own partner).
+    # k > 0: also decode each image with its k hardest in-batch recipes (and each recipe with its k hardest
+    # images) and contrast the pair scores, so the matching score itself must tell pairs apart.
+    pair_negatives: int = 0
 
     def __post_init__(self) -> None:
         _check(self.layers >= 1 and self.heads >= 1, "loss.matching: layers and heads must be >= 1")
+        _check(self.pair_negatives >= 0, "loss.matching.pair_negatives must be >= 0")
         _check(self.global_weight >= 0 and self.local_weight >= 0, "loss.matching: weights must be >= 0")
         _check(self.temperature > 0, "loss.matching.temperature must be > 0")
 
@@ -339,7 +344,7 @@ def _from_dict(cls: type[T], d: Any, prefix: str) -> T:
         if name not in d:
             continue  # missing keys take the defaults, so configs written by older versions still load
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             kwargs[name] = _from_dict(typ, d[name], f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(d[name], typ, prefix + name)

@@ -55,7 +55,7 @@ def barrier() -> None:
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor) -> Tensor:
         world = dist.get_world_size()
         ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
         parts = [torch.empty_like(x) for _ in range(world)]
@@ -63,7 +63,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         # Sum every rank's gradient (all_reduce works on gloo and nccl), keep this rank's slice.
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
 from malm.errors import MalmError
 from malm.training.config import ExperimentConfig, LossConfig
 from malm.training.distributed import all_gather_with_grad
 from malm.training.losses.caption import CaptionLoss
-from malm.training.losses.infonce import GlobalMatchingLoss, LocalMatchingLoss
+from malm.training.losses.infonce import Gather, GlobalMatchingLoss, LocalMatchingLoss, PairMatchingLoss
 from malm.training.losses.margin_schedule import MarginSchedule
 from malm.training.losses.self_distill import MaskedDistillLoss
 from malm.training.models.cross_decoder import CrossDecoder
 from malm.training.models.distill import EMATeacher, MaskedPredictor, gather_patches
 from malm.training.models.masking import PatchMask
-from malm.training.models.matching import MatchingModule
+from malm.training.models.matching import MatchingModule, MatchingOutput
 from malm.training.models.retrieval import RetrievalModel
 from malm.training.task import Objective, TaskState, TripletObjective
 
@@ -41,7 +42,7 @@ def image_tokens(state: TaskState) -> Tensor:
     return state.shared["image_tokens"]
 
 
-def _gather_and_rank() -> tuple[object | None, int]:
+def _gather_and_rank() -> tuple[Gather | None, int]:
     """The differentiable all-gather and this rank under DDP; (None, 0) in a single process."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return all_gather_with_grad, dist.get_rank()
@@ -95,6 +96,7 @@ class MatchingObjective(Objective):
         mc = config.loss.matching
         self.global_weight = mc.global_weight
         self.local_weight = mc.local_weight
+        self.pair_negatives = mc.pair_negatives
         self.matching = MatchingModule(
             image_width=config.model.image.width,
             recipe_width=config.model.recipe.width,
@@ -104,15 +106,37 @@ class MatchingObjective(Objective):
         )
         self.global_loss = GlobalMatchingLoss(mc.temperature)
         self.local_loss = LocalMatchingLoss(mc.temperature)
+        self.pair_loss = PairMatchingLoss(mc.temperature)
 
     def forward(self, state: TaskState) -> dict[str, Tensor]:
         r = state.recipe
-        out = self.matching(image_tokens(state), r.tokens, r.token_mask)
+        tokens = image_tokens(state)
+        b = tokens.shape[0]
+        k = min(self.pair_negatives, b - 1)
+        img_idx = torch.arange(b, device=tokens.device)
+        rec_idx = img_idx
+        if k > 0:
+            # The k hardest in-batch negatives by the current global embeddings (this rank's batch).
+            with torch.no_grad():
+                sim = (state.image_emb @ state.recipe_emb.t()).float()
+                sim.fill_diagonal_(float("-inf"))
+                neg_rec = sim.topk(k, dim=1).indices  # [B, k] recipes decoded with image i
+                neg_img = sim.t().topk(k, dim=1).indices  # [B, k] images decoded with recipe i
+            img_idx = torch.cat([img_idx, img_idx.repeat_interleave(k), neg_img.flatten()])
+            rec_idx = torch.cat([rec_idx, neg_rec.flatten(), rec_idx.repeat_interleave(k)])
+        # One decoder pass over the positive pairs (the first B rows) and, with k > 0, the negative pairs.
+        out = self.matching(tokens[img_idx], r.tokens[rec_idx], r.token_mask[rec_idx])
         gather, rank = _gather_and_rank()
         g, h = out.global_pair()
-        result = {
-            "match_global_loss": self.global_weight * self.global_loss(g.float(), h.float(), gather, rank)
-        }
+        g, h = g.float(), h.float()
+        if k > 0:
+            scores = F.cosine_similarity(g, h, dim=-1)
+            neg_r, neg_i = scores[b : b + b * k].view(b, k), scores[b + b * k :].view(b, k)
+            global_loss = self.pair_loss(scores[:b], neg_r, neg_i)
+            out = MatchingOutput(out.image[:b], out.recipe[:b], out.attention[:b], out.recipe_mask[:b])
+        else:
+            global_loss = self.global_loss(g, h, gather, rank)
+        result = {"match_global_loss": self.global_weight * global_loss}
         if self.local_weight > 0:  # local_weight 0 is the "no local loss" ablation: skip the work too
             v, u = out.local_pair()
             result["match_local_loss"] = self.local_weight * self.local_loss(
@@ -122,6 +146,8 @@ class MatchingObjective(Objective):
 
 
 class DistillObjective(Objective):
+    teacher_ready: Tensor  # bool buffer: has the teacher copied the student yet
+
     def __init__(self, config: ExperimentConfig, model: RetrievalModel) -> None:
         super().__init__()
         dc = config.loss.distill

@@ -93,3 +93,36 @@ class LocalMatchingLoss(nn.Module):
 
             return symmetric_infonce(p, s, self.temperature, gather_b, rank)
         return symmetric_infonce(p, s, self.temperature)
+
+
+class PairMatchingLoss(nn.Module):
+    """InfoNCE over matching *scores* of decoded pairs: for each image, its recipe against k negative recipes
+    decoded with that image; for each recipe, its image against k negative images decoded with that recipe.
+
+    Unlike `GlobalMatchingLoss` (each sample's features decoded with its own partner only), a negative here
+    is the pair itself, so the loss cannot be met by copying the partner's tokens through cross-attention.
+    """
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    def forward(
+        self, positive: torch.Tensor, neg_recipes: torch.Tensor, neg_images: torch.Tensor
+    ) -> torch.Tensor:
+        """`positive` [B] cosine scores of the pairs; `neg_recipes`, `neg_images` [B, k] scores of (image i,
+        negative recipe) and (negative image, recipe i)."""
+        if (
+            positive.dim() != 1
+            or neg_recipes.shape[0] != positive.shape[0]
+            or neg_images.shape != neg_recipes.shape
+        ):
+            raise MalmError(
+                f"pair matching expects [B], [B,k], [B,k]; got {tuple(positive.shape)}, "
+                f"{tuple(neg_recipes.shape)}, {tuple(neg_images.shape)}"
+            )
+        labels = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)
+        i2r = torch.cat([positive[:, None], neg_recipes], 1) / self.temperature
+        r2i = torch.cat([positive[:, None], neg_images], 1) / self.temperature
+        return 0.5 * (F.cross_entropy(i2r, labels) + F.cross_entropy(r2i, labels))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,7 +28,7 @@ class RecipeSelfSupervisedLoss(nn.Module):
 
     def forward(self, components: dict[str, Tensor]) -> Tensor:
         """components: {"title", "ingredients", "instructions"} -> [B, W] pooled vectors of one recipe batch."""
-        total = 0.0
+        total = torch.zeros((), device=components["title"].device)
         for a, b in self.pairs:
             src = F.normalize(at_least_fp32(self.heads[f"{a}_to_{b}"](components[a])), dim=-1)
             dst = F.normalize(at_least_fp32(components[b]), dim=-1)

@@ -1,0 +1,226 @@
+"""The embedded default: the whole pipeline end to end on 2 CPU cores (what `make demo` runs).
+
+    malm demo --out runs/demo
+
+generate the procedural benchmark → train `malm-tiny` → evaluate (Recipe1M protocol) → export the
+int8 ONNX student (and CoreML) into a bundle → index the recipes → query held-out test photos →
+summary. Each step runs the real `malm` command in a subprocess (so the demo shows exactly what a
+user would type) and is skipped when its output is already complete, so a rerun reuses what is done
+and a killed demo picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from malm.errors import MalmError
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path
+    recipes: int = 3000  # benchmark size: big enough for a 500-pair test evaluation
+    seed: int = 0
+    preset: str = "malm-tiny"
+    epochs: int | None = None  # None: the preset's own
+    distill_epochs: int = 6
+    coreml: bool = True
+    queries: int = 5  # held-out test photos shown with their top 5
+    eval_size: int = 500
+
+    def __post_init__(self) -> None:
+        if self.recipes < 300:
+            raise MalmError(f"demo: --recipes {self.recipes} is too few for a test split (need ≥ 300)")
+        if self.queries < 1:
+            raise MalmError("demo: --queries must be ≥ 1")
+
+
+Log = Callable[[str], None]
+
+
+def _malm(args: list[str], log: Log, capture: bool = False) -> str:
+    """Run one real `malm` command; its progress goes to our stderr, its stdout is returned if captured."""
+    cmd = [sys.executable, "-m", "malm.cli", *args]
+    log("$ malm " + " ".join(shlex.quote(a) for a in args))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, stdout=subprocess.PIPE if capture else sys.stderr, text=True, env=env)
+    if result.returncode != 0:
+        raise MalmError(f"demo: step `malm {args[0]}` failed with exit status {result.returncode} (see above)")
+    return result.stdout if capture else ""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _training_done(run: Path, epochs: int | None) -> bool:
+    last = _read_json(run / "last.json")
+    config = _read_json(run / "config.json")
+    if not last or not config or not (run / "best.safetensors").exists():
+        return False
+    target = epochs if epochs is not None else config.get("train", {}).get("epochs")
+    return bool(target) and last.get("epoch", 0) >= target
+
+
+def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
+    out = cfg.out
+    data, run, bundle = out / "data", out / "run", out / "bundle"
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def step(name: str) -> Callable[[], None]:
+        t0 = time.perf_counter()
+        log(f"\n== {name} ==")
+        return lambda: timings.__setitem__(name, round(time.perf_counter() - t0, 1))
+
+    done = step("1. procedural food benchmark")
+    if (data / "synth.json").exists() and (data / "layer1.json").exists():
+        log(f"reusing {data}")
+    else:
+        _malm(["data", "synth", str(data), "--recipes", str(cfg.recipes), "--seed", str(cfg.seed), "--force"], log)
+    done()
+
+    done = step(f"2. train {cfg.preset}")
+    if _training_done(run, cfg.epochs):
+        log(f"reusing {run}")
+    else:
+        args = ["train", "--data", str(data), "--out", str(run), "--eval-size", str(cfg.eval_size)]
+        if (run / "last.state.json").exists():
+            args.append("--resume")
+        else:
+            args += ["--preset", cfg.preset]
+        if cfg.epochs is not None:
+            args += ["--epochs", str(cfg.epochs)]
+        _malm(args, log)
+    done()
+
+    done = step("3. evaluate (Recipe1M protocol, test split)")
+    evaluation_file = out / "eval.json"
+    evaluation = _read_json(evaluation_file)
+    if evaluation is None:
+        text = _malm(["eval", "--checkpoint", str(run), "--data", str(data), "--split", "test",
+                      "--size", str(cfg.eval_size), "--json"], log, capture=True)
+        evaluation = json.loads(text)
+        evaluation_file.write_text(json.dumps(evaluation, indent=2))
+    log(_format_eval(evaluation))
+    done()
+
+    done = step("4. export: distilled student, int8 ONNX" + (" and CoreML" if cfg.coreml else ""))
+    manifest = _read_json(bundle / "manifest.json") or {}
+    if "image_int8" not in manifest.get("encoders", {}):
+        _malm(["export", "--checkpoint", str(run), "--target", "onnx", "--int8", "--data", str(data),
+               "--bundle", str(bundle), "--distill-epochs", str(cfg.distill_epochs)], log)
+    else:
+        log(f"reusing the ONNX encoders in {bundle}")
+    manifest = _read_json(bundle / "manifest.json") or {}
+    if cfg.coreml and not any(e.get("kind") == "coreml" for e in manifest.get("encoders", {}).values()):
+        _malm(["export", "--checkpoint", str(run), "--target", "coreml", "--data", str(data),
+               "--bundle", str(bundle), "--distill-epochs", str(cfg.distill_epochs)], log)
+    done()
+
+    done = step("5. recipe index")
+    manifest = _read_json(bundle / "manifest.json") or {}
+    if not manifest.get("index"):
+        _malm(["index", "build", "--checkpoint", str(run), "--recipes", str(data), "--bundle", str(bundle)], log)
+    else:
+        log(f"reusing the index in {bundle}")
+    done()
+
+    done = step("6. query held-out test photos")
+    queries = _query_test_photos(cfg, data, bundle, log)
+    done()
+
+    summary = _summary(cfg, bundle, evaluation, queries, timings)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log("\n== summary ==")
+    log(_format_summary(summary))
+    return summary
+
+
+def _test_photos(data: Path, n: int) -> list[tuple[Path, str, str]]:
+    """The first `n` test recipes that have a photo: (photo, recipe id, title)."""
+    from malm.training.data import load_recipe1m  # no torch: the reader is pure Python
+
+    picked = []
+    for recipe in load_recipe1m(data).recipes:
+        if recipe.partition == "test" and recipe.image_paths:
+            picked.append((Path(recipe.image_paths[0]), recipe.id, recipe.title))
+            if len(picked) == n:
+                break
+    return picked
+
+
+def _query_test_photos(cfg: DemoConfig, data: Path, bundle: Path, log: Log) -> list[dict[str, Any]]:
+    from malm.sdk import Retriever
+
+    retriever = Retriever.load(bundle)
+    results = []
+    for photo, true_id, true_title in _test_photos(data, cfg.queries):
+        t0 = time.perf_counter()
+        hits = retriever.search(photo, k=5)
+        ms = (time.perf_counter() - t0) * 1000
+        rank = next((i + 1 for i, h in enumerate(hits) if h.recipe_id == true_id), None)
+        log(f"\n{photo.name}  (true recipe: {true_title}; found at rank {rank or '>5'}; {ms:.0f} ms)")
+        for i, h in enumerate(hits, 1):
+            mark = "  ✔" if h.recipe_id == true_id else ""
+            log(f"  {i}. {h.score:+.3f}  {h.title}{mark}")
+        results.append({"photo": str(photo), "recipe_id": true_id, "rank": rank, "ms": round(ms, 1)})
+    return results
+
+
+def _format_eval(evaluation: dict[str, Any]) -> str:
+    lines = []
+    for direction in ("im2recipe", "recipe2im"):
+        for size, m in evaluation.get(direction, {}).items():
+            if isinstance(m, dict) and "medR" in m:
+                lines.append(f"{direction:10s} {size:>5s}: medR {m['medR']:.1f}  R@1 {m['R@1']:.1f}  "
+                             f"R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}")
+    return "\n".join(lines)
+
+
+def _bundle_bytes(bundle: Path) -> int:
+    manifest = _read_json(bundle / "manifest.json") or {}
+    return sum(int(f.get("bytes", 0)) for f in manifest.get("files", {}).values())
+
+
+def _summary(cfg: DemoConfig, bundle: Path, evaluation: dict[str, Any], queries: list[dict[str, Any]],
+             timings: dict[str, float]) -> dict[str, Any]:
+    report = _read_json(bundle / "report.json") or {}
+    found = [q for q in queries if q["rank"] == 1]
+    return {
+        "benchmark": f"procedural food benchmark, {cfg.recipes} recipes, seed {cfg.seed} (not Recipe1M)",
+        "preset": cfg.preset,
+        "teacher_eval": evaluation,
+        "export_report": report,
+        "queries": queries,
+        "query_top1": f"{len(found)}/{len(queries)}",
+        "bundle_mb": round(_bundle_bytes(bundle) / 1e6, 2),
+        "seconds": timings,
+    }
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    lines = [summary["benchmark"], f"model: {summary['preset']}"]
+    variants = summary["export_report"].get("variants", {})
+    for name, v in variants.items():
+        q = v.get("im2recipe") or {}
+        r1 = q.get("R@1")
+        lat = v.get("latency_ms_p50") or v.get("latency_ms", {})
+        lines.append(f"  {name:18s} R@1 {r1 if r1 is not None else 'n/a':>6}  "
+                     f"size {v.get('size_mb', 'n/a')} MB  latency p50 {lat}")
+    lines.append(f"test photos found at rank 1: {summary['query_top1']}")
+    lines.append(f"bundle: {summary['bundle_mb']} MB")
+    lines.append("seconds per step: " + ", ".join(f"{k.split('.')[0]}={v}" for k, v in summary["seconds"].items()))
+    return "\n".join(lines)

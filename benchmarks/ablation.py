@@ -59,6 +59,18 @@ METHODS = [
     Method("malm-tiny mask-0.5", "malm-tiny", {"loss.mask.ratio": 0.5}, "mask ratio 0.5"),
     Method("malm-tiny mask-0.9", "malm-tiny", {"loss.mask.ratio": 0.9}, "mask ratio 0.9"),
     Method(
+        "malm-tiny full-triplet",
+        "malm-tiny",
+        {"loss.mask.full_image_triplet": True},
+        "triplet on an extra unmasked pass (train = test input); matching/distill keep the masked pass",
+    ),
+    Method(
+        "malm-tiny full-triplet no-local",
+        "malm-tiny",
+        {"loss.mask.full_image_triplet": True, "loss.matching.local_weight": 0.0},
+        "full-image triplet, global matching only",
+    ),
+    Method(
         "malm-tiny pair-neg-3",
         "malm-tiny",
         {"loss.matching.pair_negatives": 3},
@@ -88,10 +100,19 @@ def ensure_data(data: Path | None, work: Path, recipes: int, seed: int, image_si
 
 
 def _train(data: Path, run_dir: Path, config: Any, stop_after_steps: int = 0) -> dict[str, Any]:
+    """Train through the real entry point; adds process CPU seconds (`cpu_total`: the whole call,
+    `cpu_loop`: from the first training step on, i.e. without data preparation and model building)."""
     from malm.training.train import TrainOptions, run
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    # CPU time, not wall time: the machine is shared, so wall seconds depend on who else is running.
+    # process_time() counts every thread of this process (num_workers=0 keeps data loading in it too).
+    marks: dict[str, float] = {}
+
+    def log(msg: str) -> None:
+        if msg.startswith("training ") and "loop" not in marks:  # said right before the first step
+            marks["loop"] = time.process_time()
     opts = TrainOptions(
         data_dir=data,
         out_dir=run_dir,
@@ -101,9 +122,12 @@ def _train(data: Path, run_dir: Path, config: Any, stop_after_steps: int = 0) ->
         # a run stopped early saves `last` only through save_every
         save_every=stop_after_steps,
         progress_bar=False,
-        log=lambda _m: None,
+        log=log,
     )
-    return run(opts)
+    c0 = time.process_time()
+    summary = run(opts)
+    c1 = time.process_time()
+    return {**summary, "cpu_total": c1 - c0, "cpu_loop": c1 - marks.get("loop", c0)}
 
 
 def _config(method: Method, base: dict[str, Any]) -> Any:
@@ -147,7 +171,7 @@ def run_method(
     else:
         # 1) calibration: seconds per optimizer step of this method on this machine right now
         calib = _train(data, work / f"{slug}.calib", cfg.with_overrides({"train.epochs": 1000}), calib_steps)
-        sec_per_step = calib["seconds"] / max(1, calib["steps"])
+        sec_per_step = calib["cpu_loop"] / max(1, calib["steps"])  # CPU seconds per step
         steps_per_epoch = int(round(calib["steps"] / calib["epochs_done"])) if calib["epochs_done"] else 0
         shutil.rmtree(work / f"{slug}.calib", ignore_errors=True)
         if steps_per_epoch < 1:
@@ -159,6 +183,7 @@ def run_method(
     summary = _train(data, work / slug, cfg, stop_after_steps=stop)
     wall = time.perf_counter() - t0
     metrics = evaluate(work / slug, data)
+    curves = _curves(work / slug)
     return {
         "method": method.name,
         "preset": method.preset,
@@ -166,40 +191,88 @@ def run_method(
         "note": method.note,
         "epochs": epochs,
         "steps": summary["steps"],
-        "sec_per_step_calibrated": round(sec_per_step, 4),
-        "train_seconds": summary["seconds"],
+        "cpu_sec_per_step_calibrated": round(sec_per_step, 4),
+        # training loop incl. the one final validation, process CPU seconds (all threads)
+        "train_cpu_seconds": round(summary["cpu_loop"], 1),
+        "run_cpu_seconds": round(summary["cpu_total"], 1),
+        "train_wall_seconds": summary["seconds"],
         "wall_seconds": round(wall, 1),
+        "loss_curves": curves,
         "test": metrics,
     }
 
 
+def _curves(run_dir: Path) -> dict[str, list[float]]:
+    """Per-loss means over the first and last 10% of the logged training windows (from metrics.jsonl)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get("type") == "train"]
+    if not rows:
+        return {}
+    k = max(1, len(rows) // 10)
+    keys = [key for key in rows[0] if key not in ("type", "step", "epoch", "lr", "samples_per_s")]
+    out = {}
+    for key in keys:
+        first = [r[key] for r in rows[:k] if key in r]
+        last = [r[key] for r in rows[-k:] if key in r]
+        if first and last:
+            out[key] = [round(sum(first) / len(first), 4), round(sum(last) / len(last), 4)]
+    return out
+
+
+def _pm(m: dict[str, Any], key: str) -> str:
+    return f"{m[key]:.1f} ± {m.get(key + '_std', 0.0):.1f}"
+
+
 def _md(results: dict[str, Any]) -> str:
     lines = [
-        "# Ablation: what each part of MALM buys (procedural benchmark, CPU, same time budget)",
+        "# Ablation: what each part of MALM buys (procedural benchmark, CPU, same CPU-time budget)",
         "",
-        f"Data: `{results['data']}` ({results['n_test']} test pairs). "
+        f"Data: `{results['data']}` ({results['n_test']} test pairs used per subset). The benchmark is "
+        "**procedural** (`malm data synth`: rendered dishes from a catalogue of ingredients), **not Recipe1M**; "
+        "numbers here say nothing about Recipe1M. "
         + (
             "QUICK MODE: 3 training steps per method, a smoke test; the numbers mean nothing. "
             if results["mode"] == "quick"
-            else f"Budget {results['budget_s']:.0f} s of training per method. "
+            else f"Budget {results['budget_s']:.0f} **process CPU seconds** of training per method "
+            "(calibrated on 10 steps, rounded to whole epochs, at least one; the measured CPU seconds are in "
+            "the table, so rounding is visible). "
         )
         + f"Machine: {results['machine']}. Command: `{results['command']}`.",
         "",
-        "| method | what | epochs | steps | train s | im→rec medR | R@1 | R@5 | R@10 | rec→im medR | R@1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | what | epochs | steps | train CPU s | im→rec medR | R@1 | R@5 | R@10 "
+        "| rec→im medR | R@1 | R@5 | R@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["methods"]:
         a, b = r["test"]["im2recipe"], r["test"]["recipe2im"]
+        cpu = r.get("train_cpu_seconds", r.get("train_seconds", float("nan")))
         lines.append(
-            f"| {r['method']} | {r['note']} | {r['epochs']} | {r['steps']} | {r['train_seconds']:.0f} | "
-            f"{a['medR']:.1f} | {a['R@1']:.1f} | {a['R@5']:.1f} | {a['R@10']:.1f} | {b['medR']:.1f} | {b['R@1']:.1f} |"
+            f"| {r['method']} | {r['note']} | {r['epochs']} | {r['steps']} | {cpu:.0f} | "
+            + " | ".join(_pm(a, k) for k in ("medR", "R@1", "R@5", "R@10"))
+            + " | "
+            + " | ".join(_pm(b, k) for k in ("medR", "R@1", "R@5", "R@10"))
+            + " |"
         )
     lines += [
         "",
-        f"Test subset: {results['methods'][0]['test']['key']} pairs, H-T protocol (mean over 10 seeded "
-        "subsets); R@K in percent. Measured, not tuned: each method runs its preset as shipped.",
+        f"Test subsets: {results['methods'][0]['test']['key']} pairs, H-T protocol: mean ± std over 10 seeded "
+        "subsets of the test split (the std is subset-sampling noise of one trained model, not seed-to-seed "
+        "training noise, which one seed per method cannot show). R@K in percent. Train CPU s = process CPU "
+        "time of the training loop (all threads) including the one final validation.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def merge(paths: list[Path], results_path: Path) -> int:
+    parts = [json.loads(p.read_text()) for p in paths]
+    order = {m.name: i for i, m in enumerate(METHODS)}
+    methods = sorted((m for part in parts for m in part["methods"]), key=lambda m: order.get(m["method"], 99))
+    results = {**parts[0], "command": " ; ".join(p["command"] for p in parts), "methods": methods}
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results_path, json.dumps(results, indent=1) + "\n")
+    write_text_atomic(results_path.with_suffix(".md"), _md(results))
+    _log(f"wrote {results_path} and {results_path.with_suffix('.md')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, help="an existing benchmark folder (default: generate one)")
     p.add_argument("--recipes", type=int, help="recipes to generate (default 10000; --quick 300)")
     p.add_argument("--seed", type=int, default=0, help="benchmark seed")
-    p.add_argument("--minutes", type=float, default=4.0, help="training budget per method (default 4)")
+    p.add_argument(
+        "--minutes", type=float, default=4.0, help="training budget per method in process CPU minutes (default 4)"
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        help="only combine these result JSONs (e.g. from parallel runs) into --results, methods in table order",
+    )
     p.add_argument(
         "--quick", action="store_true", help="smoke test: tiny data, 3 steps per method, no time budget"
     )
@@ -222,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
 
+    if args.merge:
+        return merge(args.merge, args.results or ROOT / "benchmarks" / "results" / "ablation.json")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -266,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             a = r["test"]["im2recipe"]
             _log(
-                f"  {r['epochs']} epochs, {r['steps']} steps, {r['train_seconds']:.0f} s: "
+                f"  {r['epochs']} epochs, {r['steps']} steps, {r['train_cpu_seconds']:.0f} CPU s: "
                 f"medR {a['medR']:.1f} R@1 {a['R@1']:.1f} R@5 {a['R@5']:.1f} R@10 {a['R@10']:.1f}"
             )
             out.append(r)

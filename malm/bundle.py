@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ FORMAT = "malm-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+_OBJECT_SECTIONS = ("files", "encoders", "index", "rerank", "preprocess", "embedding", "model", "libraries", "quality")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_path(path: Path) -> tuple[str, int]:
@@ -98,13 +101,21 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
             f"bundle {root}: format version {version!r} is not supported by malm {__version__} "
             f"(expects {FORMAT_VERSION}); re-export the bundle with this malm version"
         )
+    # Every section a reader indexes into must be an object: a list or string there would otherwise
+    # surface as an AttributeError deep in the SDK instead of a message naming the bundle.
+    for key in _OBJECT_SECTIONS:
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise BundleError(f"bundle {root}: manifest '{key}' must be an object, got {type(manifest[key]).__name__}")
     files = manifest.get("files", {})
-    if not isinstance(files, dict):
-        raise BundleError(f"bundle {root}: manifest 'files' must be an object")
     for rel, entry in files.items():
         safe_relpath(root, rel)
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
-            raise BundleError(f"bundle {root}: manifest entry for {rel!r} needs 'sha256' and 'bytes'")
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or not _SHA256.fullmatch(entry["sha256"]) or type(entry.get("bytes")) is not int or entry["bytes"] < 0):
+            raise BundleError(f"bundle {root}: manifest entry for {rel!r} needs 'sha256' (64 hex digits) and 'bytes' (>= 0)")
+    for name, entry in (manifest.get("encoders") or {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise BundleError(f"bundle {root}: manifest encoder {name!r} needs a 'file'")
+        safe_relpath(root, entry["file"])
     return manifest
 
 

@@ -6,6 +6,7 @@ device sees exactly the pixels the model was evaluated on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,11 @@ class PreprocessConfig:
     max_pixels: int = field(default=64_000_000)  # refuse decompression bombs above this
 
     def __post_init__(self) -> None:
+        # A manifest is untrusted input: a string or bool here would fail later and far from the cause.
+        for name in ("size", "resize", "max_pixels"):
+            value = getattr(self, name)
+            if type(value) is not int or value <= 0:
+                raise ValueError(f"preprocess: {name} must be a positive integer, got {value!r}")
         if self.size <= 0 or self.resize < self.size:
             raise ValueError(f"preprocess: need 0 < size <= resize, got size={self.size} resize={self.resize}")
         if self.interpolation not in _INTERPOLATIONS:
@@ -42,6 +48,8 @@ class PreprocessConfig:
             raise ValueError(f"preprocess: unknown crop {self.crop!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ValueError("preprocess: mean and std need 3 values, std > 0")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"preprocess: mean and std must be finite, got {self.mean} / {self.std}")
 
     @classmethod
     def for_size(cls, size: int, **kw: Any) -> PreprocessConfig:

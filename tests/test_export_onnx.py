@@ -110,6 +110,35 @@ def test_int8_stays_close_to_fp32_and_is_smaller(exported: dict[str, object]) ->
     assert int8.stat().st_size < fp32.stat().st_size / 3
 
 
+def test_cpu_variant_has_uint8_activations_and_symmetric_per_channel_int8_weights(
+        tmp_path: Path, exported: dict[str, object]) -> None:
+    fp32, paths, images = exported["fp32"], exported["paths"], exported["images"]
+    assert isinstance(fp32, Path) and isinstance(paths, list) and isinstance(images, np.ndarray)
+    cpu = tmp_path / "image_int8_cpu.onnx"
+    info = quantize_int8(fp32, cpu, paths, PP, activations="asymmetric")
+    assert info["activations"] == "uint8 asymmetric"
+    props = qdq_properties(cpu)
+    assert props["activation_zero_point_types"] == ["uint8"]
+    assert props["weight_zero_point_types"] == ["int8"] and props["weight_zero_points_zero"]
+    assert props["per_channel_weights"] >= 50 and not props["all_zero_points_zero"]
+    model = onnx.load(str(cpu))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    act_zp = [inits[n.input[2]] for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert act_zp and any(int(z) != 0 for z in act_zp)  # calibrated, not forced to 0
+    # ReLU6 folded into the uint8 range: no Clip left between a conv and its QuantizeLinear.
+    assert sum(n.op_type == "Clip" for n in model.graph.node) < sum(n.op_type == "Clip" for n in
+                                                                     onnx.load(str(exported["int8"])).graph.node)
+    a = ox.run_image(ox.session(fp32), images)
+    b = ox.run_image(ox.session(cpu), images)
+    assert ox.cosine_rows(a, b).mean() > 0.9
+    # The TensorRT-ready model keeps its int8 symmetric activations.
+    sym = qdq_properties(exported["int8"])  # type: ignore[arg-type]
+    assert sym["activation_zero_point_types"] == ["int8"] and sym["all_zero_points_zero"]
+    with pytest.raises(MalmError, match="unknown activation quantization"):
+        quantize_int8(fp32, tmp_path / "x.onnx", paths, PP, activations="int4")
+
+
 def test_unreadable_calibration_image_is_named(tmp_path: Path, exported: dict[str, object]) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")

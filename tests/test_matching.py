@@ -123,6 +123,25 @@ def test_scorer_exports_to_onnx_and_matches_torch(tmp_path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_exported_head_takes_any_image_token_count_and_can_build_its_own_cls(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is part of the base install")
+    m = _module(2)
+    for global_token in ("given", "mean"):
+        path = tmp_path / f"matching-{global_token}.onnx"
+        export_matching_onnx(m, str(path), global_token=global_token)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for p in (4, 9):  # not the example's 5 image tokens
+            img, rec, mask = _inputs(b=3, s=6)
+            img = torch.randn(3, p, img.shape[-1])
+            got = sess.run(None, {"image_tokens": img.numpy(), "recipe_tokens": rec.numpy(),
+                                  "recipe_mask": mask.numpy()})[0]
+            full = torch.cat([img.mean(1, keepdim=True), img], 1) if global_token == "mean" else img
+            with torch.no_grad():
+                want = m.score(full, rec, mask).numpy()
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_pair_negatives_decode_the_hardest_negative_pairs() -> None:
     """With loss.matching.pair_negatives=k the objective scores (image i, its k hardest recipes) and
     (its k hardest images, recipe i) with the same matching head that `score` exports."""

@@ -82,6 +82,37 @@ def test_cpu_only_prefers_int8(bundle: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert Retriever.load(bundle, variant="fp32").backend.variant == "fp32"
 
 
+def _with_cpu_int8(bundle: Path, root: Path) -> Path:
+    """A copy of `bundle` that also has an `image_int8_cpu` encoder (the same graph under that name)."""
+    import shutil
+
+    from malm.bundle import BundleWriter
+
+    shutil.copytree(bundle, root)
+    with BundleWriter(root) as bw:
+        bw.add_file(root / "encoders/image_int8.onnx", "encoders/image_int8_cpu.onnx")
+        bw.manifest["encoders"]["image_int8_cpu"] = {"file": "encoders/image_int8_cpu.onnx", "kind": "onnx",
+                                                     "role": "image", "precision": "int8", "prefer": "cpu"}
+    return root
+
+
+@pytest.mark.parametrize(("available", "device", "variant"), [
+    (["CPUExecutionProvider"], "CPUExecutionProvider", "int8_cpu"),  # uint8 activations: fast x86 kernels
+    (["TensorrtExecutionProvider", "CPUExecutionProvider"], "TensorrtExecutionProvider", "int8"),  # symmetric
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDAExecutionProvider", "fp32"),
+])
+def test_auto_variant_per_provider_with_a_cpu_int8_encoder(bundle: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, available: list[str],
+                                                          device: str, variant: str) -> None:
+    b = _with_cpu_int8(bundle, tmp_path / "b")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    monkeypatch.setenv("MALM_TRT_CACHE", str(tmp_path / "trt"))
+    r = Retriever.load(b)
+    assert (r.backend.device, r.backend.variant) == (device, variant)
+    assert Retriever.load(b, variant="int8_cpu").backend.variant == "int8_cpu"  # explicit choice wins
+
+
 def test_variant_errors(tmp_path: Path) -> None:
     b = open_bundle(make_bundle(tmp_path / "fp32only", 5))
     assert choose_variant(b, "auto", "CPUExecutionProvider") == "fp32"

@@ -66,7 +66,7 @@ def _scale(ctx: Context, scale: Scale, threads: int, peak: float | None) -> list
                     "batches": _rows(ctx, teacher, tsize, fl["flops"], threads, peak, scale.key == "deployment")})
         ctx.log(f"encoder: {scale.key} teacher {fl['gflops']:.2f} GFLOP/img: "
                 + ", ".join(f"b{r['batch']} {r['images_per_s']:.1f}/s" for r in out[-1]["batches"]))
-    for variant in ("fp32", "int8"):
+    for variant in ("fp32", "int8", "int8_cpu"):
         entry = bundle.encoder(f"image_{variant}")
         if not entry:
             continue

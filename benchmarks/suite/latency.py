@@ -92,12 +92,20 @@ def _stages(photo: bytes, cfg: Any, encode: Any, searcher: Searcher, tm: dict[st
             "rerank": None}
 
 
+def _has_encoder(bundle: Path, variant: str) -> bool:
+    from malm.bundle import read_manifest
+
+    return f"image_{variant}" in (read_manifest(bundle).get("encoders") or {})
+
+
 def _student_rows(ctx: Context, scale: Scale, photo: bytes, searcher: Searcher, threads: int) -> list[dict[str, Any]]:
     from malm.sdk.retriever import Retriever
 
     tm = _times(ctx)
     rows = []
-    for variant in ("fp32", "int8"):
+    for variant in ("fp32", "int8", "int8_cpu"):
+        if not _has_encoder(scale.bundle, variant):
+            continue
         try:
             r = Retriever.load(scale.bundle, variant=variant, threads=threads, verify=False)
         except Exception as e:

@@ -147,8 +147,12 @@ def build_command(
     if matching_head is not None and not matching_head.is_file():
         raise MalmError(f"--matching-head {matching_head}: file not found")
     digest = _check_checkpoint(bundle, checkpoint, tag)
+    shipped = _shipped_matching_head(bundle) if matching_head is None else None
+    if shipped:
+        # `malm export --tokens` put the trained matching head in the bundle: store what it needs.
+        typer.echo(f"bundle has a matching head ({shipped}): storing recipe token features for --rerank", err=True)
     records, read = _read_recipes(recipes, split, strict)
-    encode = torch_recipe_encoder(checkpoint, tag, tokens=rerank_tokens or matching_head is not None)
+    encode = torch_recipe_encoder(checkpoint, tag, tokens=rerank_tokens or matching_head is not None or bool(shipped))
     extra = {"checkpoint": {"run": str(checkpoint), "tag": tag, "sha256": digest}, "recipes": str(recipes),
              "split": split}
     with _progress(len(records), "encoding recipes") as advance:
@@ -163,7 +167,24 @@ def build_command(
                                                         "role": "rerank", "precision": "fp32"}
             bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head",
                                      "model": "encoders/matching_head.onnx"}
+    elif shipped:
+        from malm.bundle import BundleWriter
+
+        with BundleWriter(bundle) as bw:
+            bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head", "model": shipped}
     _echo_report(report, bundle, "indexed", json_out)
+
+
+def _shipped_matching_head(bundle: Path) -> str | None:
+    """The bundle's matching-head ONNX written by `malm export --tokens`, if any (and listed in the manifest)."""
+    from malm.bundle import MANIFEST, read_manifest
+
+    if not (bundle / MANIFEST).is_file():
+        return None
+    manifest = read_manifest(bundle)
+    entry = (manifest.get("encoders") or {}).get("matching_head") or {}
+    rel = entry.get("file") if isinstance(entry, dict) else None
+    return str(rel) if rel and rel in (manifest.get("files") or {}) else None
 
 
 @index_app.command("add")

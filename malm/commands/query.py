@@ -60,7 +60,7 @@ def query_command(
                                              help="Leave out recipes with this ingredient (repeatable)"),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout instead of tables"),
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, tensorrt or coreml"),
-    variant: str = typer.Option("auto", "--variant", help="Image encoder: auto, int8 or fp32"),
+    variant: str = typer.Option("auto", "--variant", help="Image encoder: auto, int8_cpu, int8 or fp32"),
     threads: int | None = typer.Option(None, "--threads", help="Encoder threads (default: the runtime's)"),
 ) -> None:
     """Find the recipes that match food photos, with the bundle's on-device encoder and index."""

@@ -46,11 +46,30 @@ class RecipeRecord:
                 "ingredient_names": list(self.names)}
 
 
+# Limits far above any real recipe (Recipe1M's longest instruction is a few thousand characters): a
+# record beyond them is a broken export, and storing it would bloat the bundle every device downloads.
+MAX_TEXT_CHARS = 100_000
+MAX_LIST_ITEMS = 10_000
+
+
+def _text(value: str, key: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise RecordError("too_long", f"'{key}' has {len(value)} characters (limit {MAX_TEXT_CHARS})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # e.g. a lone surrogate from a JSON "\ud800" escape: SQLite and every app downstream would choke on it.
+        raise RecordError("bad_unicode", f"'{key}' is not valid Unicode (lone surrogate)") from None
+    return value
+
+
 def _str_list(value: Any, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise RecordError(f"bad_{key}", f"'{key}' must be a list of strings")
+    if len(value) > MAX_LIST_ITEMS:
+        raise RecordError("too_long", f"'{key}' has {len(value)} items (limit {MAX_LIST_ITEMS})")
     out: list[str] = []
     for item in value:
         # Recipe1M stores ingredient/instruction lines as {"text": ...}; accept both shapes.
@@ -58,7 +77,7 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
             item = item["text"]
         if not isinstance(item, str):
             raise RecordError(f"bad_{key}", f"'{key}' must be a list of strings")
-        item = item.strip()
+        item = _text(item, key).strip()
         if item:
             out.append(item)
     return tuple(out)
@@ -73,9 +92,13 @@ def parse_record(obj: Any) -> RecipeRecord:
         rid = str(rid)
     if not isinstance(rid, str) or not rid.strip():
         raise RecordError("missing_id", "no 'id'")
+    _text(rid, "id")
     title = obj.get("title", "")
+    if title is None:
+        title = ""
     if not isinstance(title, str):
         raise RecordError("bad_title", "'title' must be a string")
+    _text(title, "title")
     ingredients = _str_list(obj.get("ingredients"), "ingredients")
     instructions = _str_list(obj.get("instructions"), "instructions")
     if not title.strip() and not ingredients and not instructions:
@@ -83,6 +106,7 @@ def parse_record(obj: Any) -> RecipeRecord:
     url = obj.get("url") or ""
     if not isinstance(url, str):
         raise RecordError("bad_url", "'url' must be a string")
+    _text(url, "url")
     return RecipeRecord(id=rid.strip(), title=title.strip(), ingredients=ingredients, instructions=instructions,
                         url=url, tags=_str_list(obj.get("tags"), "tags"),
                         names=_str_list(obj.get("ingredient_names"), "ingredient_names"))
@@ -109,19 +133,28 @@ def iter_jsonl(path: str | os.PathLike[str], report: ReadReport, strict: bool = 
     With `split` other than "all", records whose optional "partition" field names another split are left out.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MalmError(f"recipes {path}: is a directory, not a JSONL file")
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # bytes: one line that is not UTF-8 is that record's error, not the file's
     except OSError as e:
         raise MalmError(f"recipes {path}: cannot be read ({e.strerror or e})") from None
     with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            obj: Any = None
             try:
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise RecordError("not_utf8", f"byte {e.start} is not UTF-8") from None
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise RecordError("invalid_json", str(e)) from None
+                except RecursionError:
+                    raise RecordError("invalid_json", "nested too deeply") from None
                 rec = parse_record(obj)
             except RecordError as e:
                 if strict:

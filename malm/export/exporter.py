@@ -358,6 +358,27 @@ def _export_onnx(req: ExportRequest, encoder: Any, teacher: Any, items: list[dic
                                         meta["model_hash"], tokens=opts.tokens, quantization={**qinfo, **props})
         files.append((int8, "encoders/image_int8.onnx"))
 
+        # The CPU variant: same calibration, uint8 asymmetric activations (what x86 ONNX Runtime runs fast;
+        # see quantize.quantize_int8). image_int8 stays symmetric for TensorRT.
+        cpu = tmp / "image_int8_cpu.onnx"
+        say("int8 (CPU): uint8 asymmetric activations, int8 symmetric per-channel weights, same calibration")
+        cinfo = quantize_int8(fp32, cpu, calib, pp, activations="asymmetric")
+        ox.set_metadata(cpu, {**meta, "role": "image", "precision": "int8", "variant": "cpu"})
+        embc = ox.run_image(ox.session(cpu, threads=2), images[:eval_n])
+        crow = quality(embc, cpu)
+        crow["cosine_to_fp32"] = float(ox.cosine_rows(embc, emb32).mean()) if eval_n else None
+        rc = crow.get("retrieval", {})
+        if "R@1" in r32 and "R@1" in rc:
+            crow["R@1_drop_vs_fp32"] = r32["R@1"] - rc["R@1"]
+        report["variants"]["image_int8_cpu"] = {"file": "encoders/image_int8_cpu.onnx", **crow}
+        encoders["image_int8_cpu"] = _entry(cpu, "encoders/image_int8_cpu.onnx", "onnx", "image", "int8",
+                                            meta["model_hash"], tokens=opts.tokens,
+                                            quantization={**cinfo, **qdq_properties(cpu)}, prefer="cpu")
+        files.append((cpu, "encoders/image_int8_cpu.onnx"))
+
+    if opts.tokens:
+        _export_matching_head(req, meta, tmp, encoders, files, report, say)
+
     recipe_cfg = getattr(getattr(teacher, "recipe_encoder", None), "cfg", None)
     if opts.with_recipe_encoder and opts.recipe_encoder is None and \
             getattr(recipe_cfg, "sentence_features", "learned") != "learned":
@@ -383,6 +404,35 @@ def _export_onnx(req: ExportRequest, encoder: Any, teacher: Any, items: list[dic
         report["variants"]["recipe_fp32"] = {"file": "encoders/recipe_fp32.onnx", "size_mb": round(rec.stat().st_size / 1e6, 3),
                                              "parity_min_cosine": worst_r}
         files.append((rec, "encoders/recipe_fp32.onnx"))
+
+
+def _export_matching_head(req: ExportRequest, meta: dict[str, str], tmp: Path, encoders: dict[str, Any],
+                          files: list[tuple[Path, str]], report: dict[str, Any], say: Log) -> None:
+    """With --tokens, ship the run's trained matching head for re-ranking (when the preset trained one)."""
+    from malm.export import matching_head as mh
+    from malm.training.checkpoint import read_config
+
+    run = Path(req.checkpoint)
+    head = mh.load_trained_head(run, read_config(run))
+    if head is None:
+        report["notes"].append("no trained matching head in this run (preset without the matching loss, or no "
+                               f"{mh.STATE_FILE}): re-ranking can use late interaction only")
+        return
+    out = tmp / "matching_head.onnx"
+    entry = mh.export_head(head, out, {k: meta[k] for k in ("malm_version", "model_hash", "teacher_sha256",
+                                                            "config_hash")})
+    tag_meta = run / f"{req.options.tag}.json"
+    tag_step = json.loads(tag_meta.read_text()).get("step") if tag_meta.is_file() else None
+    entry["tag_step"] = tag_step
+    if head.step is not None and tag_step is not None and head.step != tag_step:
+        # The head is saved with the training state only (the last step); the encoders come from --tag.
+        report["notes"].append(f"matching head from training step {head.step} (the run's last state), encoders "
+                               f"from --tag {req.options.tag} (step {tag_step}); --tag last pairs them exactly")
+    say(f"{mh.BUNDLE_PATH}: trained matching head exported (step {head.step}, parity max |diff| "
+        f"{entry['parity_max_abs']:.1e})")
+    encoders["matching_head"] = entry
+    report["variants"]["matching_head"] = {"file": mh.BUNDLE_PATH, "size_mb": round(out.stat().st_size / 1e6, 3)}
+    files.append((out, mh.BUNDLE_PATH))
 
 
 def _export_tensorrt(req: ExportRequest, encoder: Any, parity_images: np.ndarray, pp: PreprocessConfig,

@@ -29,8 +29,10 @@ COMMON = frozenset({"student", "distill_epochs", "image_size", "tag", "eval_imag
 
 TARGETS: dict[str, Target] = {
     "onnx": Target(
-        "onnx", "ONNX image (+ recipe) encoder, dynamic batch, opset 17; --int8 adds a QDQ int8 model",
-        ("encoders/image_fp32.onnx", "encoders/image_int8.onnx", "encoders/recipe_fp32.onnx"),
+        "onnx", "ONNX image (+ recipe) encoder, dynamic batch, opset 17; --int8 adds QDQ int8 models (TensorRT-ready "
+        "symmetric, and a uint8-activation CPU one); --tokens adds the matching head",
+        ("encoders/image_fp32.onnx", "encoders/image_int8.onnx", "encoders/image_int8_cpu.onnx",
+         "encoders/recipe_fp32.onnx", "rerank/matching_head.onnx"),
         frozenset({"int8", "calib_images", "recipe_encoder", "tokens"}),
         (("onnx", "onnx>=1.16"), ("onnxruntime", "onnxruntime>=1.17")),
     ),

@@ -72,11 +72,15 @@ class MatchingHeadScorer:
         self.dim = dim
         p = session.input_shape("image_tokens")[1]
         self.n_image_tokens = p if isinstance(p, int) else None
+        meta = session.session.get_modelmeta().custom_metadata_map
+        # "mean": the head builds its [CLS] from the patches itself (malm export --tokens); otherwise it reads
+        # [CLS] + patches and we build the same stand-in here.
+        self.takes_patches = meta.get("global_token") == "mean"
 
     def __call__(self, image_tokens: np.ndarray, recipe_tokens: Sequence[np.ndarray]) -> np.ndarray:
         tokens, mask = pad_tokens(recipe_tokens, self.dim)
         img = np.asarray(image_tokens, np.float32)
-        if self.n_image_tokens is not None and self.n_image_tokens == len(img) + 1:
+        if not self.takes_patches and (self.n_image_tokens is None or self.n_image_tokens == len(img) + 1):
             # The head reads [CLS] + patches; the image ONNX gives patches only: their mean stands in for [CLS].
             img = np.concatenate([img.mean(axis=0, keepdims=True), img], axis=0)
         if self.n_image_tokens is not None and self.n_image_tokens != len(img):
@@ -147,7 +151,8 @@ class Retriever:
              threads: int | None = None, verify: bool = True) -> Retriever:
         """Open `bundle` (verifying every file's sha256 unless `verify=False`) and its image encoder.
 
-        backend: "auto" | "onnxruntime" | "tensorrt" | "coreml"; variant: "auto" | "int8" | "fp32";
+        backend: "auto" | "onnxruntime" | "tensorrt" | "coreml"; variant: "auto" | "int8_cpu" | "int8" | "fp32"
+        ("auto": int8_cpu on the CPU provider, int8 on TensorRT, fp32 on CUDA / CoreML);
         threads: intra-op threads of the encoder (None = the runtime's default).
         """
         root = Path(bundle)

@@ -147,6 +147,10 @@ class MatchingConfig:
 class MaskConfig:
     enabled: bool = False  # MALM: the student image encoder sees only the visible patches
     ratio: float = 0.75  # fraction of patches masked (MALM's best: 0.75)
+    # The triplet (retrieval) embedding from an extra pass over the whole image instead of the masked one:
+    # at test time the encoder sees whole images, and a small ViT trained briefly from scratch does not
+    # bridge that gap on its own (see docs/ablation.md). Matching and distillation still use the masked pass.
+    full_image_triplet: bool = False
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.ratio < 1.0, f"loss.mask.ratio must be in [0, 1), got {self.ratio}")

@@ -122,9 +122,14 @@ class Task(nn.Module):
 
     def training_forward(self, batch: dict[str, Tensor], progress: float) -> tuple[dict[str, Tensor], dict[str, float]]:
         images = batch["image"]
-        image = self.model.image_features(images, self.keep_idx(images.shape[0], images.device))
+        keep = self.keep_idx(images.shape[0], images.device)
+        image = self.model.image_features(images, keep)
         recipe = self.model.recipe_features(batch["title"], batch["ingredients"], batch["instructions"])
-        image_emb = self.model.project_image(image.cls)
+        cls = image.cls
+        if keep is not None and self.config.loss.mask.full_image_triplet:
+            # The global embedding as at test time (whole image); the masked pass feeds matching/distillation.
+            cls = self.model.image_features(images).cls
+        image_emb = self.model.project_image(cls)
         recipe_emb = F.normalize(recipe.embedding.float(), dim=-1)
         state = TaskState(batch=batch, progress=progress, model=self.model, image=image, recipe=recipe,
                           image_emb=image_emb, recipe_emb=recipe_emb,

@@ -12,6 +12,7 @@ from malm.sdk.backends.base import EncoderOutput, ImageBackend
 from malm.sdk.backends.ort import (
     COREML,
     CUDA,
+    TENSORRT,
     OrtImageBackend,
     OrtSession,
     available_providers,
@@ -20,21 +21,34 @@ from malm.sdk.backends.ort import (
 from malm.sdk.bundle_loader import Bundle
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "coreml")
-VARIANTS = ("auto", "int8", "fp32")
-IMAGE_ENCODERS = {"int8": "image_int8", "fp32": "image_fp32"}
+VARIANTS = ("auto", "int8_cpu", "int8", "fp32")
+IMAGE_ENCODERS = {"int8_cpu": "image_int8_cpu", "int8": "image_int8", "fp32": "image_fp32"}
 
 __all__ = ["BACKENDS", "VARIANTS", "EncoderOutput", "ImageBackend", "OrtImageBackend", "OrtSession",
            "choose_variant", "create_backend", "select_providers"]
 
 
+def auto_order(first_provider: str) -> tuple[str, ...]:
+    """Which image encoder `variant="auto"` takes, best first, for the session's first execution provider.
+
+    CPU: `int8_cpu` (uint8 activations: the U8S8 kernels x86 ONNX Runtime is fast with), then the symmetric
+    `int8`. TensorRT EP: the symmetric `int8` (explicit quantization needs zero points 0), else fp32 (built as
+    fp16). CUDA / CoreML EPs run QDQ models slowly: fp32.
+    """
+    if first_provider == TENSORRT:
+        return ("int8", "fp32", "int8_cpu")
+    if first_provider in (CUDA, COREML):
+        return ("fp32", "int8", "int8_cpu")
+    return ("int8_cpu", "int8", "fp32")
+
+
 def choose_variant(bundle: Bundle, variant: str, first_provider: str) -> str:
-    """int8 where it is fast (CPU, TensorRT EP), fp32 where QDQ int8 is not (CUDA / CoreML EPs)."""
-    present = [v for v in ("int8", "fp32") if bundle.encoder(IMAGE_ENCODERS[v])]
+    present = [v for v in IMAGE_ENCODERS if bundle.encoder(IMAGE_ENCODERS[v])]
     if not present:
-        raise BundleError(f"bundle {bundle.root}: has no ONNX image encoder (image_int8 or image_fp32)")
+        raise BundleError(f"bundle {bundle.root}: has no ONNX image encoder "
+                          f"({', '.join(IMAGE_ENCODERS.values())})")
     if variant == "auto":
-        order = ("fp32", "int8") if first_provider in (CUDA, COREML) else ("int8", "fp32")
-        return next(v for v in order if v in present)
+        return next(v for v in auto_order(first_provider) if v in present)
     if variant not in present:
         raise BundleError(f"bundle {bundle.root}: has no {variant} image encoder (has: {', '.join(present)})")
     return variant

@@ -282,6 +282,12 @@ def _validate(entry: Any) -> Recipe | str:
     if isinstance(instructions, str):
         return f"instructions_{instructions}"
     url = entry.get("url")
+    try:
+        # A lone surrogate (JSON "\ud800") decodes fine but breaks every UTF-8 writer downstream (SQLite, JSON).
+        for text in (rid, title, *ingredients, *instructions, url if isinstance(url, str) else ""):
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "bad_unicode"
     # The url is only shown to users, so a record without one is still usable.
     return Recipe(id=rid, title=title.strip(), ingredients=ingredients, instructions=instructions,
                   partition=partition, url=url if isinstance(url, str) else "", image_paths=())

@@ -191,24 +191,39 @@ class MatchingModule(nn.Module):
         return (F.normalize(g, dim=-1) * F.normalize(h, dim=-1)).sum(-1)
 
 
-class MatchingScorer(nn.Module):
-    """`MatchingModule.score` as a module's forward, for ONNX export of the re-ranking head on its own."""
+GLOBAL_TOKENS = ("given", "mean")
 
-    def __init__(self, matching: MatchingModule) -> None:
+
+class MatchingScorer(nn.Module):
+    """`MatchingModule.score` as a module's forward, for ONNX export of the re-ranking head on its own.
+
+    global_token="given": `image_tokens` are [CLS] + patches, as in training. "mean": `image_tokens` are
+    patches only and their mean is put in front as the [CLS] -- for image encoders without a [CLS] (the
+    edge student, whose tokens are distilled to the teacher's patch tokens, and the bundle's image ONNX,
+    whose `tokens` output is patches only).
+    """
+
+    def __init__(self, matching: MatchingModule, global_token: str = "given") -> None:
         super().__init__()
+        if global_token not in GLOBAL_TOKENS:
+            raise MalmError(f"global_token must be one of {GLOBAL_TOKENS}, got {global_token!r}")
         self.matching = matching
+        self.global_token = global_token
 
     def forward(
         self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor
     ) -> torch.Tensor:
+        if self.global_token == "mean":
+            image_tokens = torch.cat([image_tokens.mean(dim=1, keepdim=True), image_tokens], dim=1)
         return self.matching.score(image_tokens, recipe_tokens, recipe_mask)
 
 
-def export_matching_onnx(matching: MatchingModule, path: str, opset: int = 17) -> None:
-    """Write the re-ranking head alone: inputs `image_tokens` [N, 1+P, Wi] float32, `recipe_tokens`
-    [N, S, Wr] float32, `recipe_mask` [N, S] bool; output `score` [N] (cosine, higher = better match).
-    N and S are dynamic. The caller owns the atomic write (export to a temp path, then rename)."""
-    scorer = MatchingScorer(matching).eval()
+def export_matching_onnx(matching: MatchingModule, path: str, opset: int = 17, global_token: str = "given") -> None:
+    """Write the re-ranking head alone: inputs `image_tokens` [N, P', Wi] float32 (P' = 1+P with
+    global_token="given", P patches with "mean"), `recipe_tokens` [N, S, Wr] float32, `recipe_mask` [N, S]
+    bool; output `score` [N] (cosine, higher = better match). N, P' and S are dynamic. The caller owns the
+    atomic write (export to a temp path, then rename)."""
+    scorer = MatchingScorer(matching, global_token).eval()
     p = next(matching.parameters())
     example = (
         torch.zeros(2, 5, matching.image_in.in_features, device=p.device),
@@ -222,7 +237,7 @@ def export_matching_onnx(matching: MatchingModule, path: str, opset: int = 17) -
         input_names=["image_tokens", "recipe_tokens", "recipe_mask"],
         output_names=["score"],
         dynamic_axes={
-            "image_tokens": {0: "n"},
+            "image_tokens": {0: "n", 1: "p"},
             "recipe_tokens": {0: "n", 1: "s"},
             "recipe_mask": {0: "n", 1: "s"},
             "score": {0: "n"},

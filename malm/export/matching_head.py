@@ -1,0 +1,111 @@
+"""The trained MALM matching head (ψ, ψ′), exported to ONNX for the SDK's optional re-ranking.
+
+The head is a training-only module: its weights live in the run's `last.state.safetensors` (the task's
+state, `task.objectives.<i>.matching.*`), not in `{best,last}.safetensors` (the retrieval model). It is
+exported with `global_token="mean"`: it takes the image encoder's patch tokens and puts their mean in front
+as the [CLS] it was trained with, because neither the edge student nor the bundle's image ONNX has a
+[CLS] token (the student's tokens are distilled to the teacher's patch tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malm._atomic import atomic_path
+from malm.errors import MalmError
+
+STATE_FILE = "last.state.safetensors"
+BUNDLE_PATH = "rerank/matching_head.onnx"
+GLOBAL_TOKEN = "mean"
+
+
+@dataclass(frozen=True)
+class TrainedHead:
+    module: Any  # MatchingModule (eval)
+    step: int | None  # training step of the state it came from
+    source: str  # file the weights came from
+
+
+def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
+    """The run's trained matching head, or None when the preset has no matching loss or no state was saved."""
+    if not getattr(getattr(config.loss, "matching", None), "enabled", False):
+        return None
+    path = run / STATE_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    from malm.training.models.matching import MatchingModule
+
+    mc = config.loss.matching
+    # Built exactly as the training objective builds it (objectives.MatchingObjective).
+    module = MatchingModule(image_width=config.model.image.width, recipe_width=config.model.recipe.width,
+                            dim=config.model.recipe.width, depth=mc.layers, heads=mc.heads)
+    state: dict[str, Any] = {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                head, sep, rest = key.partition(".matching.")
+                if sep and head.startswith("task.objectives."):
+                    state[rest] = f.get_tensor(key)
+    except Exception as e:  # noqa: BLE001 - any decode failure is a bad state file
+        raise MalmError(f"{path}: cannot be read ({e})") from None
+    if not state:
+        return None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MalmError(f"{path}: matching head weights do not fit the config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    step = None
+    meta = run / "last.state.json"
+    if meta.is_file():
+        try:
+            step = int(json.loads(meta.read_text()).get("step"))
+        except (ValueError, TypeError, json.JSONDecodeError):
+            step = None
+    return TrainedHead(module.eval(), step, str(path))
+
+
+def export_head(head: TrainedHead, out: Path, metadata: dict[str, str], image_tokens: int = 4,
+                recipe_tokens: int = 9) -> dict[str, Any]:
+    """Write the head's ONNX to `out` (atomically) and check it against torch; returns the manifest entry."""
+    import torch
+
+    from malm.export.onnx_export import set_metadata
+    from malm.training.models.matching import MatchingScorer, export_matching_onnx
+
+    with tempfile.TemporaryDirectory(prefix="malm-head-") as tmp:
+        raw = Path(tmp) / "head.onnx"
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation noise
+            export_matching_onnx(head.module, str(raw), global_token=GLOBAL_TOKEN)
+        set_metadata(raw, {**metadata, "role": "rerank", "global_token": GLOBAL_TOKEN, "image_tokens": "patches"})
+        with atomic_path(out) as dst:
+            dst.write_bytes(raw.read_bytes())
+    # Parity on random tokens of other sizes than the export example (the dynamic axes).
+    g = torch.Generator().manual_seed(0)
+    wi, wr = head.module.image_in.in_features, head.module.recipe_in.in_features
+    img = torch.randn(3, image_tokens, wi, generator=g)
+    rec = torch.randn(3, recipe_tokens, wr, generator=g)
+    mask = torch.ones(3, recipe_tokens, dtype=torch.bool)
+    mask[1, recipe_tokens // 2:] = False
+    with torch.no_grad():
+        want = MatchingScorer(head.module, GLOBAL_TOKEN)(img, rec, mask).numpy()
+    from malm.export.onnx_export import session
+
+    got = session(out).run(["score"], {"image_tokens": img.numpy(), "recipe_tokens": rec.numpy(),
+                                       "recipe_mask": mask.numpy()})[0]
+    err = float(np.abs(got - want).max())
+    if not err < 1e-4:
+        raise MalmError(f"ONNX export of the matching head failed its parity check (max |diff| {err:.2e})")
+    return {"file": BUNDLE_PATH, "kind": "onnx", "role": "rerank", "precision": "fp32",
+            "global_token": GLOBAL_TOKEN, "image_tokens": "patches", "parity_max_abs": err,
+            "state_step": head.step, "source": Path(head.source).name}

@@ -76,6 +76,16 @@ METHODS = [
         {"loss.matching.pair_negatives": 3},
         "global matching over decoded hard-negative pairs (not in the paper; see objectives.py)",
     ),
+    Method(
+        "malm-tiny full-triplet pair-neg-3 local-pairs",
+        "malm-tiny",
+        {
+            "loss.mask.full_image_triplet": True,
+            "loss.matching.pair_negatives": 3,
+            "loss.matching.local_pairs": True,
+        },
+        "full-image triplet; global and local matching over decoded hard-negative pairs (leak closed)",
+    ),
 ]
 
 

@@ -160,6 +160,10 @@ class BundleWriter:
         self.timeout = timeout
         self._lock_fd: int | None = None
         self.manifest: dict[str, Any] = {}
+        # Files the manifest on disk references: replacing one in place would break that manifest until the
+        # new one lands, so its new version waits under a hidden `.NAME.next` (rel -> path) until commit.
+        self._live: set[str] = set()
+        self._pending: dict[str, Path] = {}
 
     def __enter__(self) -> BundleWriter:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -176,6 +180,10 @@ class BundleWriter:
                     raise BundleError(f"bundle {self.root}: another malm process is writing it (lock held)") from None
                 time.sleep(0.1)
         self.manifest = read_manifest(self.root) if (self.root / MANIFEST).exists() else new_manifest()
+        self._live = set(self.manifest.get("files") or {})
+        self._pending = {}
+        self._finish_interrupted()
+        self._remove_leftovers()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -196,9 +204,9 @@ class BundleWriter:
         src = Path(src)
         dest = self.path(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.with_name(f".{dest.name}.staging")
-        if staging.exists():
-            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+        replacing_live = rel in self._live and dest.exists()
+        staging = dest.with_name(f".{dest.name}.next" if replacing_live else f".{dest.name}.staging")
+        _remove(staging)
         if move:
             shutil.move(str(src), staging)
         elif src.is_dir():
@@ -206,39 +214,80 @@ class BundleWriter:
         else:
             shutil.copyfile(src, staging)
         self._fsync_tree(staging)
-        if dest.is_dir():
-            # A directory cannot be renamed over a non-empty one: swap via a trash name.
-            trash = dest.with_name(f".{dest.name}.old")
-            if trash.exists():
-                shutil.rmtree(trash)
-            os.replace(dest, trash)
-            os.replace(staging, dest)
-            shutil.rmtree(trash)
+        if replacing_live:
+            self._pending[rel] = staging  # swapped in by commit(), in an order that survives a kill
         else:
-            os.replace(staging, dest)
-        fsync_dir(dest.parent)
+            _swap_in(staging, dest)
         self.record(rel)
         return rel
 
     def write_json(self, rel: str, obj: Any) -> str:
-        write_text_atomic(self.path(rel), json.dumps(obj, indent=2, sort_keys=True))
+        dest = self.path(rel)
+        if rel in self._live and dest.exists():
+            self._pending[rel] = dest.with_name(f".{dest.name}.next")
+            write_text_atomic(self._pending[rel], json.dumps(obj, indent=2, sort_keys=True))
+        else:
+            write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True))
         self.record(rel)
         return rel
 
     def record(self, rel: str) -> None:
         """(Re)hash a file already written in place at `rel` (e.g. through atomic_path)."""
-        digest, size = sha256_path(self.path(rel))
+        digest, size = sha256_path(self._pending.get(rel) or self.path(rel))
         self.manifest.setdefault("files", {})[rel] = {"sha256": digest, "bytes": size}
 
     def forget(self, rel: str) -> None:
         self.manifest.get("files", {}).pop(rel, None)
+        staged = self._pending.pop(rel, None)
+        if staged is not None:
+            _remove(staged)
 
     def update(self, fn: Callable[[dict[str, Any]], None]) -> None:
         fn(self.manifest)
 
     def commit(self) -> None:
+        """Make the manifest (and the files it names) live; every step leaves a manifest that verifies.
+
+        Replaced files go through two manifests: first one naming the new versions at their hidden `.next`
+        names (the old files are then unreferenced), then, once the new versions are also linked at their
+        real names, the final one. A kill before the first leaves the old bundle, after it the new one.
+        """
         self.manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if self._pending:
+            names = {rel: path.relative_to(self.root).as_posix() for rel, path in self._pending.items()}
+            write_text_atomic(self.root / MANIFEST, json.dumps(_renamed(self.manifest, names), indent=2,
+                                                               sort_keys=True))
+            for rel, staged in self._pending.items():
+                _swap_in(_link_copy(staged), self.path(rel))
         write_text_atomic(self.root / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+        for staged in self._pending.values():
+            _remove(staged)
+        self._pending = {}
+        self._live = set(self.manifest.get("files") or {})
+
+    def _remove_leftovers(self) -> None:
+        """Staged files of a killed writer that no manifest references (we hold the lock: nobody else writes)."""
+        listed = {(self.root / rel).resolve() for rel in self.manifest.get("files") or {}}
+        for p in list(self.root.rglob(".*")):
+            if p.name.endswith((".next", ".staging", ".link", ".old")) and p.resolve() not in listed:
+                _remove(p)
+
+    def _finish_interrupted(self) -> None:
+        """A writer killed between commit's two manifests left one naming `.NAME.next` files: roll it forward."""
+        files = self.manifest.get("files") or {}
+        hidden = {rel for rel in files if PurePosixPath(rel).name.startswith(".")
+                  and PurePosixPath(rel).name.endswith(".next")}
+        if not hidden:
+            return
+        back: dict[str, str] = {}
+        for rel in hidden:
+            p = PurePosixPath(rel)
+            real = str(p.with_name(p.name[1:-len(".next")]))
+            back[rel] = real
+            self._pending[real] = self.path(rel)
+        self.manifest = _renamed(self.manifest, back)
+        self._live = set(self.manifest.get("files") or {})
+        self.commit()
 
     @staticmethod
     def _fsync_tree(path: Path) -> None:
@@ -246,6 +295,57 @@ class BundleWriter:
         for f in files:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _swap_in(staged: Path, dest: Path) -> None:
+    """Rename `staged` over `dest` (a file atomically; a directory via a trash name)."""
+    if dest.is_dir():
+        # A directory cannot be renamed over a non-empty one: swap via a trash name.
+        trash = dest.with_name(f".{dest.name}.old")
+        _remove(trash)
+        os.replace(dest, trash)
+        os.replace(staged, dest)
+        shutil.rmtree(trash)
+    else:
+        os.replace(staged, dest)
+    fsync_dir(dest.parent)
+
+
+def _link_copy(src: Path) -> Path:
+    """A hard-linked twin of `src` (a copy where links are not supported), to rename into place."""
+    twin = src.with_name(src.name + ".link")
+    _remove(twin)
+    try:
+        if src.is_dir():
+            shutil.copytree(src, twin, copy_function=os.link)
+        else:
+            os.link(src, twin)
+    except OSError:
+        _remove(twin)
+        shutil.copytree(src, twin) if src.is_dir() else shutil.copyfile(src, twin)
+        BundleWriter._fsync_tree(twin)
+    return twin
+
+
+def _renamed(manifest: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """The manifest with every file reference (a `files` key, or a string value elsewhere) in `names` renamed."""
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return names.get(value, value) if isinstance(value, str) else value
+
+    out = {k: walk(v) for k, v in manifest.items() if k != "files"}
+    out["files"] = {names.get(rel, rel): entry for rel, entry in (manifest.get("files") or {}).items()}
+    return out
 
 
 @contextlib.contextmanager

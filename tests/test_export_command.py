@@ -82,6 +82,15 @@ def test_onnx_bundle_runs_in_onnx_runtime(run: dict[str, Path], onnx_bundle: dic
     props = qdq_properties(bundle / "encoders/image_int8.onnx")
     assert props["all_zero_points_zero"] and props["per_channel_scales"] > 0
     assert manifest["encoders"]["image_int8"]["quantization"]["calibration_images"] == 16
+    # The CPU variant: same calibration, uint8 activations, int8 symmetric weights.
+    cpu = manifest["encoders"]["image_int8_cpu"]
+    assert cpu["file"] == "encoders/image_int8_cpu.onnx" and cpu["quantization"]["calibration_images"] == 16
+    assert cpu["quantization"]["activation_zero_point_types"] == ["uint8"] and cpu["quantization"]["weight_zero_points_zero"]
+    embc = ox.session(bundle / cpu["file"]).run(["embedding"], {"image": x})[0]
+    assert ox.cosine_rows(emb, embc).mean() > 0.9
+    # ht-tiny trains no matching head: --tokens says so instead of shipping one.
+    assert "matching_head" not in manifest["encoders"]
+    assert any("no trained matching head" in n for n in onnx_bundle["notes"])
 
     # The recipe encoder: vocab tokens in, the teacher's embedding out.
     teacher = load_model(run["run"])
@@ -100,7 +109,7 @@ def test_onnx_bundle_runs_in_onnx_runtime(run: dict[str, Path], onnx_bundle: dic
 def test_report_has_each_variant(run: dict[str, Path], onnx_bundle: dict[str, Any]) -> None:
     variants = onnx_bundle["variants"]
     assert {"teacher_torch_fp32", "student_torch_fp32", "image_fp32", "image_int8"} <= set(variants)
-    for name in ("image_fp32", "image_int8"):
+    for name in ("image_fp32", "image_int8", "image_int8_cpu"):
         row = variants[name]
         assert row["size_mb"] > 0 and row["latency_ms_1t"] > 0 and row["latency_ms_2t"] > 0
         assert -1 <= row["cosine_to_teacher"] <= 1

@@ -119,7 +119,8 @@ def test_cpu_variant_has_uint8_activations_and_symmetric_per_channel_int8_weight
     assert info["activations"] == "uint8 asymmetric"
     props = qdq_properties(cpu)
     assert props["activation_zero_point_types"] == ["uint8"]
-    assert props["weight_zero_point_types"] == ["int8"] and props["weight_zero_points_zero"]
+    # int8 weights (int32 biases), every zero point 0
+    assert props["weight_zero_point_types"] == ["int32", "int8"] and props["weight_zero_points_zero"]
     assert props["per_channel_weights"] >= 50 and not props["all_zero_points_zero"]
     model = onnx.load(str(cpu))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

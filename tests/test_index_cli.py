@@ -171,3 +171,29 @@ def test_rerank_with_an_exported_matching_head(tmp_path: Path) -> None:
         scores = matching.score(img, torch.stack(rec), torch.ones(len(rec), rec[0].shape[0], dtype=torch.bool))
     assert [h.score for h in hits] == pytest.approx(scores.tolist(), abs=1e-4)
     assert all(a >= b for a, b in zip(scores.tolist(), scores.tolist()[1:], strict=False))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_build_uses_the_matching_head_that_export_shipped(run_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`malm export --tokens` writes rerank/matching_head.onnx; `index build` then stores the recipe token
+    features it needs and points the rerank section at it, without --rerank-tokens."""
+    from malm.bundle import BundleWriter
+    from malm.training.models.matching import MatchingModule, export_matching_onnx
+
+    run, _ = run_and_data
+    torch.manual_seed(0)
+    head = tmp_path / "head.onnx"
+    export_matching_onnx(MatchingModule(image_width=32, recipe_width=32, dim=32, depth=1, heads=4).eval(), str(head),
+                         global_token="mean")
+    bundle = tmp_path / "b"
+    with BundleWriter(bundle) as bw:
+        bw.add_file(head, "rerank/matching_head.onnx")
+        bw.manifest.setdefault("encoders", {})["matching_head"] = {"file": "rerank/matching_head.onnx",
+                                                                   "kind": "onnx", "role": "rerank"}
+    recipes = tmp_path / "r.jsonl"
+    recipes.write_text("\n".join(json.dumps({"id": f"j{i}", "title": f"{WORDS[i]} bowl", "ingredients": [WORDS[i]],
+                                             "instructions": ["cook ."]}) for i in range(4)))
+    invoke("index", "build", "--checkpoint", str(run), "--recipes", str(recipes), "--bundle", str(bundle), "--M", "8")
+    m = verify(bundle)
+    assert m["rerank"]["kind"] == "matching_head" and m["rerank"]["model"] == "rerank/matching_head.onnx"
+    assert m["rerank"]["default"] is False and m["rerank"]["tokens"] in m["files"]

@@ -444,9 +444,24 @@ def run(ctx: Context) -> dict[str, Any]:
                 r["speedup_vs_exact_1query"] = round(r["qps_1query_1thread"] / exact_qps, 2)
                 r["speedup_vs_exact_batch"] = round(r["qps_batch"] / entry["results"]["exact"]["qps_batch"], 2)
         out["sizes"].append(entry)
+        _checkpoint(ctx, out)
         del x, truth
         gc.collect()
+    (opts.out / PARTIAL).unlink(missing_ok=True)
     return out
+
+
+PARTIAL = "bench-index-partial.json"
+
+
+def _checkpoint(ctx: Context, out: dict[str, Any]) -> None:
+    """The sizes done so far, so a run stopped during a long build (1M) keeps the smaller sizes' numbers."""
+    import json
+
+    from malm._atomic import write_text_atomic
+
+    ctx.options.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(ctx.options.out / PARTIAL, json.dumps({"status": "partial", **out}, indent=2, default=str))
 
 
 def _model_dim(ctx: Context) -> int:

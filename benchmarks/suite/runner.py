@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import os
 import traceback
 from typing import Any
 
@@ -57,6 +58,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
             ctx.log(f"{name}: FAILED: {type(e).__name__}: {e}")
         entry["seconds"] = round(ctx.elapsed() - start, 2)
         entry["measured"] = _now()
+        # Other work on the machine during the section (1/5/15-minute load averages at its end).
+        entry["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
         results["sections"][name] = entry
         _finish(results, ctx)
     return results

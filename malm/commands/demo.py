@@ -6,22 +6,24 @@ from pathlib import Path
 
 import typer
 
+from malm.demo import DemoConfig  # light (stdlib only): the defaults live in one place
+
 
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder; a rerun reuses what is done"),
-    recipes: int = typer.Option(3000, "--recipes", help="Size of the generated benchmark"),
-    seed: int = typer.Option(0, "--seed", help="Benchmark seed"),
-    preset: str = typer.Option("malm-tiny", "--preset", help="Training preset"),
+    recipes: int = typer.Option(DemoConfig.recipes, "--recipes", help="Size of the generated benchmark"),
+    seed: int = typer.Option(DemoConfig.seed, "--seed", help="Benchmark seed"),
+    preset: str = typer.Option(DemoConfig.preset, "--preset", help="Training preset"),
     epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default: the preset's)"),
-    distill_epochs: int = typer.Option(6, "--distill-epochs", help="Student distillation epochs"),
+    distill_epochs: int = typer.Option(DemoConfig.distill_epochs, "--distill-epochs", help="Student distillation epochs"),
     coreml: bool = typer.Option(True, "--coreml/--no-coreml", help="Also convert the student to CoreML"),
-    queries: int = typer.Option(5, "--queries", help="Held-out test photos to query"),
+    queries: int = typer.Option(DemoConfig.queries, "--queries", help="Held-out test photos to query"),
 ) -> None:
     """Generate data → train → evaluate → export int8 ONNX (+ CoreML) → index → query → summary."""
-    from malm.demo import DemoConfig, run_demo
+    from malm.demo import run_demo
 
     cfg = DemoConfig(out=out, recipes=recipes, seed=seed, preset=preset, epochs=epochs,
-                     distill_epochs=distill_epochs, coreml=coreml, queries=queries)
+                    distill_epochs=distill_epochs, coreml=coreml, queries=queries)
     run_demo(cfg, log=lambda m: typer.echo(m, err=True))
 
 

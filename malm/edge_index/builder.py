@@ -114,12 +114,12 @@ class _Staged:
         # We hold the bundle's write lock: any staging dir still here is from a writer that was killed.
         for stale in bw.root.glob(".index-staging-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".index-staging-", dir=bw.root))
         section = bw.manifest.get("index")
+        if fresh is None and not section:  # checked before the staging dir exists: nothing to clean up
+            raise BundleError(f"bundle {self.root}: has no recipe index yet (run `malm index build`)")
+        self.tmp = Path(tempfile.mkdtemp(prefix=".index-staging-", dir=bw.root))
         self.old_files: list[str] = []
         if fresh is not None or not section:
-            if fresh is None:
-                raise BundleError(f"bundle {self.root}: has no recipe index yet (run `malm index build`)")
             self.index = HnswIndex.create(fresh)
             self.store = RecipeStore.create(self.tmp / "store.sqlite")
             self.tokens: dict[int, np.ndarray] = {}
@@ -222,6 +222,9 @@ class _Staged:
 def _run(bundle: str | os.PathLike[str], fresh: IndexSettings | None,
          body: Callable[[_Staged], dict[str, Any]]) -> IndexSettings:
     root = Path(bundle)
+    if fresh is None:
+        # An update needs an existing bundle: check before BundleWriter, which would create a mistyped path.
+        read_manifest(root)
     with _bundle_lock(root):
         committed = False
         staged: _Staged | None = None

@@ -80,7 +80,8 @@ ACTIVATIONS = ("symmetric", "asymmetric")
 
 def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path], cfg: PreprocessConfig, *,
                   method: str = "minmax", exclude_ops: Sequence[str] = (),
-                  activations: str = "symmetric") -> dict[str, Any]:
+                  activations: str = "symmetric", per_channel: bool = True, reduce_range: bool = False,
+                  pre_process: bool = True) -> dict[str, Any]:
     """Write the QDQ int8 model; returns what was done (for the manifest).
 
     activations="symmetric": int8 activations with zero point 0 (TensorRT's explicit quantization).
@@ -88,7 +89,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path],
     Runtime runs U8S8 convolutions (VPMADDUBSW) and, with an asymmetric [0, 6] range, can drop the ReLU6
     `Clip` between conv and the next QuantizeLinear, so every conv becomes a QLinearConv; with symmetric
     int8 activations the Clip stays and the convs around it run in float (measured: 0.8-0.9x fp32 speed).
-    Weights are int8 symmetric per-channel in both.
+    Weights are int8 symmetric per-channel in both. `per_channel`, `reduce_range` (7-bit weights) and
+    `pre_process` (ORT's shape inference + graph optimization first) exist for the speed investigation in
+    benchmarks/export_targets.py; the exported models use the defaults.
     """
     if activations not in ACTIVATIONS:
         raise MalmError(f"unknown activation quantization {activations!r}; one of {ACTIVATIONS}")
@@ -107,7 +110,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path],
     with tempfile.TemporaryDirectory(prefix="malm-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         # Shape inference + graph optimization first, as ORT recommends: fused Conv+BN etc. get one scale.
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        if pre_process:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        else:
+            pre.write_bytes(Path(fp32_path).read_bytes())
         exclude = [*exclude_ops, *input_affine_nodes(pre)]
         with atomic_path(out_path) as out_tmp:
             quantize_static(
@@ -115,7 +121,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path],
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                per_channel=True,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
                 calibrate_method=methods[method],
                 nodes_to_exclude=exclude,
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},

@@ -62,6 +62,16 @@ def _load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise MalmError(f"{path}: not a readable safetensors file ({e})") from e
 
 
+def _header_meta(header: dict[str, str], path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(header["meta"])
+    except json.JSONDecodeError as e:
+        raise MalmError(f"{path}: broken metadata in the safetensors header ({e})") from None
+    if not isinstance(meta, dict):
+        raise MalmError(f"{path}: metadata in the safetensors header is not an object")
+    return meta
+
+
 def write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -86,8 +96,12 @@ def save_run_files(run_dir: Path, config: ExperimentConfig, vocab: Any) -> None:
 def save_weights(run_dir: Path, tag: str, model: RetrievalModel, meta: dict[str, Any]) -> None:
     """`{tag}.safetensors` then `{tag}.json` (the JSON names the step, so a torn pair is detectable)."""
     step = str(meta.get("step", 0))
-    _save_tensors(run_dir / f"{tag}.safetensors", model.state_dict(), {"step": step, "format": "malm-weights-1"})
-    write_json(run_dir / f"{tag}.json", {**meta, "tag": tag, "saved_at": time.time()})
+    full = {**meta, "tag": tag, "saved_at": time.time()}
+    # The JSON also rides in the safetensors header: a kill between the two writes leaves new weights and an
+    # old JSON, and the header's copy still describes the weights (load_model prefers it then).
+    _save_tensors(run_dir / f"{tag}.safetensors", model.state_dict(),
+                  {"step": step, "format": "malm-weights-1", "meta": json.dumps(full)})
+    write_json(run_dir / f"{tag}.json", full)
 
 
 def read_config(run_dir: str | Path) -> ExperimentConfig:
@@ -109,8 +123,10 @@ def load_model(run_dir: str | Path, tag: str = "best", device: str | torch.devic
         raise MalmError(f"checkpoint tag {tag!r}: one of {', '.join(TAGS)}")
     config = read_config(run_dir)
     vocab = Vocabulary.from_dict(read_json(run_dir / "vocab.json"), source=str(run_dir / "vocab.json"))
-    meta = read_json(run_dir / f"{tag}.json")
+    meta = read_json(run_dir / f"{tag}.json") if (run_dir / f"{tag}.json").exists() else {}
     tensors, header = _load_tensors(run_dir / f"{tag}.safetensors")
+    if header.get("step") is not None and str(meta.get("step")) != header["step"] and "meta" in header:
+        meta = _header_meta(header, run_dir / f"{tag}.safetensors")  # killed between the two writes
     if header.get("step") is not None and str(meta.get("step")) != header["step"]:
         raise MalmError(f"{run_dir}: {tag}.json (step {meta.get('step')}) and {tag}.safetensors "
                         f"(step {header['step']}) disagree; the run was interrupted while saving")
@@ -181,13 +197,18 @@ def save_train_state(run_dir: Path, task: torch.nn.Module, optimizer: torch.opti
     rng_t, rng_meta = rng_state()
     tensors |= opt_t | rng_t
     step = str(progress["step"])
-    _save_tensors(run_dir / "last.state.safetensors", tensors, {"step": step, "format": "malm-state-1"})
-    write_json(run_dir / "last.state.json", {**progress, "optimizer": opt_meta, "rng": rng_meta})
+    meta = {**progress, "optimizer": opt_meta, "rng": rng_meta}
+    # As in save_weights: the header's copy of the JSON survives a kill between the two writes.
+    _save_tensors(run_dir / "last.state.safetensors", tensors,
+                  {"step": step, "format": "malm-state-1", "meta": json.dumps(meta)})
+    write_json(run_dir / "last.state.json", meta)
 
 
 def load_train_state(run_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     meta = read_json(run_dir / "last.state.json")
     tensors, header = _load_tensors(run_dir / "last.state.safetensors")
+    if header.get("step") != str(meta.get("step")) and "meta" in header:
+        meta = _header_meta(header, run_dir / "last.state.safetensors")  # killed between the two writes
     if header.get("step") != str(meta.get("step")):
         raise MalmError(f"{run_dir}: last.state.json (step {meta.get('step')}) and last.state.safetensors "
                         f"(step {header.get('step')}) disagree; the run was killed while saving — "

@@ -135,10 +135,15 @@ class MatchingConfig:
     # k > 0: also decode each image with its k hardest in-batch recipes (and each recipe with its k hardest
     # images) and contrast the pair scores, so the matching score itself must tell pairs apart.
     pair_negatives: int = 0
+    # With pair_negatives > 0: the local loss too contrasts each patch's score in its own pair against the
+    # same patch's score in the k decoded negative pairs (the per-patch InfoNCE has the same leak otherwise).
+    local_pairs: bool = False
 
     def __post_init__(self) -> None:
         _check(self.layers >= 1 and self.heads >= 1, "loss.matching: layers and heads must be >= 1")
         _check(self.pair_negatives >= 0, "loss.matching.pair_negatives must be >= 0")
+        _check(not self.local_pairs or self.pair_negatives > 0,
+               "loss.matching.local_pairs needs loss.matching.pair_negatives > 0 (the negative pairs it scores)")
         _check(self.global_weight >= 0 and self.local_weight >= 0, "loss.matching: weights must be >= 0")
         _check(self.temperature > 0, "loss.matching.temperature must be > 0")
 

@@ -97,6 +97,7 @@ class MatchingObjective(Objective):
         self.global_weight = mc.global_weight
         self.local_weight = mc.local_weight
         self.pair_negatives = mc.pair_negatives
+        self.local_pairs = mc.local_pairs
         self.matching = MatchingModule(
             image_width=config.model.image.width,
             recipe_width=config.model.recipe.width,
@@ -133,6 +134,16 @@ class MatchingObjective(Objective):
             scores = F.cosine_similarity(g, h, dim=-1)
             neg_r, neg_i = scores[b : b + b * k].view(b, k), scores[b + b * k :].view(b, k)
             global_loss = self.pair_loss(scores[:b], neg_r, neg_i)
+            if self.local_pairs and self.local_weight > 0:
+                # Per-patch pair scores [N, P]: patch p of image i in its own pair vs in the k negative pairs.
+                v, u = out.local_pair()
+                s = F.cosine_similarity(v.float(), u.float(), dim=-1)
+                p = s.shape[1]
+                pos = s[:b].reshape(b * p)
+                lr = s[b : b + b * k].view(b, k, p).transpose(1, 2).reshape(b * p, k)
+                li = s[b + b * k :].view(b, k, p).transpose(1, 2).reshape(b * p, k)
+                local = self.local_weight * self.pair_loss(pos, lr, li)
+                return {"match_global_loss": self.global_weight * global_loss, "match_local_loss": local}
             out = MatchingOutput(out.image[:b], out.recipe[:b], out.attention[:b], out.recipe_mask[:b])
         else:
             global_loss = self.global_loss(g, h, gather, rank)

@@ -5,12 +5,16 @@
     python benchmarks/ablation.py --data data/synth --minutes 4 --methods ht-tiny malm-tiny
 
 Every method trains through the real trainer (`malm.training.train.run`, what `malm train` calls) on the
-same procedural benchmark. "Same CPU time" is enforced by calibration: each method first runs a few
-steps to measure its seconds per step, then gets as many whole epochs as fit its budget (at least one),
-with the full warm-up + cosine schedule over them; the measured training time is reported next to the
-metrics, so any unfairness left by whole-epoch rounding is visible. Validation runs only once, at the end,
-and the `last` checkpoint is evaluated on the test split: 1k image→recipe (and recipe→image) medR and
-R@1/5/10, H-T protocol (10 random 1k subsets, seeded), or all test pairs when there are fewer than 1k.
+same procedural benchmark. "Same budget" means the same **process CPU time** (`time.process_time()` of
+the training process, all its threads; DataLoader workers are off so all work is in-process), not wall
+time: the machine is shared, and wall seconds depend on who else is running. Each method first runs 10
+steps to measure its CPU seconds per step, then gets as many whole epochs as fit `--minutes` CPU minutes
+(at least one), with the full warm-up + cosine schedule over them; the measured CPU seconds of the
+training loop are reported next to the metrics, so any unfairness left by whole-epoch rounding is
+visible. Validation runs only once, at the end, and the `last` checkpoint is evaluated on the test split:
+1k image→recipe (and recipe→image) medR and R@1/5/10, H-T protocol (mean ± std over 10 seeded 1k
+subsets), or all test pairs when there are fewer than 1k. Runs may go in parallel (`--threads 1`, one
+process per method list, then `--merge`); a stopped run is rebuilt from its log with `--recover`.
 
 Results: `benchmarks/results/ablation.json` and `.md` (`ablation-quick.*` with --quick; atomic writes).
 """
@@ -123,6 +127,7 @@ def _train(data: Path, run_dir: Path, config: Any, stop_after_steps: int = 0) ->
     def log(msg: str) -> None:
         if msg.startswith("training ") and "loop" not in marks:  # said right before the first step
             marks["loop"] = time.process_time()
+
     opts = TrainOptions(
         data_dir=data,
         out_dir=run_dir,
@@ -273,6 +278,44 @@ def _md(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recover(
+    log: Path, work: Path, data: Path, results_path: Path, command: str, threads: int, budget_s: float
+) -> int:
+    """Rebuild the results of a run stopped before it wrote its JSON, from its stderr log (epochs, steps,
+    training CPU seconds) and its run folders under `work` (metrics re-evaluated from `last`, loss curves)."""
+    import re
+
+    import torch
+
+    known = {m.name: m for m in METHODS}
+    lines = log.read_text().splitlines()
+    out: list[dict[str, Any]] = []
+    for i, line in enumerate(lines[:-1]):
+        head = re.match(r"^(\S.*): calibrating", line)
+        done = re.match(r"^\s+(\d+) epochs, (\d+) steps, (\d+) CPU s:", lines[i + 1])
+        if not (head and done):
+            continue
+        m = known[head.group(1)]
+        run_dir = work / "runs" / m.name.replace(" ", "_")
+        out.append({
+            "method": m.name, "preset": m.preset, "overrides": m.overrides, "note": m.note,
+            "epochs": int(done.group(1)), "steps": int(done.group(2)),
+            "train_cpu_seconds": float(done.group(3)), "recovered_from_log": str(log),
+            "loss_curves": _curves(run_dir), "test": evaluate(run_dir, data),
+        })  # fmt: skip
+        _log(f"recovered {m.name}")
+    if not out:
+        raise MalmError(f"--recover {log}: no finished method in it")
+    results = {
+        "mode": "full", "command": command, "data": str(data), "n_test": out[0]["test"]["size"],
+        "budget_s": budget_s, "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} threads",
+        "base_overrides": {"train.num_workers": 0}, "methods": out,
+    }  # fmt: skip
+    write_text_atomic(results_path, json.dumps(results, indent=1) + "\n")
+    _log(f"wrote {results_path}")
+    return 0
+
+
 def merge(paths: list[Path], results_path: Path) -> int:
     parts = [json.loads(p.read_text()) for p in paths]
     order = {m.name: i for i, m in enumerate(METHODS)}
@@ -291,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", type=int, help="recipes to generate (default 10000; --quick 300)")
     p.add_argument("--seed", type=int, default=0, help="benchmark seed")
     p.add_argument(
-        "--minutes", type=float, default=4.0, help="training budget per method in process CPU minutes (default 4)"
+        "--minutes",
+        type=float,
+        default=4.0,
+        help="training budget per method in process CPU minutes (default 4)",
     )
     p.add_argument(
         "--merge",
@@ -310,9 +356,25 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON path; the .md goes beside it (default benchmarks/results/ablation.json, or "
         "ablation-quick.json with --quick so a smoke test never overwrites a real table)",
     )
+    p.add_argument(
+        "--recover", type=Path, help="rebuild results from this stopped run's stderr log (+ --work)"
+    )
+    p.add_argument("--recover-command", default="", help="the stopped run's command line, for the record")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
 
+    if args.recover:
+        if args.data is None or args.work is None or args.results is None:
+            raise MalmError("--recover needs --data, --work and --results")
+        return recover(
+            args.recover,
+            args.work,
+            args.data,
+            args.results,
+            args.recover_command,
+            args.threads,
+            args.minutes * 60,
+        )
     if args.merge:
         return merge(args.merge, args.results or ROOT / "benchmarks" / "results" / "ablation.json")
     import torch
@@ -363,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"medR {a['medR']:.1f} R@1 {a['R@1']:.1f} R@5 {a['R@5']:.1f} R@10 {a['R@10']:.1f}"
             )
             out.append(r)
+            # partial results after every method, so a run stopped later keeps what it measured
+            write_text_atomic(results_path.with_suffix(".partial.json"), json.dumps(out, indent=1) + "\n")
         results = {
             "mode": "quick" if args.quick else "full",
             "command": "python benchmarks/ablation.py "

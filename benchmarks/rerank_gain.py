@@ -90,10 +90,17 @@ def evaluate_split(inputs: dict[str, Any], image_path: Path, head: Any, n_cand: 
     c = min(n_cand, len(sims))
     cand = np.argsort(-sims, axis=1, kind="stable")[:, :c]
     rt = inputs["recipe_tokens"]
-    local: dict[str, np.ndarray] = {"matching_head": np.stack([head(tokens[q], [rt[j] for j in cand[q]])
-                                                              for q in range(len(sims))]),
-                                    "late_interaction": np.stack([late_interaction(tokens[q], [rt[j] for j in cand[q]])
-                                                                 for q in range(len(sims))])}
+    local: dict[str, np.ndarray] = {}
+    scorer_ms: dict[str, float] = {}
+    for name, fn in (("matching_head", head), ("late_interaction", late_interaction)):
+        rows, times = [], []
+        for q in range(len(sims)):
+            cands = [rt[j] for j in cand[q]]
+            t0 = time.perf_counter()
+            rows.append(fn(tokens[q], cands))
+            times.append(time.perf_counter() - t0)
+        local[name] = np.stack(rows)
+        scorer_ms[name] = round(float(np.median(times)) * 1000, 3)
     if teacher is not None:
         model, matching = teacher
         with torch.inference_mode():
@@ -113,6 +120,7 @@ def evaluate_split(inputs: dict[str, Any], image_path: Path, head: Any, n_cand: 
         local["teacher_head"] = np.stack(t_local)
     base = 1 + (sims > np.diag(sims)[:, None]).sum(1)
     res: dict[str, Any] = {"pairs": len(sims), "candidates": c, "global": metrics(base),
+                           "scorer_ms_per_query_p50": scorer_ms,
                            "true_in_candidates": round(100.0 * float(np.mean([q in cand[q] for q in range(len(sims))])), 2)}
     for name, loc in local.items():
         res[name] = {str(w): metrics(rerank_ranks(sims, loc, cand, w)) for w in WEIGHTS}
@@ -233,6 +241,10 @@ def main() -> int:
     for variant, lat in result.get("latency_ms_per_query", {}).items():
         lines.append(f"latency per query ({variant}, {args.threads} thread(s), p50, Retriever.search k=10): "
                      f"global {lat['global']} ms, with re-rank {lat['rerank']} ms (+{lat['added_ms']} ms)")
+    for variant, v in result["variants"].items():
+        ms = v["splits"]["test"]["scorer_ms_per_query_p50"]
+        lines.append(f"scoring {args.candidates} candidates per query ({variant} tokens, p50): "
+                     + ", ".join(f"{k} {val} ms" for k, val in ms.items()))
     (args.out / "rerank.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -72,6 +72,12 @@ def sha256_path(path: Path) -> tuple[str, int]:
 
 def safe_relpath(root: Path, rel: str) -> Path:
     """Resolve `rel` inside `root`, refusing absolute paths, `..` and links that escape."""
+    if not isinstance(rel, str) or any(ord(c) < 32 for c in rel):  # NUL and control characters
+        raise BundleError(f"bundle {root}: manifest names an invalid file name: {rel!r}")
+    try:
+        rel.encode("utf-8")  # a lone surrogate from a JSON escape cannot be a file name
+    except UnicodeEncodeError:
+        raise BundleError(f"bundle {root}: manifest names an invalid file name: {rel!r}") from None
     p = PurePosixPath(rel)
     if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
         raise BundleError(f"bundle {root}: manifest names a file outside the bundle: {rel!r}")
@@ -106,7 +112,10 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     for key in _OBJECT_SECTIONS:
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise BundleError(f"bundle {root}: manifest '{key}' must be an object, got {type(manifest[key]).__name__}")
-    files = manifest.get("files", {})
+    for key in ("files", "encoders"):  # absent or null: empty, so readers can iterate them directly
+        if manifest.get(key) is None:
+            manifest[key] = {}
+    files = manifest["files"]
     for rel, entry in files.items():
         safe_relpath(root, rel)
         if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
@@ -222,12 +231,16 @@ class BundleWriter:
         return rel
 
     def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True))
+
+    def write_text(self, rel: str, text: str) -> str:
+        """Write a small text file into the bundle (staged like `add_file` when the live manifest lists it)."""
         dest = self.path(rel)
         if rel in self._live and dest.exists():
             self._pending[rel] = dest.with_name(f".{dest.name}.next")
-            write_text_atomic(self._pending[rel], json.dumps(obj, indent=2, sort_keys=True))
+            write_text_atomic(self._pending[rel], text)
         else:
-            write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True))
+            write_text_atomic(dest, text)
         self.record(rel)
         return rel
 

@@ -47,6 +47,10 @@ def main() -> None:
     except MalmError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:
+        # Disk full, permission denied, read-only filesystem…: about the user's files, not a bug in malm.
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)

@@ -90,6 +90,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
+    if image.mode == "La":  # premultiplied: Pillow converts it to LA only
+        image = image.convert("LA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

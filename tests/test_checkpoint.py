@@ -57,8 +57,8 @@ def test_load_model_validates_files(data: Path, tmp_path: Path) -> None:
         load_model(out, "middle")
     meta = json.loads((out / "last.json").read_text())
     (out / "last.json").write_text(json.dumps({**meta, "step": 99}))
-    with pytest.raises(MalmError, match="disagree"):
-        load_model(out, "last")
+    # A torn save (kill -9 between the two writes): the weights' header carries their own JSON, so it loads.
+    assert load_model(out, "last").meta["step"] == 3
     (out / "best.safetensors").write_bytes(b"garbage")
     with pytest.raises(MalmError, match="not a readable safetensors"):
         load_model(out, "best")

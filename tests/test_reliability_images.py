@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +37,17 @@ def _exif_rotated(p: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     photo(3, 48).save(p, "JPEG", exif=exif, quality=95)
+
+
+def _png_header(width: int, height: int, mode: int = 2) -> bytes:
+    """A PNG whose header claims width x height (colour type `mode`) over one tiny zlib stream: a file of
+    ~100 bytes that would decode to gigabytes (how a decompression bomb looks to a decoder)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096, 9))
+            + chunk(b"IEND", b""))
 
 
 def _gif(p: Path) -> None:
@@ -69,8 +82,8 @@ BAD: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "random_bytes": ("jpg", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "not a recognized"),
     "text_named_jpg": ("jpg", lambda p: p.write_text("this is a recipe, not a photo\n"), "not a recognized"),
     "jpeg_header_only": ("jpg", lambda p: p.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF"), "cannot be decoded|recognized"),
-    "huge_20000x20000": ("png", _save("PNG", Image.new("L", (20000, 20000))), "pixels"),
-    "decompression_bomb": ("png", _save("PNG", Image.new("1", (60000, 60000))), "pixels"),
+    "huge_20000x20000": ("png", lambda p: p.write_bytes(_png_header(20000, 20000)), "pixels"),
+    "decompression_bomb": ("png", lambda p: p.write_bytes(_png_header(100000, 100000, 0)), "pixels"),
     "a_directory": ("jpg", lambda p: p.mkdir(), "is a directory"),
     "missing": ("jpg", lambda p: None, "file not found"),
 }

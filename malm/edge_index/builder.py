@@ -119,7 +119,7 @@ class _Staged:
             raise BundleError(f"bundle {self.root}: has no recipe index yet (run `malm index build`)")
         self.tmp = Path(tempfile.mkdtemp(prefix=".index-staging-", dir=bw.root))
         self.old_files: list[str] = []
-        if fresh is not None or not section:
+        if fresh is not None:  # (no section and no settings was refused above)
             self.index = HnswIndex.create(fresh)
             self.store = RecipeStore.create(self.tmp / "store.sqlite")
             self.tokens: dict[int, np.ndarray] = {}
@@ -133,6 +133,7 @@ class _Staged:
                     self.old_files.append(rel)
             return
         # Update: copy the store (SQLite edits in place would change the live file's hash).
+        assert section  # an update without a section was refused above
         verify(self.root, bw.manifest)
         settings = IndexSettings.from_dict(section)
         self.cur_index, self.cur_store = section["file"], section["store"]

@@ -239,10 +239,7 @@ def run_export(req: ExportRequest, log: Log | None = None) -> dict[str, Any]:
                 q[name] = row
             merged = _merge_report(bw.root, report, teacher_hash)
             bw.write_json("report.json", merged)
-            from malm._atomic import write_text_atomic
-
-            write_text_atomic(bw.path("report.md"), rp.to_markdown(merged))
-            bw.record("report.md")
+            bw.write_text("report.md", rp.to_markdown(merged))  # staged: a kill leaves the old bundle valid
     report["bundle"] = str(req.bundle)
     if student_info:
         report["student_key"] = student_info["distill_key"]

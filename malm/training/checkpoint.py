@@ -131,6 +131,12 @@ def load_model(run_dir: str | Path, tag: str = "best", device: str | torch.devic
         raise MalmError(f"{run_dir}: {tag}.json (step {meta.get('step')}) and {tag}.safetensors "
                         f"(step {header['step']}) disagree; the run was interrupted while saving")
     model = RetrievalModel(config.model, vocab_size=len(vocab))
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in tensors.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:  # load_state_dict would raise a bare RuntimeError: a checkpoint of another config
+        raise MalmError(f"{run_dir / (tag + '.safetensors')}: weights do not fit config.json "
+                        f"(shape mismatch: {', '.join(wrong[:3])}); is this checkpoint from another config?")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise MalmError(f"{run_dir / (tag + '.safetensors')}: weights do not fit config.json "

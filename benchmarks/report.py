@@ -134,6 +134,8 @@ def markdown(r: dict[str, Any]) -> str:
     if st:
         parts.append(st + "\n")
     else:
+        if idx.get("stopped"):
+            parts.append(f"**Incomplete:** {idx['stopped']}.\n")
         parts.append(f"dim {idx['dim']}, k={idx['k']}, {idx['queries']} queries; graph {idx['graph']} "
                      f"({idx['graph_source']}). Vectors: {idx['vectors']}. {idx['qps_definition']}.\n\n")
         rows = []

@@ -320,7 +320,8 @@ def merge(paths: list[Path], results_path: Path) -> int:
     parts = [json.loads(p.read_text()) for p in paths]
     order = {m.name: i for i, m in enumerate(METHODS)}
     methods = sorted((m for part in parts for m in part["methods"]), key=lambda m: order.get(m["method"], 99))
-    results = {**parts[0], "command": " ; ".join(p["command"] for p in parts), "methods": methods}
+    commands = " ; ".join(dict.fromkeys(p["command"] for p in parts))
+    results = {**parts[0], "command": commands, "methods": methods}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(results_path, json.dumps(results, indent=1) + "\n")
     write_text_atomic(results_path.with_suffix(".md"), _md(results))

@@ -144,6 +144,53 @@ def verify(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None)
     return manifest
 
 
+def _file_stats(path: Path) -> list[list[int]]:
+    """(size, mtime_ns, inode) of a file, or of every file under a directory (an .mlpackage)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([st.st_size, st.st_mtime_ns, st.st_ino])
+    return out
+
+
+def verify_cache_dir() -> Path:
+    return Path(os.environ.get("MALM_CACHE_DIR") or Path.home() / ".cache" / "malm") / "verified"
+
+
+def verify_cached(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`verify`, but hash each file only once per (size, mtime, inode): a device restart skips re-hashing.
+
+    Hashing a large bundle (a 100k-recipe index is ~400 MB) dominates cold start. After a full
+    verification the files' stat signatures are stamped in the user's cache; a later load whose
+    files all still match skips hashing. Any rewrite, truncation or replacement changes the
+    signature and brings the full check back. It guards against corruption and stale files, not
+    an attacker who can also forge mtimes: use `verify` for that (`Retriever.load(verify="full")`).
+    """
+    root = Path(root)
+    manifest = manifest if manifest is not None else read_manifest(root)
+    files = manifest.get("files", {})
+    key = hashlib.sha256(json.dumps([str(root.resolve()), files], sort_keys=True).encode()).hexdigest()
+    stamp = verify_cache_dir() / f"{key}.json"
+    try:
+        stats = {rel: _file_stats(safe_relpath(root, rel)) for rel in files}
+        if json.loads(stamp.read_text()) == stats:
+            return manifest
+    except (OSError, ValueError):
+        pass  # no stamp yet, a missing file (verify names it) or an unreadable stamp: check fully
+    verify(root, manifest)
+    try:
+        stats = {rel: _file_stats(safe_relpath(root, rel)) for rel in files}
+        # File times are coarse (ms ticks): a file changed in the same tick as a recent write keeps
+        # its mtime, so (like git's "racy" index entries) only files older than 2 s are stamped.
+        newest = max((st[1] for sts in stats.values() for st in sts), default=0)
+        if newest < time.time_ns() - 2_000_000_000:
+            write_text_atomic(stamp, json.dumps(stats))
+    except OSError:
+        pass  # a read-only home only costs the next start a full check
+    return manifest
+
+
 def new_manifest() -> dict[str, Any]:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "malm_version": __version__, "created": now,

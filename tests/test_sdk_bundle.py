@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -120,3 +121,35 @@ def test_bundle_without_index(tmp_path: Path) -> None:
         bw.manifest["embedding"] = {"dim": 16, "metric": "cosine"}
     with pytest.raises(BundleError, match="has no recipe index"):
         Retriever.load(tmp_path / "b")
+
+
+def test_verification_is_remembered_until_a_file_changes(bundle: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import malm.bundle as bundle_mod
+
+    monkeypatch.setenv("MALM_CACHE_DIR", str(tmp_path / "cache"))
+    hashed: list[Path] = []
+    real = bundle_mod.sha256_path
+    monkeypatch.setattr(bundle_mod, "sha256_path", lambda p: hashed.append(p) or real(p))
+    open_bundle(bundle)
+    assert not (tmp_path / "cache" / "verified").exists() or not any((tmp_path / "cache").rglob("*.json")), \
+        "files written moments ago are never stamped (their mtime tick may not change on a quick rewrite)"
+    for f in bundle.rglob("*"):
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns - 10_000_000_000))
+    hashed.clear()
+
+    open_bundle(bundle)
+    assert hashed, "the first open hashes every file"
+    hashed.clear()
+    open_bundle(bundle)
+    assert hashed == [], "an unchanged bundle is not hashed again"
+    open_bundle(bundle, check_hashes="full")
+    assert hashed, "verify='full' always hashes"
+
+    # Same size, new content (and so a new mtime): the stamp no longer matches and the full check catches it.
+    path = bundle / "encoders/image_fp32.onnx"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        open_bundle(bundle)

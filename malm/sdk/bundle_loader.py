@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from malm.bundle import read_manifest, safe_relpath, verify
+from malm.bundle import read_manifest, safe_relpath, verify, verify_cached
 from malm.errors import BundleError
 from malm.preprocess import PreprocessConfig
 
@@ -38,12 +38,20 @@ class Bundle:
         return dict(self.manifest["index"])
 
 
-def open_bundle(root: str | os.PathLike[str], check_hashes: bool = True) -> Bundle:
-    """Read (and by default verify every file's sha256 of) the bundle at `root`."""
+def open_bundle(root: str | os.PathLike[str], check_hashes: bool | str = True) -> Bundle:
+    """Read the bundle at `root` and verify every file's sha256.
+
+    check_hashes: True hashes each file once per (size, mtime, inode) (`verify_cached`), "full" hashes
+    every file on every open, False skips the check.
+    """
     root = Path(root)
     manifest = read_manifest(root)
-    if check_hashes:
+    if check_hashes == "full":
         verify(root, manifest)
+    elif check_hashes is True:
+        verify_cached(root, manifest)
+    elif check_hashes is not False:
+        raise BundleError(f"bundle {root}: verify must be True, False or 'full', not {check_hashes!r}")
     try:
         cfg = PreprocessConfig.from_dict(manifest.get("preprocess") or {})
     except (TypeError, ValueError) as e:

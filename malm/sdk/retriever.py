@@ -106,7 +106,7 @@ class _Snapshot:
     rerank: _Rerank | None
 
 
-def _load_snapshot(root: Path, check_hashes: bool, threads: int | None) -> _Snapshot:
+def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None) -> _Snapshot:
     bundle = open_bundle(root, check_hashes)
     section = bundle.index
     try:
@@ -139,7 +139,7 @@ def _load_snapshot(root: Path, check_hashes: bool, threads: int | None) -> _Snap
 class Retriever:
     """Image → recipes over a verified bundle. Build with `Retriever.load`."""
 
-    def __init__(self, snapshot: _Snapshot, backend: ImageBackend, threads: int | None, check_hashes: bool) -> None:
+    def __init__(self, snapshot: _Snapshot, backend: ImageBackend, threads: int | None, check_hashes: bool | str) -> None:
         self._snap = snapshot
         self._backend = backend
         self._threads = threads
@@ -148,8 +148,11 @@ class Retriever:
 
     @classmethod
     def load(cls, bundle: str | os.PathLike[str], backend: str = "auto", variant: str = "auto",
-             threads: int | None = None, verify: bool = True) -> Retriever:
-        """Open `bundle` (verifying every file's sha256 unless `verify=False`) and its image encoder.
+             threads: int | None = None, verify: bool | str = True) -> Retriever:
+        """Open `bundle` (verifying every file's sha256) and its image encoder.
+
+        verify: True hashes each file once per (size, mtime, inode) and remembers it, so a restart
+        does not re-hash a large index; "full" hashes every file on every load; False skips it.
 
         backend: "auto" | "onnxruntime" | "tensorrt" | "coreml"; variant: "auto" | "int8_cpu" | "int8" | "fp32"
         ("auto": int8_cpu on the CPU provider, int8 on TensorRT, fp32 on CUDA / CoreML);

@@ -11,35 +11,19 @@ the test suite; everything around it (static shapes, QDQ zero points, cache keys
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from malm._atomic import atomic_path
-from malm.errors import MalmError
+from malm.sdk.backends.ort import trt_cache_dir
+from malm.sdk.backends.tensorrt import build_engine_file, cache_key, engine_path
 
 STATIC_ONNX = "tensorrt/image_static.onnx"
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("MALM_TRT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "malm" / "tensorrt"
-
-
-def cache_key(compute_capability: tuple[int, int], trt_version: str, model_hash: str) -> str:
-    """One engine per (GPU architecture, TensorRT version, model): anything else must rebuild."""
-    if len(compute_capability) != 2 or any(c < 0 for c in compute_capability):
-        raise ValueError(f"compute capability must be (major, minor), got {compute_capability}")
-    if not trt_version or not model_hash:
-        raise ValueError("cache_key needs a TensorRT version and a model hash")
-    safe_version = "".join(c if c.isalnum() or c == "." else "_" for c in trt_version)
-    return f"sm{compute_capability[0]}{compute_capability[1]}-trt{safe_version}-{model_hash[:16]}"
-
-
-def engine_path(cache_dir: Path, key: str, precision: str) -> Path:
-    return cache_dir / f"image-{precision}-{key}.engine"
+# One cache and one key format for export and the SDK: an engine built by either is reused by the other.
+default_cache_dir = trt_cache_dir
 
 
 def trtexec_command(onnx_path: str, precision: str, engine: str = "image.engine") -> str:
@@ -89,22 +73,5 @@ def build_engine(onnx_path: Path, precision: str, model_hash: str, cache_dir: Pa
     path = engine_path(cache_dir, key, precision)
     if path.is_file():
         return EngineResult(True, f"TensorRT engine already cached: {path}", path, key)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise MalmError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise MalmError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(bytes(serialized))
+    build_engine_file(trt, onnx_path, path, precision, trt.Logger(trt.Logger.WARNING), workspace_mb)
     return EngineResult(True, f"TensorRT engine built: {path}", path, key)

@@ -26,7 +26,14 @@ INSTALL_HINT = ("backend 'tensorrt' needs NVIDIA TensorRT's Python package `tens
 
 
 def cache_key(compute_capability: tuple[int, int], trt_version: str, model_hash: str) -> str:
-    """Same format as malm.export.tensorrt.cache_key (a test keeps them equal)."""
+    """One engine per (GPU architecture, TensorRT version, model): anything else must rebuild.
+
+    `malm export --target tensorrt` uses this same function, so an engine built there is reused here.
+    """
+    if len(compute_capability) != 2 or any(c < 0 for c in compute_capability):
+        raise ValueError(f"compute capability must be (major, minor), got {compute_capability}")
+    if not trt_version or not model_hash:
+        raise ValueError("cache_key needs a TensorRT version and a model hash")
     safe_version = "".join(c if c.isalnum() or c == "." else "_" for c in trt_version)
     return f"sm{compute_capability[0]}{compute_capability[1]}-trt{safe_version}-{model_hash[:16]}"
 
@@ -49,6 +56,29 @@ def import_tensorrt() -> tuple[Any, Any]:
         except ImportError:
             raise MalmError(INSTALL_HINT) from None
     return trt, cudart
+
+
+def build_engine_file(trt: Any, onnx_path: Path, path: Path, precision: str, logger: Any,
+                      workspace_mb: int | None = None) -> None:
+    """Parse the static ONNX, build an fp16 (or QDQ int8) engine and write it atomically to `path`."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise MalmError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    if workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # QDQ nodes carry the scales: no calibration cache
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise MalmError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(serialized))
 
 
 def _check(result: Any) -> Any:
@@ -74,7 +104,7 @@ class TensorRTBackend:
         path = engine_path(cache, cache_key(cc, trt.__version__, model_hash), precision)
         logger = trt.Logger(trt.Logger.WARNING)
         if not path.is_file():
-            self._build(onnx_path, path, precision, logger)
+            build_engine_file(trt, onnx_path, path, precision, logger)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise MalmError(f"TensorRT engine {path} cannot be loaded (delete it to rebuild)")
@@ -82,25 +112,6 @@ class TensorRTBackend:
         self.has_tokens = "tokens" in names
         self.input_shape = tuple(self.engine.get_tensor_shape("image"))
         self._local = threading.local()
-
-    def _build(self, onnx_path: Path, path: Path, precision: str, logger: Any) -> None:
-        trt = self._trt
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(onnx_path.read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise MalmError(f"TensorRT cannot parse {onnx_path}: {errors}")
-        config = builder.create_builder_config()
-        config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # QDQ nodes carry the scales
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise MalmError(f"TensorRT failed to build an engine from {onnx_path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(bytes(serialized))
 
     def _context(self) -> Any:
         ctx = getattr(self._local, "ctx", None)

@@ -14,7 +14,7 @@ $(BIN)/python:
 # [train] range then needs nothing more (an unpinned torch would pull a multi-GB CUDA build).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[all,dev]"
+	$(BIN)/pip install -q -e ".[all,bench,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

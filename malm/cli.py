@@ -57,10 +57,9 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors carry their own exit codes
-        import click
-
-        # typer >= 0.2x vendors its own click: recognize a usage error by its interface, not its class.
-        if isinstance(e, click.ClickException) or (hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int)):
+        # typer >= 0.2x vendors its own click (plain `click` may not even be installed): recognize a
+        # usage error by its interface, not its class.
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -26,6 +26,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: Path) -> None:
+    """Modes a plain `open()` / `mkdir` would have given (0644 / 0755 under umask 022), for the whole tree.
+
+    mkstemp and mkdtemp create 0600 / 0700 files, which would keep a shipped bundle, index or checkpoint
+    from being read by another user or a service once renamed into place.
+    """
+    mask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path in the target's directory; on success fsync it and rename it over the target."""
@@ -38,6 +58,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        give_default_mode(tmp)
         os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from malm import __version__
-from malm._atomic import fsync_dir, write_text_atomic
+from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm.errors import BundleError
 
 FORMAT = "malm-bundle"
@@ -212,7 +212,9 @@ class BundleWriter:
     """
 
     def __init__(self, root: str | os.PathLike[str], timeout: float = 30.0) -> None:
-        self.root = Path(root)
+        # Resolved once: staged paths come from `safe_relpath` (resolved), and commit() names them relative
+        # to the root, which fails for a relative root such as `runs/demo/bundle`.
+        self.root = Path(root).resolve()
         self.timeout = timeout
         self._lock_fd: int | None = None
         self.manifest: dict[str, Any] = {}
@@ -220,6 +222,8 @@ class BundleWriter:
         # new one lands, so its new version waits under a hidden `.NAME.next` (rel -> path) until commit.
         self._live: set[str] = set()
         self._pending: dict[str, Path] = {}
+        # Files written in place that no manifest on disk names yet: removed again if the write fails.
+        self._fresh: set[str] = set()
 
     def __enter__(self) -> BundleWriter:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -237,7 +241,7 @@ class BundleWriter:
                 time.sleep(0.1)
         self.manifest = read_manifest(self.root) if (self.root / MANIFEST).exists() else new_manifest()
         self._live = set(self.manifest.get("files") or {})
-        self._pending = {}
+        self._pending, self._fresh = {}, set()
         self._finish_interrupted()
         self._remove_leftovers()
         return self
@@ -246,6 +250,15 @@ class BundleWriter:
         try:
             if exc_type is None:
                 self.commit()
+            else:
+                # A write that failed before commit leaves no staged `.NAME.next` files behind: no manifest
+                # named them. (A commit that fails midway keeps them: its first manifest may name them, and
+                # the next writer rolls that forward.)
+                for staged in self._pending.values():
+                    _remove(staged)
+                for rel in self._fresh:
+                    _remove(self.path(rel))
+                self._pending, self._fresh = {}, set()
         finally:
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -270,10 +283,12 @@ class BundleWriter:
         else:
             shutil.copyfile(src, staging)
         self._fsync_tree(staging)
+        give_default_mode(staging)  # a temp dir or file moved in keeps mkdtemp's 0700 / mkstemp's 0600
         if replacing_live:
             self._pending[rel] = staging  # swapped in by commit(), in an order that survives a kill
         else:
             _swap_in(staging, dest)
+            self._fresh.add(rel)
         self.record(rel)
         return rel
 
@@ -288,6 +303,7 @@ class BundleWriter:
             write_text_atomic(self._pending[rel], text)
         else:
             write_text_atomic(dest, text)
+            self._fresh.add(rel)
         self.record(rel)
         return rel
 
@@ -322,7 +338,7 @@ class BundleWriter:
         write_text_atomic(self.root / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
         for staged in self._pending.values():
             _remove(staged)
-        self._pending = {}
+        self._pending, self._fresh = {}, set()
         self._live = set(self.manifest.get("files") or {})
 
     def _remove_leftovers(self) -> None:

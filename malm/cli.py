@@ -11,7 +11,12 @@ inside its body, so `malm --help` and `malm query` start fast and never import t
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import typer
 
@@ -19,7 +24,9 @@ from malm.errors import MalmError
 
 app = typer.Typer(
     name="malm",
-    help="Image-to-recipe retrieval: train, evaluate, export, index and query.",
+    help="Image-to-recipe retrieval: train, evaluate, export, index and query.\n\n"
+         "An unexpected error prints one line and where its traceback was written; "
+         "add --debug (anywhere) or set MALM_DEBUG=1 to see the traceback itself.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -37,10 +44,44 @@ def _register() -> None:
 _register()
 
 
+def _command_name(argv: list[str]) -> str:
+    """`malm export`, `malm index build`: the words before the first option, for error lines."""
+    words = []
+    for arg in argv:
+        if arg.startswith("-") or len(words) == 2:
+            break
+        words.append(arg)
+    return " ".join(["malm", *words])
+
+
+def _write_traceback(command: str) -> Path | None:
+    """Write the current exception's traceback to the cache's crash folder; None if nowhere is writable."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{os.getpid()}-{command.replace(' ', '-')}.txt"
+    text = f"{command} (argv: {sys.argv!r})\n\n{traceback.format_exc()}"
+    base = os.environ.get("MALM_CACHE_DIR") or str(Path.home() / ".cache" / "malm")
+    for folder in (Path(base) / "crashes", Path(tempfile.gettempdir()) / "malm-crashes"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
+            return folder / name
+        except OSError:
+            continue
+    return None
+
+
 def main() -> None:
-    """Console entry point: user errors print one clear line and exit 2, never a traceback."""
+    """Console entry point: a user never sees a traceback unless they ask for it (--debug, MALM_DEBUG=1).
+
+    User errors (MalmError, OSError about their files) print one clear line and exit 2; anything else is a
+    bug in malm: one line naming the command and the error, the traceback written to a file, exit 1.
+    """
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("MALM_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    command = _command_name(argv)
     try:
-        rc = app(standalone_mode=False)
+        rc = app(args=argv, prog_name="malm", standalone_mode=False)
         # With standalone_mode=False a `typer.Exit(n)` comes back as the return value, not as an exception.
         if isinstance(rc, int) and rc:
             sys.exit(rc)
@@ -56,13 +97,19 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors carry their own exit codes
+    except Exception as e:
         # typer >= 0.2x vendors its own click (plain `click` may not even be installed): recognize a
         # usage error by its interface, not its class.
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
-        raise
+        if debug:
+            raise
+        where = _write_traceback(command)
+        hint = f"traceback in {where}" if where else "no traceback file could be written"
+        typer.echo(f"error: {command} failed unexpectedly: {type(e).__name__}: {e} "
+                   f"({hint}; rerun with --debug to show it)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

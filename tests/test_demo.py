@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def _demo(out: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "malm.cli", "demo", "--out", str(out), "--recipes", "300", "--epochs", "1",
-           "--distill-epochs", "1", "--queries", "2", "--no-coreml"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+def _demo(cwd: Path) -> subprocess.CompletedProcess[str]:
+    # As `make demo` runs it: from the checkout, a *relative* --out, and the CoreML export as a second export
+    # into the same bundle (replacing files the first one wrote). An absolute tmp_path hid a crash there.
+    cmd = [sys.executable, "-m", "malm.cli", "demo", "--out", "runs/demo", "--recipes", "300", "--epochs", "1",
+           "--distill-epochs", "1", "--queries", "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    first = _demo(out)
+    out = tmp_path / "runs" / "demo"
+    first = _demo(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
@@ -32,7 +38,11 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     assert len(summary["queries"]) == 2 and all(q["ms"] > 0 for q in summary["queries"])
     assert "image_int8" in summary["export_report"]["variants"]
 
-    second = _demo(out)
+    # The CoreML package went into the same bundle as the ONNX encoders, and every shipped file is readable.
+    assert any(e.get("kind") == "coreml" for e in manifest["encoders"].values())
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in (out / "bundle").rglob("*") if p.name != ".lock")
+
+    second = _demo(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("reusing") >= 4  # data, run, encoders, index
     assert "$ malm train" not in second.stderr

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from malm._atomic import fsync_dir, write_text_atomic
+from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm.errors import MalmError
 from malm.text import TextLimits, Vocabulary, clean_ingredient, clean_text, encode_sequence, tokenize
 from malm.training.data.recipe1m import (
@@ -274,6 +274,7 @@ def prepare(
         build = Path(tempfile.mkdtemp(prefix=f"{hidden}.build-", dir=cache.parent))
         try:
             _build(data_dir, images, build, wanted, min_freq, limits, strict, say)
+            give_default_mode(build)  # mkdtemp's 0700 would keep other users (a training service) out
             old = None
             if cache.exists():
                 old = cache.parent / f"{hidden}.old-{os.getpid()}-{time.monotonic_ns()}"

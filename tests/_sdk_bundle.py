@@ -127,22 +127,81 @@ def fake_recipe_encoder(noise: float = 0.05, seed: int = 0, tokens: bool = True)
     return encode
 
 
-def make_bundle(root: Path, n: int = 60, *, tokens: bool = True, int8_alias: bool = False,
-                with_recipe_encoder: bool = False) -> Path:
-    """An image encoder through BundleWriter, then the index built from recipes 0..n-1."""
+SELFCHECK_PHOTOS = range(500, 508)  # held out: not the recipes' photos
+
+
+def quantized_image_onnx(src: Path, out: Path, variant: str) -> Path:
+    """`src` really quantized (QDQ) the way `malm export` ships `variant`, calibrated on 16 photos."""
+    from malm.export.quantize import VARIANTS, quantize_int8
+
+    calib = save_photos(out.parent / f"calib-{out.stem}", range(300, 316))
+    quantize_int8(src, out, calib, CFG, **VARIANTS[variant])
+    return out
+
+
+def corrupt_int8(path: Path, seed: int = 0) -> Path:
+    """Scale each output channel of the quantized weights by a random factor (0.05-3x): a broken int8 model
+    that still loads and runs, as a bad kernel or calibration would leave it."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits and \
+                numpy_helper.to_array(inits[node.input[0]]).ndim == 2:
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(
+                (scale * rng.uniform(0.05, 3.0, scale.shape)).astype(scale.dtype), node.input[1]))
+    onnx.save(model, str(path))
+    return path
+
+
+def selfcheck_data(src: Path, folder: Path) -> tuple[Path, Path]:
+    """The self-check files `malm export` writes: held-out inputs (float16) and their fp32 embeddings."""
     import onnxruntime as ort
 
-    src = image_onnx(root.parent / f"{root.name}-src" / "image.onnx", tokens=tokens)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.stack([preprocess(photo(i), CFG) for i in SELFCHECK_PHOTOS]).astype(np.float16)
+    emb = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(
+        ["embedding"], {"image": x.astype(np.float32)})[0]
+    np.save(folder / "inputs.npy", x, allow_pickle=False)
+    np.save(folder / "fp32_embeddings.npy", emb.astype(np.float32), allow_pickle=False)
+    return folder / "inputs.npy", folder / "fp32_embeddings.npy"
+
+
+def make_bundle(root: Path, n: int = 60, *, tokens: bool = True, int8_alias: bool = False, int8: bool = False,
+                selfcheck: bool = True, with_recipe_encoder: bool = False,
+                corrupt: tuple[str, ...] = ()) -> Path:
+    """An image encoder through BundleWriter, then the index built from recipes 0..n-1.
+
+    int8: add image_int8 and image_int8_cpu, really quantized from the fp32 graph (the way `malm export`
+    quantizes them); int8_alias: image_int8 only (it used to be the fp32 graph under that name); `corrupt`
+    names those to break with `corrupt_int8`. selfcheck:
+    the reference inputs and fp32 embeddings a bundle carries since the int8 self-check.
+    """
+    import onnxruntime as ort
+
+    src_dir = root.parent / f"{root.name}-src"
+    src = image_onnx(src_dir / "image.onnx", tokens=tokens)
     _SESSIONS["s"] = ort.InferenceSession(str(image_onnx(root.parent / f"{root.name}-src" / "tok.onnx")),
                                           providers=["CPUExecutionProvider"])
     with BundleWriter(root) as bw:
         bw.add_file(src, "encoders/image_fp32.onnx")
         bw.manifest["encoders"]["image_fp32"] = {"file": "encoders/image_fp32.onnx", "kind": "onnx",
                                                  "role": "image", "precision": "fp32"}
-        if int8_alias:  # same graph under the int8 name: lets the variant logic be tested
-            bw.add_file(src, "encoders/image_int8.onnx")
-            bw.manifest["encoders"]["image_int8"] = {"file": "encoders/image_int8.onnx", "kind": "onnx",
-                                                     "role": "image", "precision": "int8"}
+        for name in ("image_int8", "image_int8_cpu") if int8 else ("image_int8",) if int8_alias else ():
+            q = quantized_image_onnx(src, src_dir / f"{name}.onnx", name)
+            if name in corrupt:
+                corrupt_int8(q)
+            bw.add_file(q, f"encoders/{name}.onnx")
+            bw.manifest["encoders"][name] = {"file": f"encoders/{name}.onnx", "kind": "onnx", "role": "image",
+                                             "precision": "int8"}
+        if selfcheck:
+            inputs, embs = selfcheck_data(src, src_dir / "selfcheck")
+            bw.add_file(inputs, "selfcheck/inputs.npy")
+            bw.add_file(embs, "selfcheck/fp32_embeddings.npy")
+            bw.manifest["selfcheck"] = {"inputs": "selfcheck/inputs.npy", "fp32_embeddings":
+                                        "selfcheck/fp32_embeddings.npy", "count": len(SELFCHECK_PHOTOS),
+                                        "min_cosine": 0.98}
         if with_recipe_encoder:
             rsrc = recipe_onnx(root.parent / f"{root.name}-src" / "recipe.onnx")
             bw.add_file(rsrc, "encoders/recipe_fp32.onnx")

@@ -34,6 +34,9 @@ def export(
                                                help="also export the recipe encoder (onnx) [default: yes]"),
     tokens: bool = typer.Option(False, "--tokens", help="also output (and distil) patch tokens for re-ranking"),
     eval_images: int | None = typer.Option(None, "--eval-images", help="test images for the report [default: 1000]"),
+    accept_int8_drop: bool = typer.Option(False, "--accept-int8-drop",
+                                          help="ship int8 models that fail the int8 gate (mean cosine to fp32 "
+                                               "< 0.98 or R@1 drop > 1.5 points); the report says so"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
 ) -> None:
     from malm.export.registry import ExportOptions
@@ -41,7 +44,8 @@ def export(
     # Validate before any heavy import: a wrong flag answers instantly.
     options = ExportOptions(target=target, student=student, int8=int8, calib_images=calib_images,
                             distill_epochs=distill_epochs, image_size=image_size, weights=weights, tag=tag,
-                            recipe_encoder=recipe_encoder, tokens=tokens, eval_images=eval_images)
+                            recipe_encoder=recipe_encoder, tokens=tokens, eval_images=eval_images,
+                            accept_int8_drop=accept_int8_drop)
     from malm.export.exporter import ExportRequest, run_export
     from malm.export.report import to_markdown
 

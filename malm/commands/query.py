@@ -62,13 +62,17 @@ def query_command(
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, tensorrt or coreml"),
     variant: str = typer.Option("auto", "--variant", help="Image encoder: auto, int8_cpu, int8 or fp32"),
     threads: int | None = typer.Option(None, "--threads", help="Encoder threads (default: the runtime's)"),
+    strict_selfcheck: bool = typer.Option(False, "--strict-selfcheck",
+                                          help="Fail if the image encoder disagrees with the bundle's fp32 "
+                                               "reference on this machine (instead of falling back)"),
 ) -> None:
     """Find the recipes that match food photos, with the bundle's on-device encoder and index."""
     from malm.sdk import Retriever
 
     if k < 1:
         raise MalmError(f"-k must be >= 1, got {k}")
-    retriever = Retriever.load(bundle, backend=backend, variant=variant, threads=threads)
+    retriever = Retriever.load(bundle, backend=backend, variant=variant, threads=threads,
+                               strict_selfcheck=strict_selfcheck)
     items = expand_photos(photos)
     readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]
     answers = retriever.search_batch([str(path) for _, path in readable], k=k, rerank=rerank,
@@ -84,7 +88,9 @@ def query_command(
         else:
             results.append({"photo": name, "hits": [h.to_dict() for h in ans], "error": None, "_hits": ans})
     if json_out:
-        payload = {"results": [{k_: v for k_, v in r.items() if k_ != "_hits"} for r in results]}
+        info = retriever.info()
+        payload = {"results": [{k_: v for k_, v in r.items() if k_ != "_hits"} for r in results],
+                   "encoder": {k_: info[k_] for k_ in ("backend", "variant", "encoder", "device", "selfcheck")}}
         typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
         from rich.console import Console

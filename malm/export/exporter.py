@@ -218,6 +218,12 @@ def run_export(req: ExportRequest, log: Log | None = None) -> dict[str, Any]:
                              quality, prepared, images[:eval_n], say)
         else:
             _export_coreml(req, encoder, deploy_pp, meta, embed_dim, tmp, encoders, files, report, say)
+        from malm.export import int8_gate
+
+        gate, selfcheck = int8_gate.check_export(files, images[:eval_n], recipe_emb, tmp,
+                                                 accept=opts.accept_int8_drop, say=say)
+        if gate:
+            report["int8_gate"] = gate
 
         with BundleWriter(req.bundle) as bw:
             for src, rel in files:
@@ -234,6 +240,8 @@ def run_export(req: ExportRequest, log: Log | None = None) -> dict[str, Any]:
             if student_info:
                 m["student"] = student_info
             m.setdefault("encoders", {}).update(encoders)
+            if selfcheck:
+                m["selfcheck"] = selfcheck
             q = m.setdefault("quality", {})
             for name, row in report["variants"].items():
                 q[name] = row
@@ -318,7 +326,7 @@ def _export_onnx(req: ExportRequest, encoder: Any, teacher: Any, items: list[dic
                  encoders: dict[str, Any], files: list[tuple[Path, str]], report: dict[str, Any], quality: Any,
                  prepared: Any, say: Log) -> None:
     from malm.export import onnx_export as ox
-    from malm.export.quantize import qdq_properties, quantize_int8
+    from malm.export.quantize import VARIANTS, qdq_properties, quantize_int8
 
     opts = req.options
     eval_n = report["eval_pairs"]
@@ -341,7 +349,7 @@ def _export_onnx(req: ExportRequest, encoder: Any, teacher: Any, items: list[dic
             report["notes"].append(f"int8 calibration asked for {opts.calibration_images} images; the training "
                                    f"split has {len(calib)}")
         say(f"int8: calibrating on {len(calib)} training images (QDQ, symmetric, per-channel)")
-        qinfo = quantize_int8(fp32, int8, calib, pp)
+        qinfo = quantize_int8(fp32, int8, calib, pp, **VARIANTS["image_int8"])
         ox.set_metadata(int8, {**meta, "role": "image", "precision": "int8"})
         props = qdq_properties(int8)
         emb8 = ox.run_image(ox.session(int8, threads=2), images[:eval_n])
@@ -359,7 +367,7 @@ def _export_onnx(req: ExportRequest, encoder: Any, teacher: Any, items: list[dic
         # see quantize.quantize_int8). image_int8 stays symmetric for TensorRT.
         cpu = tmp / "image_int8_cpu.onnx"
         say("int8 (CPU): uint8 asymmetric activations, int8 symmetric per-channel weights, same calibration")
-        cinfo = quantize_int8(fp32, cpu, calib, pp, activations="asymmetric")
+        cinfo = quantize_int8(fp32, cpu, calib, pp, **VARIANTS["image_int8_cpu"])
         ox.set_metadata(cpu, {**meta, "role": "image", "precision": "int8", "variant": "cpu"})
         embc = ox.run_image(ox.session(cpu, threads=2), images[:eval_n])
         crow = quality(embc, cpu)

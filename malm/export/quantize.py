@@ -75,13 +75,52 @@ def input_affine_nodes(model_path: Path) -> list[str]:
     return out
 
 
+def gemm_weights(model_path: Path) -> dict[str, int]:
+    """Weights that x86 ONNX Runtime multiplies with its U8S8 GEMM kernel (VPMADDUBSW without VNNI).
+
+    Dense convolutions (group 1), MatMul and Gemm: their u8*s8 pair sums saturate at 16 bits on AVX2-only CPUs.
+    Depthwise convolutions run a separate kernel that widens to 32 bits first, so they keep 8-bit weights.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    out: dict[str, int] = {}  # weight -> its output-channel axis (the per-channel axis)
+    for node in model.graph.node:
+        attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if node.op_type == "Conv" and attrs.get("group", 1) == 1:
+            out[node.input[1]] = 0
+        elif node.op_type != "Conv":
+            out[node.input[1]] = 0 if node.op_type == "Gemm" and attrs.get("transB", 0) else 1
+    return out
+
+
 ACTIVATIONS = ("symmetric", "asymmetric")
+WEIGHTS = ("int8", "uint8")
+REDUCE_RANGE = (False, True, "gemm")
+
+# The exported int8 variants (bundle name -> quantize_int8 options), measured on an AVX2-only x86 CPU with
+# benchmarks/int8_cpu.py (results in benchmarks/results/int8-cpu.{json,md}):
+# * image_int8: what TensorRT's explicit quantization needs (int8 activations and weights, every zero point 0).
+# * image_int8_cpu: uint8 activations, so every conv becomes a QLinearConv (~1.4-1.9x fp32 on x86).
+# Both keep 8-bit weights. Their exact QDQ math (TensorRT; x86 with VNNI; ARM) is within the export gate
+# (malm/export/int8_gate.py). On x86 *without* VNNI ONNX Runtime's U8S8 kernel (VPMADDUBSW) sums u8*s8
+# pairs in 16 bits and saturates: measured cosine to fp32 0.52-0.80 at 224px. No int8 form is both right
+# and fast there: 7-bit weights (reduce_range, or "gemm") stop the saturation but cost accuracy (0.95-0.96),
+# uint8 weights (U8U8) are right (0.986) but 3.6x slower than fp32. So on such a CPU the SDK's self-check
+# (malm/sdk/selfcheck.py) sees the disagreement and runs fp32, saying so.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "image_int8": {"activations": "symmetric"},
+    "image_int8_cpu": {"activations": "asymmetric"},
+}
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path], cfg: PreprocessConfig, *,
                   method: str = "minmax", exclude_ops: Sequence[str] = (),
-                  activations: str = "symmetric", per_channel: bool = True, reduce_range: bool = False,
-                  pre_process: bool = True) -> dict[str, Any]:
+                  activations: str = "symmetric", weights: str = "int8", per_channel: bool = True,
+                  reduce_range: bool | str = False, pre_process: bool = True) -> dict[str, Any]:
     """Write the QDQ int8 model; returns what was done (for the manifest).
 
     activations="symmetric": int8 activations with zero point 0 (TensorRT's explicit quantization).
@@ -89,12 +128,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path],
     Runtime runs U8S8 convolutions (VPMADDUBSW) and, with an asymmetric [0, 6] range, can drop the ReLU6
     `Clip` between conv and the next QuantizeLinear, so every conv becomes a QLinearConv; with symmetric
     int8 activations the Clip stays and the convs around it run in float (measured: 0.8-0.9x fp32 speed).
-    Weights are int8 symmetric per-channel in both. `per_channel`, `reduce_range` (7-bit weights) and
-    `pre_process` (ORT's shape inference + graph optimization first) exist for the speed investigation in
-    benchmarks/export_targets.py; the exported models use the defaults.
+    Weights are symmetric per-channel (`weights="uint8"`: zero point 128, ORT's non-saturating but slow U8U8
+    path, kept for benchmarks/int8_cpu.py). `reduce_range`: True = 7-bit weights everywhere, "gemm" = 7-bit
+    weights only where x86 ORT's U8S8 GEMM would saturate without VNNI (see `gemm_weights`). `per_channel`
+    and `pre_process` (ORT's shape inference + graph optimization first) exist for the investigations in
+    benchmarks/; the exported models use `VARIANTS`.
     """
     if activations not in ACTIVATIONS:
         raise MalmError(f"unknown activation quantization {activations!r}; one of {ACTIVATIONS}")
+    if weights not in WEIGHTS or reduce_range not in REDUCE_RANGE:
+        raise MalmError(f"unknown weight quantization {weights!r}/reduce_range={reduce_range!r}; "
+                        f"one of {WEIGHTS} / {REDUCE_RANGE}")
     symmetric = activations == "symmetric"
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -115,21 +159,41 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path],
         else:
             pre.write_bytes(Path(fp32_path).read_bytes())
         exclude = [*exclude_ops, *input_affine_nodes(pre)]
+        overrides: dict[str, Any] = {}
+        if reduce_range == "gemm":
+            # Per tensor, with the per-channel axis given: an override without "axis" means per-tensor.
+            overrides = {w: [{"axis": ax, "reduce_range": True}] for w, ax in gemm_weights(pre).items()}
         with atomic_path(out_path) as out_tmp:
             quantize_static(
                 str(pre), str(out_tmp), _Reader(calib_images, cfg, "image"),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
                 per_channel=per_channel,
-                reduce_range=reduce_range,
+                reduce_range=reduce_range is True,  # "gemm" goes through the overrides
                 calibrate_method=methods[method],
                 nodes_to_exclude=exclude,
-                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                               **({"TensorQuantOverrides": overrides} if overrides else {})},
             )
     return {"format": "QDQ", "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-            "weights": "int8 symmetric per-channel", "calibration_images": len(calib_images),
+            "weights": f"{weights} symmetric per-channel" + {False: "", True: ", 7-bit",
+                                                              "gemm": ", 7-bit in dense layers"}[reduce_range],
+            "calibration_images": len(calib_images),
             "calibration_method": method}
+
+
+def exact_session(path: Path, threads: int = 1) -> Any:
+    """A session that runs a QDQ model's exact math: with graph optimization off, ORT dequantizes and computes
+    in float (no fused int8 kernels), i.e. what an int32-accumulating runtime such as TensorRT computes."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def qdq_properties(path: Path) -> dict[str, Any]:

@@ -55,6 +55,7 @@ FLAGS = {
     "int8": "--int8", "calib_images": "--calib-images", "recipe_encoder": "--recipe-encoder/--no-recipe-encoder",
     "tokens": "--tokens", "weights": "--weights", "student": "--student", "distill_epochs": "--distill-epochs",
     "image_size": "--image-size", "tag": "--tag", "eval_images": "--eval-images",
+    "accept_int8_drop": "--accept-int8-drop",
 }
 
 
@@ -73,6 +74,7 @@ class ExportOptions:
     recipe_encoder: bool | None = None  # also export the recipe encoder (onnx; default yes)
     tokens: bool = False  # also output patch tokens (and distill them) for re-ranking
     eval_images: int | None = None  # test images for the quality report (default 1000)
+    accept_int8_drop: bool = False  # ship int8 models that fail the int8 gate (malm/export/int8_gate.py)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -97,6 +99,8 @@ class ExportOptions:
                 raise MalmError("--calib-images only applies with --int8")
             if self.calib_images < 1:
                 raise MalmError(f"--calib-images must be >= 1, got {self.calib_images}")
+        if self.accept_int8_drop and not self.int8:
+            raise MalmError("--accept-int8-drop only applies with --int8")
         if self.image_size is not None and not 32 <= self.image_size <= 1024:
             raise MalmError(f"--image-size must be between 32 (the student's stride) and 1024, got {self.image_size}")
         if self.weights is not None and self.weights not in WEIGHT_MODES:

@@ -97,6 +97,25 @@ def to_markdown(report: dict[str, Any]) -> str:
                 row.get("cosine_to_teacher"), r.get("medR"), r.get("R@1"), r.get("R@5"), r.get("R@10")]
         lines.append("| " + " | ".join(_fmt(v) for v in vals) + " |")
     lines.append("")
+    lines += _int8_gate_lines(report.get("int8_gate"))
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
+
+
+def _int8_gate_lines(gate: dict[str, Any] | None) -> list[str]:
+    """The int8 gate's verdict and the CPU it was measured on (malm/export/int8_gate.py)."""
+    if not gate:
+        return []
+    lines = [f"int8 gate (mean cosine to fp32 >= {gate['min_cosine']}, R@1 drop <= {gate['max_R@1_drop']} "
+             f"points), measured on {gate['cpu']}:", ""]
+    for name, row in gate.get("variants", {}).items():
+        lines.append(f"- {name}: mean cosine {_fmt(row['cosine_mean'])} ({row['gated_on']}; this CPU's kernels "
+                     f"{_fmt(row['cosine_mean_this_cpu'])}, exact QDQ math {_fmt(row['cosine_mean_exact'])}), "
+                     f"R@1 drop {_fmt(row['R@1_drop'])}")
+    for note in [gate.get("note"), *gate.get("cpu_notes", [])]:
+        if note:
+            lines.append(f"- {note}")
+    if gate.get("accepted"):
+        lines.append("- ACCEPTED with --accept-int8-drop although it failed: " + "; ".join(gate["failures"]))
+    return [*lines, ""]

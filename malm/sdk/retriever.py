@@ -35,7 +35,8 @@ from malm.edge_index.rerank import (
 from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, ImageError, MalmError
 from malm.preprocess import preprocess
-from malm.sdk.backends import create_backend
+from malm.sdk import selfcheck as _selfcheck
+from malm.sdk.backends import candidates, create_backend, encoder_file
 from malm.sdk.backends.base import ImageBackend
 from malm.sdk.backends.ort import OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
@@ -139,16 +140,18 @@ def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None) ->
 class Retriever:
     """Image → recipes over a verified bundle. Build with `Retriever.load`."""
 
-    def __init__(self, snapshot: _Snapshot, backend: ImageBackend, threads: int | None, check_hashes: bool | str) -> None:
+    def __init__(self, snapshot: _Snapshot, backend: ImageBackend, threads: int | None, check_hashes: bool | str,
+                 self_check: _selfcheck.SelfCheck | None = None) -> None:
         self._snap = snapshot
         self._backend = backend
+        self._self_check = self_check
         self._threads = threads
         self._check_hashes = check_hashes
         self._write_lock = threading.RLock()
 
     @classmethod
     def load(cls, bundle: str | os.PathLike[str], backend: str = "auto", variant: str = "auto",
-             threads: int | None = None, verify: bool | str = True) -> Retriever:
+             threads: int | None = None, verify: bool | str = True, strict_selfcheck: bool = False) -> Retriever:
         """Open `bundle` (verifying every file's sha256) and its image encoder.
 
         verify: True hashes each file once per (size, mtime, inode) and remembers it, so a restart
@@ -157,11 +160,21 @@ class Retriever:
         backend: "auto" | "onnxruntime" | "tensorrt" | "coreml"; variant: "auto" | "int8_cpu" | "int8" | "fp32"
         ("auto": int8_cpu on the CPU provider, int8 on TensorRT, fp32 on CUDA / CoreML);
         threads: intra-op threads of the encoder (None = the runtime's default).
+
+        The encoder is self-checked against the bundle's fp32 reference embeddings once per (bundle, machine,
+        backend) (`malm.sdk.selfcheck`); with variant "auto" one that disagrees is replaced by the next
+        (int8_cpu -> int8 -> fp32) with a warning. strict_selfcheck: raise `SelfCheckError` instead.
         """
         root = Path(bundle)
         snap = _load_snapshot(root, verify, threads)
-        encoder = create_backend(snap.bundle, backend, variant, threads)
-        return cls(snap, encoder, threads, verify)
+
+        def make(v: str) -> tuple[ImageBackend, str | None]:
+            be = create_backend(snap.bundle, backend, v, threads)
+            return be, encoder_file(snap.bundle, be)
+
+        encoder, result = _selfcheck.choose(snap.bundle, candidates(snap.bundle, backend, variant), make,
+                                            strict=strict_selfcheck)
+        return cls(snap, encoder, threads, verify, result)
 
     # information ---------------------------------------------------------------------------------
     @property
@@ -179,11 +192,18 @@ class Retriever:
     def __len__(self) -> int:
         return len(self._snap.index)
 
+    @property
+    def self_check(self) -> _selfcheck.SelfCheck | None:
+        return self._self_check
+
     def info(self) -> dict[str, Any]:
+        """What runs: backend, encoder (its bundle file) and its self-check result on this machine."""
         snap = self._snap
         return {"bundle": str(snap.bundle.root), "backend": self._backend.name, "variant": self._backend.variant,
+                "encoder": encoder_file(snap.bundle, self._backend),
                 "device": self._backend.device, "recipes": len(snap.index), "dim": snap.bundle.dim,
-                "rerank": self.can_rerank}
+                "rerank": self.can_rerank,
+                "selfcheck": self._self_check.to_dict() if self._self_check else None}
 
     # search ------------------------------------------------------------------------------------------
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:

@@ -25,7 +25,7 @@ VARIANTS = ("auto", "int8_cpu", "int8", "fp32")
 IMAGE_ENCODERS = {"int8_cpu": "image_int8_cpu", "int8": "image_int8", "fp32": "image_fp32"}
 
 __all__ = ["BACKENDS", "VARIANTS", "EncoderOutput", "ImageBackend", "OrtImageBackend", "OrtSession",
-           "choose_variant", "create_backend", "select_providers"]
+           "candidates", "choose_variant", "create_backend", "encoder_file", "select_providers"]
 
 
 def auto_order(first_provider: str) -> tuple[str, ...]:
@@ -52,6 +52,27 @@ def choose_variant(bundle: Bundle, variant: str, first_provider: str) -> str:
     if variant not in present:
         raise BundleError(f"bundle {bundle.root}: has no {variant} image encoder (has: {', '.join(present)})")
     return variant
+
+
+def candidates(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> list[str]:
+    """The image encoders to try, best first: the auto order from the chosen one on (the self-check falls
+    back along it), or just the variant asked for."""
+    if backend not in ("auto", "onnxruntime"):
+        return [variant]
+    first = select_providers(available_providers())[0]
+    chosen = choose_variant(bundle, variant, first)
+    if variant != "auto":
+        return [chosen]
+    present = [v for v in auto_order(first) if bundle.encoder(IMAGE_ENCODERS[v])]
+    return present[present.index(chosen):]
+
+
+def encoder_file(bundle: Bundle, backend: ImageBackend) -> str | None:
+    """The bundle file the backend runs (what its self-check result is remembered for)."""
+    name = {"tensorrt": "image_tensorrt", "coreml": "image_coreml"}.get(backend.name) or \
+        IMAGE_ENCODERS.get(backend.variant, "")
+    entry = bundle.encoder(name)
+    return str(entry["file"]) if entry and "file" in entry else None
 
 
 def create_backend(bundle: Bundle, backend: str = "auto", variant: str = "auto",

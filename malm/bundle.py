@@ -47,7 +47,8 @@ FORMAT = "malm-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-_OBJECT_SECTIONS = ("files", "encoders", "index", "rerank", "preprocess", "embedding", "model", "libraries", "quality")
+_OBJECT_SECTIONS = ("files", "encoders", "index", "rerank", "preprocess", "embedding", "model", "libraries", "quality",
+                    "selfcheck")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -245,6 +246,14 @@ class BundleWriter:
         self._finish_interrupted()
         self._remove_leftovers()
         return self
+
+    def set_selfcheck(self, section: Any) -> None:
+        """The int8 self-check section (`malm.manifest.SelfCheckSection`); its files must be added first."""
+        files = self.manifest.get("files") or {}
+        missing = [rel for rel in (section.inputs, section.fp32_embeddings) if rel not in files]
+        if missing:
+            raise BundleError(f"bundle {self.root}: self-check files {missing} were not added to the bundle")
+        self.manifest["selfcheck"] = section.to_dict()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:

@@ -20,6 +20,7 @@ from PIL import Image
 from malm.bundle import BundleWriter
 from malm.edge_index.builder import Encoded, build_index
 from malm.edge_index.records import RecipeRecord
+from malm.manifest import SelfCheckSection
 from malm.preprocess import PreprocessConfig, preprocess
 
 SIZE = 32
@@ -199,9 +200,8 @@ def make_bundle(root: Path, n: int = 60, *, tokens: bool = True, int8_alias: boo
             inputs, embs = selfcheck_data(src, src_dir / "selfcheck")
             bw.add_file(inputs, "selfcheck/inputs.npy")
             bw.add_file(embs, "selfcheck/fp32_embeddings.npy")
-            bw.manifest["selfcheck"] = {"inputs": "selfcheck/inputs.npy", "fp32_embeddings":
-                                        "selfcheck/fp32_embeddings.npy", "count": len(SELFCHECK_PHOTOS),
-                                        "min_cosine": 0.98}
+            bw.set_selfcheck(SelfCheckSection("selfcheck/inputs.npy", "selfcheck/fp32_embeddings.npy",
+                                              len(SELFCHECK_PHOTOS), 0.98))
         if with_recipe_encoder:
             rsrc = recipe_onnx(root.parent / f"{root.name}-src" / "recipe.onnx")
             bw.add_file(rsrc, "encoders/recipe_fp32.onnx")

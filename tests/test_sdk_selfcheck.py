@@ -19,6 +19,7 @@ from malm import Retriever, cpu
 from malm.errors import MalmError
 from malm.export.int8_gate import MIN_COSINE, check_export
 from malm.export.report import to_markdown
+from malm.manifest import SelfCheckSection
 from malm.sdk import selfcheck
 from malm.sdk.selfcheck import SelfCheckError
 
@@ -76,17 +77,38 @@ def test_both_int8_broken_falls_back_to_fp32(tmp_path: Path, caplog: pytest.LogC
         r = Retriever.load(b)
     assert r.backend.variant == "fp32" and r.info()["selfcheck"]["status"] == "passed"
     assert [x["encoder"] for x in r.info()["selfcheck"]["rejected"]] == ["int8_cpu", "int8"]
-    assert len(_warnings(caplog)) == 2  # one line per encoder not used
+    lines = _warnings(caplog)
+    assert len(lines) == 1 and "int8_cpu: " in lines[0] and "int8: " in lines[0] and "using fp32" in lines[0]
 
 
 def test_strict_makes_a_disagreement_an_error(broken_cpu: Path) -> None:
-    with pytest.raises(SelfCheckError, match=r"int8_cpu image encoder disagrees with fp32: mean cosine 0\.\d+"):
+    with pytest.raises(SelfCheckError, match=r"int8_cpu image encoder disagrees with fp32 on this CPU .*mean cosine 0\.\d+"):
         Retriever.load(broken_cpu, strict_selfcheck=True)
     # An explicitly chosen broken encoder is not replaced; strict refuses it, non-strict warns and keeps it.
     with pytest.raises(SelfCheckError):
         Retriever.load(broken_cpu, variant="int8_cpu", strict_selfcheck=True)
     r = Retriever.load(broken_cpu, variant="int8_cpu")
     assert r.backend.variant == "int8_cpu" and r.info()["selfcheck"]["status"] == "failed"
+
+
+def test_a_remembered_failure_costs_no_session(broken_cpu: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    Retriever.load(broken_cpu)
+    from malm.sdk.backends import ort
+
+    built: list[str] = []
+    real = ort.OrtImageBackend.__init__
+
+    def spy(self: ort.OrtImageBackend, path: object, variant: str, *a: object, **k: object) -> None:
+        built.append(variant)
+        real(self, path, variant, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ort.OrtImageBackend, "__init__", spy)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "malm.sdk"):
+        r = Retriever.load(broken_cpu)
+    assert built == ["int8"] and r.info()["selfcheck"]["remembered"]  # int8_cpu's failure was recalled
+    assert len(_warnings(caplog)) == 1  # the user still hears it on every load
 
 
 def test_the_result_is_remembered_per_machine(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +148,7 @@ def test_query_json_says_which_encoder_ran_and_strict_fails(broken_cpu: Path, tm
     if enc["device"] == "CPUExecutionProvider":  # the order this test knows (no GPU provider here)
         assert enc["variant"] == "int8" and enc["encoder"] == "encoders/image_int8.onnx"
         assert enc["selfcheck"]["status"] == "passed" and enc["selfcheck"]["rejected"][0]["encoder"] == "int8_cpu"
-        assert sum("is not used" in line for line in p.stderr.splitlines()) == 1
+        assert sum("not used on this CPU" in line for line in p.stderr.splitlines()) == 1
     p = subprocess.run([*cmd, "--strict-selfcheck"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and "disagrees with fp32" in p.stderr and "Traceback" not in p.stderr
 
@@ -155,7 +177,10 @@ def test_export_gate_refuses_a_broken_int8_model_and_the_flag_accepts_it(tmp_pat
     md = to_markdown({"int8_gate": gate})
     assert "ACCEPTED with --accept-int8-drop" in md and f"measured on {cpu.description()}" in md
     assert {rel for _, rel in out} >= {"selfcheck/inputs.npy", "selfcheck/fp32_embeddings.npy"}
-    assert sc["count"] == 8 and sc["min_cosine"] == MIN_COSINE and sc["expected"]["image_int8_cpu"] < 0.95
+    assert sc.count == 8 and sc.min_cosine == MIN_COSINE and sc.expected["image_int8_cpu"] < 0.95
+    assert SelfCheckSection.from_dict(sc.to_dict()) == sc
+    with pytest.raises(MalmError, match="needs 'inputs' file name"):
+        SelfCheckSection.from_dict({"fp32_embeddings": "x.npy"})
 
 
 def test_accept_flag_needs_int8() -> None:

@@ -161,12 +161,12 @@ def build_command(
     if matching_head is not None:
         from malm.bundle import BundleWriter
 
+        head_rel = "rerank/matching_head.onnx"  # where `malm export --tokens` and the docs put it
         with BundleWriter(bundle) as bw:
-            bw.add_file(matching_head, "encoders/matching_head.onnx")
-            bw.manifest["encoders"]["matching_head"] = {"file": "encoders/matching_head.onnx", "kind": "onnx",
+            bw.add_file(matching_head, head_rel)
+            bw.manifest["encoders"]["matching_head"] = {"file": head_rel, "kind": "onnx",
                                                         "role": "rerank", "precision": "fp32"}
-            bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head",
-                                     "model": "encoders/matching_head.onnx"}
+            bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head", "model": head_rel}
     elif shipped:
         from malm.bundle import BundleWriter
 

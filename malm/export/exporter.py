@@ -241,7 +241,7 @@ def run_export(req: ExportRequest, log: Log | None = None) -> dict[str, Any]:
                 m["student"] = student_info
             m.setdefault("encoders", {}).update(encoders)
             if selfcheck:
-                m["selfcheck"] = selfcheck
+                bw.set_selfcheck(selfcheck)
             q = m.setdefault("quality", {})
             for name, row in report["variants"].items():
                 q[name] = row

@@ -15,6 +15,7 @@ self-check measures that one where it runs, from the reference inputs written he
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from malm import cpu
 from malm.errors import MalmError
+from malm.manifest import SelfCheckSection
 
 MIN_COSINE = 0.98  # mean cosine to fp32 on held-out images
 MAX_R1_DROP = 1.5  # image->recipe R@1 points lost vs fp32
@@ -82,7 +84,7 @@ def verdict(name: str, row: dict[str, Any], pairs: int) -> str | None:
 
 
 def check_export(files: list[tuple[Path, str]], images: np.ndarray, recipe_emb: np.ndarray, tmp: Path, *,
-                 accept: bool, say: Callable[[str], None]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+                 accept: bool, say: Callable[[str], None]) -> tuple[dict[str, Any] | None, SelfCheckSection | None]:
     """Gate every int8 image encoder in `files` and add the self-check files to `files`.
 
     Returns (the report's "int8_gate" section, the manifest's "selfcheck" section); (None, None) when the
@@ -91,20 +93,21 @@ def check_export(files: list[tuple[Path, str]], images: np.ndarray, recipe_emb: 
     paths = {rel: src for src, rel in files}
     if FP32_REL not in paths or not len(images):
         return None, None
-    selfcheck = _write_selfcheck(paths[FP32_REL], images, tmp, files)
+    sc = _write_selfcheck(paths[FP32_REL], images, tmp, files)
     int8 = {rel: spec for rel, spec in INT8_FILES.items() if rel in paths}
     if not int8:
-        return None, selfcheck
+        return None, sc
     pairs = len(recipe_emb) if len(recipe_emb) else 0
     section: dict[str, Any] = {"cpu": cpu.description(), "min_cosine": MIN_COSINE, "max_R@1_drop": MAX_R1_DROP,
                                "pairs": pairs, "variants": {}, "failures": [], "accepted": False}
     if pairs < MIN_PAIRS_FOR_R1:
         section["note"] = (f"R@1 drop reported, not gated: {pairs} held-out pairs (< {MIN_PAIRS_FOR_R1}; "
                            f"one pair moves R@1 by {100 / max(pairs, 1):.1f} points)")
+    expected: dict[str, float] = {}
     for rel, (name, role) in int8.items():
         row = measure(paths[FP32_REL], paths[rel], role, images, recipe_emb)
         section["variants"][name] = row
-        selfcheck["expected"][name] = row["cosine_mean_exact"]
+        expected[name] = row["cosine_mean_exact"]
         failure = verdict(name, row, pairs)
         if failure:
             section["failures"].append(failure)
@@ -122,10 +125,10 @@ def check_export(files: list[tuple[Path, str]], images: np.ndarray, recipe_emb: 
                             "--calib-images, or pass --accept-int8-drop to ship it anyway (the report says so)")
         section["accepted"] = True
         say("int8 gate: failures accepted with --accept-int8-drop: " + "; ".join(section["failures"]))
-    return section, selfcheck
+    return section, replace(sc, expected=expected)
 
 
-def _write_selfcheck(fp32: Path, images: np.ndarray, tmp: Path, files: list[tuple[Path, str]]) -> dict[str, Any]:
+def _write_selfcheck(fp32: Path, images: np.ndarray, tmp: Path, files: list[tuple[Path, str]]) -> SelfCheckSection:
     """A few held-out inputs (float16, as stored) and the fp32 ONNX's embeddings of exactly those inputs."""
     from malm.export import onnx_export as ox
 
@@ -137,5 +140,5 @@ def _write_selfcheck(fp32: Path, images: np.ndarray, tmp: Path, files: list[tupl
         np.save(path, arr, allow_pickle=False)
         files.append((path, f"{SELFCHECK_DIR}/{name}"))
         out[name] = f"{SELFCHECK_DIR}/{name}"
-    return {"inputs": out["inputs.npy"], "fp32_embeddings": out["fp32_embeddings.npy"], "count": int(len(x)),
-            "min_cosine": MIN_COSINE, "expected": {}, "exported_on": cpu.description()}
+    return SelfCheckSection(out["inputs.npy"], out["fp32_embeddings.npy"], int(len(x)), MIN_COSINE, {},
+                            cpu.description())

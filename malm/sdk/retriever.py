@@ -36,7 +36,7 @@ from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, ImageError, MalmError
 from malm.preprocess import preprocess
 from malm.sdk import selfcheck as _selfcheck
-from malm.sdk.backends import candidates, create_backend, encoder_file
+from malm.sdk.backends import create_backend, encoder_file, targets
 from malm.sdk.backends.base import ImageBackend
 from malm.sdk.backends.ort import OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
@@ -168,11 +168,9 @@ class Retriever:
         root = Path(bundle)
         snap = _load_snapshot(root, verify, threads)
 
-        def make(v: str) -> tuple[ImageBackend, str | None]:
-            be = create_backend(snap.bundle, backend, v, threads)
-            return be, encoder_file(snap.bundle, be)
-
-        encoder, result = _selfcheck.choose(snap.bundle, candidates(snap.bundle, backend, variant), make,
+        tries = [_selfcheck.Target(*t) for t in targets(snap.bundle, backend, variant)]
+        encoder, result = _selfcheck.choose(snap.bundle, tries, lambda v: create_backend(snap.bundle, backend, v,
+                                                                                         threads),
                                             strict=strict_selfcheck)
         return cls(snap, encoder, threads, verify, result)
 
@@ -200,7 +198,7 @@ class Retriever:
         """What runs: backend, encoder (its bundle file) and its self-check result on this machine."""
         snap = self._snap
         return {"bundle": str(snap.bundle.root), "backend": self._backend.name, "variant": self._backend.variant,
-                "encoder": encoder_file(snap.bundle, self._backend),
+                "encoder": encoder_file(snap.bundle, self._backend.name, self._backend.variant),
                 "device": self._backend.device, "recipes": len(snap.index), "dim": snap.bundle.dim,
                 "rerank": self.can_rerank,
                 "selfcheck": self._self_check.to_dict() if self._self_check else None}

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,11 @@ from malm import cpu
 from malm._atomic import write_text_atomic
 from malm.bundle import verify_cache_dir
 from malm.errors import BundleError
+from malm.manifest import DEFAULT_MIN_COSINE, SelfCheckSection
 from malm.sdk.backends.base import ImageBackend
 from malm.sdk.bundle_loader import Bundle
 
 log = logging.getLogger("malm.sdk")
-DEFAULT_MIN_COSINE = 0.98
 STATUSES = ("passed", "failed", "no_data")
 
 
@@ -58,34 +59,48 @@ class SelfCheck:
         return d
 
 
-def _section(bundle: Bundle) -> dict[str, Any] | None:
+def _section(bundle: Bundle) -> SelfCheckSection | None:
     sc = bundle.manifest.get("selfcheck")
-    if sc is None:
-        return None
-    if not isinstance(sc, dict) or not isinstance(sc.get("inputs"), str) or \
-            not isinstance(sc.get("fp32_embeddings"), str):
-        raise BundleError(f"bundle {bundle.root}: bad selfcheck section in the manifest (needs 'inputs' and "
-                          "'fp32_embeddings' file names)")
-    mc = sc.get("min_cosine", DEFAULT_MIN_COSINE)
-    if not isinstance(mc, (int, float)) or not -1 <= mc <= 1:
-        raise BundleError(f"bundle {bundle.root}: selfcheck min_cosine must be a number in [-1, 1], got {mc!r}")
-    return sc
+    return None if sc is None else SelfCheckSection.from_dict(sc, f"bundle {bundle.root}")
 
 
-def _stamp_key(bundle: Bundle, sc: dict[str, Any], backend: ImageBackend, encoder_rel: str | None) -> str:
+@dataclass(frozen=True)
+class Target:
+    """What a self-check result is remembered for, known before the (costly) session is built."""
+
+    variant: str
+    backend: str  # "onnxruntime", "tensorrt", "coreml"
+    device: str  # e.g. "CPUExecutionProvider"
+    encoder_file: str | None  # the bundle file it runs
+
+
+def _stamp(bundle: Bundle, sc: SelfCheckSection, t: Target) -> Path:
     import onnxruntime
 
-    parts = [bundle.file_hash(sc["inputs"]), bundle.file_hash(sc["fp32_embeddings"]),
-             bundle.file_hash(encoder_rel) if encoder_rel else "", cpu.fingerprint(), backend.name,
-             backend.device, backend.variant, onnxruntime.__version__]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    parts = [bundle.file_hash(sc.inputs), bundle.file_hash(sc.fp32_embeddings), sc.min_cosine,
+             bundle.file_hash(t.encoder_file) if t.encoder_file else "", cpu.fingerprint(), t.backend, t.device,
+             t.variant, onnxruntime.__version__]
+    return verify_cache_dir() / f"selfcheck-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()}.json"
 
 
-def measure(bundle: Bundle, sc: dict[str, Any], backend: ImageBackend) -> float:
+def recall(bundle: Bundle, t: Target) -> SelfCheck | None:
+    """The remembered result for `t` on this machine, or None (not checked here yet, or no self-check data)."""
+    sc = _section(bundle)
+    if sc is None:
+        return None
+    try:
+        cos = float(json.loads(_stamp(bundle, sc, t).read_text())["cosine"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return SelfCheck(t.variant, "passed" if cos >= sc.min_cosine else "failed", cos, sc.min_cosine,
+                     cpu.description(), True, 0.0)
+
+
+def measure(bundle: Bundle, sc: SelfCheckSection, backend: ImageBackend) -> float:
     """Mean cosine of `backend`'s embeddings of the reference inputs to their fp32 embeddings."""
     try:
-        x = np.load(bundle.path(sc["inputs"]), allow_pickle=False).astype(np.float32)
-        ref = np.load(bundle.path(sc["fp32_embeddings"]), allow_pickle=False).astype(np.float32)
+        x = np.load(bundle.path(sc.inputs), allow_pickle=False).astype(np.float32)
+        ref = np.load(bundle.path(sc.fp32_embeddings), allow_pickle=False).astype(np.float32)
     except (OSError, ValueError) as e:
         raise BundleError(f"bundle {bundle.root}: self-check data cannot be read ({e})") from None
     if x.ndim != 4 or ref.ndim != 2 or len(x) != len(ref) or ref.shape[1] != bundle.dim:
@@ -96,70 +111,68 @@ def measure(bundle: Bundle, sc: dict[str, Any], backend: ImageBackend) -> float:
     return float((got * ref).sum(axis=1).mean())
 
 
-def check(bundle: Bundle, backend: ImageBackend, encoder_rel: str | None) -> SelfCheck:
-    """Run (or recall) the self-check of `backend` on this machine."""
+def check(bundle: Bundle, backend: ImageBackend, t: Target) -> SelfCheck:
+    """Run (or recall) the self-check of `backend` (described by `t`) on this machine."""
     sc = _section(bundle)
     if sc is None:
         return SelfCheck(backend.variant, "no_data", None, DEFAULT_MIN_COSINE, cpu.description(), False, 0.0)
-    min_cos = float(sc.get("min_cosine", DEFAULT_MIN_COSINE))
-    stamp = verify_cache_dir() / f"selfcheck-{_stamp_key(bundle, sc, backend, encoder_rel)}.json"
-    try:
-        cos = float(json.loads(stamp.read_text())["cosine"])
-        return SelfCheck(backend.variant, "passed" if cos >= min_cos else "failed", cos, min_cos,
-                         cpu.description(), True, 0.0)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not checked on this machine yet
+    remembered = recall(bundle, t)
+    if remembered is not None:
+        return remembered
     t0 = time.perf_counter()
     cos = measure(bundle, sc, backend)
     seconds = time.perf_counter() - t0
     try:
-        write_text_atomic(stamp, json.dumps({"cosine": cos, "bundle": str(bundle.root), "cpu": cpu.description(),
-                                             "backend": f"{backend.name}/{backend.device}/{backend.variant}"}))
+        write_text_atomic(_stamp(bundle, sc, t), json.dumps({"cosine": cos, "bundle": str(bundle.root),
+                                                             "cpu": cpu.description(), "target": asdict(t)}))
     except OSError:
         pass  # a read-only home only costs the next start another check
-    return SelfCheck(backend.variant, "passed" if cos >= min_cos else "failed", cos, min_cos, cpu.description(),
-                     False, round(seconds, 4))
+    return SelfCheck(backend.variant, "passed" if cos >= sc.min_cosine else "failed", cos, sc.min_cosine,
+                     cpu.description(), False, round(seconds, 4))
 
 
-def _reason(r: SelfCheck) -> str:
-    return (f"mean cosine {r.cosine:.4f} to the bundle's fp32 reference < {r.min_cosine} on this CPU "
-            f"({r.cpu})")
-
-
-def choose(bundle: Bundle, candidates: list[str], make: Callable[[str], tuple[ImageBackend, str | None]], *,
+def choose(bundle: Bundle, targets: list[Target], make: Callable[[str], ImageBackend], *,
            strict: bool = False) -> tuple[ImageBackend, SelfCheck]:
-    """The first candidate whose self-check passes (all but the last may be skipped).
+    """The first target whose self-check passes; the last one runs whatever its result (nothing is left).
 
-    `make(variant)` builds the backend and names its encoder file. A failure of the last candidate is kept
-    (with a warning): there is nothing better to run. `strict` raises `SelfCheckError` on any failure.
+    A failure remembered on this machine skips building that backend, so a restart pays nothing. One
+    warning line names what was not used, why, the CPU and what runs instead; `strict` raises instead.
     """
     rejected: list[dict[str, Any]] = []
-    for i, name in enumerate(candidates):
-        backend, rel = make(name)
-        result = check(bundle, backend, rel)
-        if result.status == "no_data" and name.startswith("int8") and cpu.int8_may_saturate() \
-                and i + 1 < len(candidates):
-            # A bundle from before self-checks: its int8 models were never made safe for this CPU.
-            if strict:
-                raise SelfCheckError(f"bundle {bundle.root}: has no self-check data and the {name} image encoder "
-                                     f"may saturate on this CPU ({result.cpu}) (strict self-check)")
-            log.warning("malm: the %s image encoder is not used: the bundle has no self-check data and int8 may "
-                        "saturate on this CPU (%s); using %s instead (re-export to check it)", name, result.cpu,
-                        candidates[i + 1])
-            rejected.append({"encoder": name, "cosine": None, "reason": "no self-check data"})
-            continue
-        if result.status != "failed":
+    backend: ImageBackend | None = None
+    result: SelfCheck | None = None
+    for i, t in enumerate(targets):
+        last = i + 1 == len(targets)
+        result = recall(bundle, t)
+        if result is None or result.status == "passed" or last:
+            backend = make(t.variant)
+            result = check(bundle, backend, t)
+        if result.status == "no_data" and t.variant.startswith("int8") and cpu.int8_may_saturate() and not last:
+            # A bundle from before self-checks: its int8 models were never checked on such a CPU.
+            rejected.append({"encoder": t.variant, "cosine": None, "reason": "no self-check data; int8 may "
+                             "saturate on x86 without VNNI"})
+        elif result.status == "failed":
+            rejected.append({"encoder": t.variant, "cosine": round(float(result.cosine or 0.0), 4),
+                             "reason": f"mean cosine to the bundle's fp32 reference < {result.min_cosine}"})
+        else:
             break
         if strict:
-            raise SelfCheckError(f"bundle {bundle.root}: the {name} image encoder disagrees with fp32: "
-                                 f"{_reason(result)} (strict self-check)")
-        rejected.append({"encoder": name, "cosine": result.cosine, "reason": "disagrees with fp32"})
-        if i + 1 < len(candidates):
-            log.warning("malm: the %s image encoder is not used: %s; using %s instead", name, _reason(result),
-                        candidates[i + 1])
-        else:
-            log.warning("malm: the %s image encoder disagrees with fp32: %s; no other encoder to fall back to",
-                        name, _reason(result))
+            raise SelfCheckError(f"bundle {bundle.root}: the {t.variant} image encoder disagrees with fp32 on this "
+                                 f"CPU ({result.cpu}): {_describe(rejected[-1])} (strict self-check)")
+        if last:
+            break
+    assert backend is not None and result is not None  # the last target is always built
     if rejected:
+        what = "; ".join(f"{r['encoder']}: {_describe(r)}" for r in rejected)
+        if result.encoder != rejected[-1]["encoder"]:
+            log.warning("malm: image encoder not used on this CPU (%s): %s; using %s instead", result.cpu, what,
+                        result.encoder)
+        else:
+            log.warning("malm: image encoder disagrees with fp32 on this CPU (%s): %s; no other encoder to fall "
+                        "back to", result.cpu, what)
         result = SelfCheck(**{**asdict(result), "rejected": tuple(rejected)})
     return backend, result
+
+
+def _describe(r: dict[str, Any]) -> str:
+    return f"{r['reason']} (mean cosine {r['cosine']:.4f})" if r["cosine"] is not None else r["reason"]

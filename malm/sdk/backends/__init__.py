@@ -25,7 +25,7 @@ VARIANTS = ("auto", "int8_cpu", "int8", "fp32")
 IMAGE_ENCODERS = {"int8_cpu": "image_int8_cpu", "int8": "image_int8", "fp32": "image_fp32"}
 
 __all__ = ["BACKENDS", "VARIANTS", "EncoderOutput", "ImageBackend", "OrtImageBackend", "OrtSession",
-           "candidates", "choose_variant", "create_backend", "encoder_file", "select_providers"]
+           "candidates", "choose_variant", "create_backend", "encoder_file", "select_providers", "targets"]
 
 
 def auto_order(first_provider: str) -> tuple[str, ...]:
@@ -67,12 +67,21 @@ def candidates(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> 
     return present[present.index(chosen):]
 
 
-def encoder_file(bundle: Bundle, backend: ImageBackend) -> str | None:
-    """The bundle file the backend runs (what its self-check result is remembered for)."""
-    name = {"tensorrt": "image_tensorrt", "coreml": "image_coreml"}.get(backend.name) or \
-        IMAGE_ENCODERS.get(backend.variant, "")
+def encoder_file(bundle: Bundle, backend: str, variant: str) -> str | None:
+    """The bundle file a backend runs for `variant` (what its self-check result is remembered for)."""
+    name = {"tensorrt": "image_tensorrt", "coreml": "image_coreml"}.get(backend) or IMAGE_ENCODERS.get(variant, "")
     entry = bundle.encoder(name)
     return str(entry["file"]) if entry and "file" in entry else None
+
+
+def targets(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> list[tuple[str, str, str, str | None]]:
+    """(variant, backend name, device, encoder file) of each image encoder to try, best first, known without
+    building a session: the self-check recalls a result remembered for them before paying for one."""
+    if backend in ("auto", "onnxruntime"):
+        device = select_providers(available_providers())[0]
+        return [(v, "onnxruntime", device, encoder_file(bundle, "onnxruntime", v))
+                for v in candidates(bundle, backend, variant)]
+    return [(variant, backend, backend, encoder_file(bundle, backend, variant))]
 
 
 def create_backend(bundle: Bundle, backend: str = "auto", variant: str = "auto",

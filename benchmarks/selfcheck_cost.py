@@ -63,7 +63,7 @@ def build(root: Path, size: int, dim: int) -> Path:
                 name = Path(rel).stem
                 bw.manifest["encoders"][name] = {"file": rel, "kind": "onnx", "role": "image",
                                                  "precision": "fp32" if name == "image_fp32" else "int8"}
-        bw.manifest["selfcheck"] = sc
+        bw.set_selfcheck(sc)
         bw.manifest["preprocess"] = pp.to_dict()
         bw.manifest["embedding"] = {"dim": dim, "metric": "cosine"}
     rng = np.random.default_rng(0)

@@ -38,8 +38,8 @@ def speed_at(run: Path, data: Path, size: int, calib_images: int, runs: int, rep
     from safetensors.torch import load_file
 
     from malm.export import onnx_export as ox
+    from malm.export.context import calibration_paths
     from malm.export.distill import StudentFeatures
-    from malm.export.exporter import _train_image_paths
     from malm.export.quantize import quantize_int8
     from malm.export.report import size_mb
     from malm.export.student import StudentConfig, StudentImageEncoder
@@ -60,7 +60,7 @@ def speed_at(run: Path, data: Path, size: int, calib_images: int, runs: int, rep
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8, cpu = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "int8_cpu.onnx"
         ox.export_image_encoder(ox.ImageEncoderForExport(enc, tokens=False), fp32, size)
-        calib = _train_image_paths(prepared, calib_images)
+        calib = calibration_paths(prepared, calib_images)
         quantize_int8(fp32, int8, calib, pp)
         quantize_int8(fp32, cpu, calib, pp, activations="asymmetric")
         out: dict[str, Any] = {"image_size": size, "fp32_mb": size_mb(fp32), "int8_mb": size_mb(int8),

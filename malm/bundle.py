@@ -41,7 +41,7 @@ from typing import Any
 
 from malm import __version__
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
-from malm.errors import BundleError
+from malm.errors import BundleError, MalmError
 
 FORMAT = "malm-bundle"
 FORMAT_VERSION = 1
@@ -437,3 +437,15 @@ def _renamed(manifest: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
 def open_for_write(root: str | os.PathLike[str], timeout: float = 30.0) -> Iterator[BundleWriter]:
     with BundleWriter(root, timeout=timeout) as bw:
         yield bw
+
+
+def require_same_checkpoint(root: str | os.PathLike[str], sha256: str, source: str, advice: str) -> None:
+    """One bundle = one model: refuse to add what `source` (weights with this sha256) made to a bundle whose
+    encoders came from other weights (two models' embeddings do not live in one space)."""
+    root = Path(root)
+    if not (root / MANIFEST).is_file():
+        return
+    exported = (read_manifest(root).get("model") or {}).get("checkpoint_sha256")
+    if exported and exported != sha256:
+        raise MalmError(f"bundle {root}: its encoders were exported from other weights than {source} "
+                        f"(sha256 {exported[:12]}… vs {sha256[:12]}…); {advice}")

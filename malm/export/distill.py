@@ -97,21 +97,17 @@ def _to_student_size(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-@torch.no_grad()
 def teacher_recipe_bank(model: nn.Module, prepared: Any, split: str, limit: int, batch: int = 256,
                         seed: int = 0) -> torch.Tensor:
+    """The teacher's embeddings of up to `limit` recipes of `split` (seeded choice): what the ranking term ranks."""
     from malm.training.data import RecipeTextDataset
+    from malm.training.embed import embed_recipes
 
     ds = RecipeTextDataset(prepared, split)
     if limit <= 0 or len(ds) == 0:
         return torch.zeros(0, 0)
     idx = np.random.default_rng(seed).permutation(len(ds))[:limit]
-    out = []
-    for i in range(0, len(idx), batch):
-        items = [ds[int(j)] for j in idx[i:i + batch]]
-        stack = {k: torch.stack([it[k] for it in items]) for k in ("title", "ingredients", "instructions")}
-        out.append(model.encode_recipe(stack["title"], stack["ingredients"], stack["instructions"]))
-    return torch.cat(out)
+    return embed_recipes(model, [ds[int(j)] for j in idx], batch=batch)
 
 
 def cache_key(teacher_hash: str, student_cfg: StudentConfig, cfg: DistillConfig) -> str:

@@ -13,6 +13,7 @@ from torch import nn
 
 from malm._atomic import atomic_path
 from malm.errors import MalmError
+from malm.vectors import cosine_rows
 
 OPSET = 17
 PARITY_MIN_COSINE = 0.9999
@@ -212,12 +213,6 @@ def run_image(sess: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:
     out = [sess.run(["embedding"], {"image": images[i:i + batch].astype(np.float32)})[0]
            for i in range(0, len(images), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return (a * b).sum(axis=1)
 
 
 def parity_check(module: nn.Module, path: Path, images: np.ndarray, *, min_cosine: float = PARITY_MIN_COSINE,

@@ -1,14 +1,17 @@
 """The export targets, the options each accepts, and their validation.
 
 One table (ultralytics' `export_formats()` is the model): a target lists the options it supports, and an
-option given to a target that does not support it is a clear `MalmError`, never silently ignored.
+option given to a target that does not support it is a clear `MalmError`, never silently ignored. The table
+also drives dispatch: `run_export` calls `TARGETS[name].build(ctx)`, the `build` of the module it names.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from types import ModuleType
+from typing import Any
 
 from malm.errors import MalmError
 
@@ -23,6 +26,12 @@ class Target:
     files: tuple[str, ...]  # bundle paths it writes
     options: frozenset[str]  # ExportOptions fields it accepts beyond the common ones
     requires: tuple[tuple[str, str], ...]  # (import name, pip install hint)
+    module: str  # the module under malm.export.targets with `build(ctx: ExportContext) -> Artifacts`
+
+    @property
+    def build(self) -> Callable[[Any], Any]:
+        """The target's `build` (imported on use: the table itself stays light for the CLI)."""
+        return importlib.import_module(f"malm.export.targets.{self.module}").build  # type: ignore[no-any-return]
 
 
 COMMON = frozenset({"student", "distill_epochs", "image_size", "tag", "eval_images"})
@@ -35,18 +44,21 @@ TARGETS: dict[str, Target] = {
          "encoders/recipe_fp32.onnx", "rerank/matching_head.onnx"),
         frozenset({"int8", "calib_images", "recipe_encoder", "tokens"}),
         (("onnx", "onnx>=1.16"), ("onnxruntime", "onnxruntime>=1.17")),
+        "onnx",
     ),
     "tensorrt": Target(
         "tensorrt", "static 1x3xHxW ONNX for TensorRT (fp16, or int8 QDQ with --int8); engine built where possible",
         ("tensorrt/image_static.onnx",),
         frozenset({"int8", "calib_images", "tokens"}),
         (("onnx", "onnx>=1.16"), ("onnxruntime", "onnxruntime>=1.17")),
+        "tensorrt",
     ),
     "coreml": Target(
         "coreml", "CoreML mlprogram (fp16, image input, normalization folded in); --weights compresses",
         ("encoders/image.mlpackage",),
         frozenset({"weights"}),
         (("coremltools", "coremltools>=8"),),
+        "coreml",
     ),
 }
 

@@ -68,7 +68,7 @@ def retrieval(image_emb: np.ndarray, recipe_emb: np.ndarray, seed: int = 0) -> d
 
 
 def cosine_mean(a: np.ndarray, b: np.ndarray) -> float:
-    from malm.export.onnx_export import cosine_rows
+    from malm.vectors import cosine_rows
 
     return float(cosine_rows(a, b).mean()) if len(a) else float("nan")
 

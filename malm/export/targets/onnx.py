@@ -1,0 +1,145 @@
+"""`--target onnx`: the image encoder (fp32, dynamic batch), int8 QDQ variants, matching head, recipe encoder.
+
+    encoders/image_fp32.onnx        parity-checked against torch on real images
+    encoders/image_int8.onnx        --int8: symmetric QDQ (TensorRT-ready)
+    encoders/image_int8_cpu.onnx    --int8: uint8 activations (what x86 ONNX Runtime runs fast)
+    rerank/matching_head.onnx       --tokens, when the run trained a matching head
+    encoders/recipe_fp32.onnx       unless --no-recipe-encoder
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from malm.errors import MalmError
+from malm.export.context import Artifacts, ExportContext
+
+FP32 = "encoders/image_fp32.onnx"
+INT8 = "encoders/image_int8.onnx"
+INT8_CPU = "encoders/image_int8_cpu.onnx"
+RECIPE = "encoders/recipe_fp32.onnx"
+
+
+def build(ctx: ExportContext) -> Artifacts:
+    out = Artifacts()
+    emb32 = _image_fp32(ctx, out)
+    if ctx.options.int8:
+        _image_int8(ctx, out, emb32)
+    if ctx.options.tokens:
+        _matching_head(ctx, out)
+    _recipe_encoder(ctx, out)
+    return out
+
+
+def _image_fp32(ctx: ExportContext, out: Artifacts) -> np.ndarray:
+    from malm.export import onnx_export as ox
+
+    tokens = ctx.options.tokens
+    path = ctx.tmp / "image_fp32.onnx"
+    encoder = ctx.student.encoder
+    ox.export_image_encoder(ox.ImageEncoderForExport(encoder, tokens=tokens), path, ctx.student.size,
+                            metadata=ctx.meta_for(role="image", precision="fp32"))
+    parity = ctx.data.parity_images
+    worst = ox.parity_check(ox.ImageEncoderForExport(encoder, tokens=False), path, parity)
+    ctx.log(f"image_fp32.onnx: parity with torch OK (min cosine {worst:.6f} on {len(parity)} real images)")
+    emb32 = ox.run_image(ox.session(path, threads=2), ctx.data.eval_images)
+    out.add(path, FP32, "image_fp32", ctx.onnx_entry(path, FP32, "onnx", "fp32", tokens=tokens,
+                                                     parity_min_cosine=worst),
+            {"parity_min_cosine": worst, **ctx.quality(emb32, path)})
+    return emb32
+
+
+# (file in tmp, bundle path, name, log line, extra metadata and manifest fields); the quantization options
+# of each are quantize.VARIANTS[name].
+_INT8_VARIANTS = (
+    ("image_int8.onnx", INT8, "image_int8",
+     "int8: calibrating on {n} training images (QDQ, symmetric, per-channel)", {}),
+    # The CPU variant: same calibration, uint8 asymmetric activations (what x86 ONNX Runtime runs fast; see
+    # quantize.quantize_int8). image_int8 stays symmetric for TensorRT.
+    ("image_int8_cpu.onnx", INT8_CPU, "image_int8_cpu",
+     "int8 (CPU): uint8 asymmetric activations, int8 symmetric per-channel weights, same calibration",
+     {"variant": "cpu"}),
+)
+
+
+def _image_int8(ctx: ExportContext, out: Artifacts, emb32: np.ndarray) -> None:
+    from malm.export import onnx_export as ox
+    from malm.export.quantize import VARIANTS, qdq_properties, quantize_int8
+
+    want = ctx.options.calibration_images
+    calib = ctx.data.calibration_paths(want)
+    if len(calib) < want:
+        out.notes.append(f"int8 calibration asked for {want} images; the training split has {len(calib)}")
+    fp32 = ctx.tmp / "image_fp32.onnx"
+    r32 = out.variants["image_fp32"].get("retrieval", {})
+    for filename, rel, name, message, extra in _INT8_VARIANTS:
+        path = ctx.tmp / filename
+        ctx.log(message.format(n=len(calib)))
+        info = quantize_int8(fp32, path, calib, ctx.student.preprocess, **VARIANTS[name])
+        ox.set_metadata(path, ctx.meta_for(role="image", precision="int8", **extra))
+        emb8 = ox.run_image(ox.session(path, threads=2), ctx.data.eval_images)
+        row = ctx.quality(emb8, path)
+        row["cosine_to_fp32"] = float(ox.cosine_rows(emb8, emb32).mean()) if ctx.data.eval_n else None
+        r8 = row.get("retrieval", {})
+        if "R@1" in r32 and "R@1" in r8:
+            row["R@1_drop_vs_fp32"] = r32["R@1"] - r8["R@1"]
+        prefer = {"prefer": "cpu"} if extra else {}
+        out.add(path, rel, name, ctx.onnx_entry(path, rel, "onnx", "int8", tokens=ctx.options.tokens,
+                                                quantization={**info, **qdq_properties(path)}, **prefer), row)
+
+
+def _matching_head(ctx: ExportContext, out: Artifacts) -> None:
+    """With --tokens, ship the run's trained matching head for re-ranking (when the preset trained one)."""
+    from malm.export import matching_head as mh
+
+    run, tag = ctx.teacher.run, ctx.teacher.tag
+    head = mh.load_trained_head(run, ctx.teacher.config)
+    if head is None:
+        out.notes.append("no trained matching head in this run (preset without the matching loss, or no "
+                         f"{mh.STATE_FILE}): re-ranking can use late interaction only")
+        return
+    path = ctx.tmp / "matching_head.onnx"
+    entry = mh.export_head(head, path, {k: ctx.meta[k] for k in ("malm_version", "model_hash", "teacher_sha256",
+                                                                 "config_hash")})
+    tag_meta = run / f"{tag}.json"
+    tag_step = json.loads(tag_meta.read_text()).get("step") if tag_meta.is_file() else None
+    entry["tag_step"] = tag_step
+    if head.step is not None and tag_step is not None and head.step != tag_step:
+        # The head is saved with the training state only (the last step); the encoders come from --tag.
+        out.notes.append(f"matching head from training step {head.step} (the run's last state), encoders "
+                         f"from --tag {tag} (step {tag_step}); --tag last pairs them exactly")
+    ctx.log(f"{mh.BUNDLE_PATH}: trained matching head exported (step {head.step}, parity max |diff| "
+            f"{entry['parity_max_abs']:.1e})")
+    out.add(path, mh.BUNDLE_PATH, "matching_head", entry, {"size_mb": round(path.stat().st_size / 1e6, 3)})
+
+
+def _recipe_encoder(ctx: ExportContext, out: Artifacts) -> None:
+    from malm.export import onnx_export as ox
+    from malm.training.embed import stack_recipes
+
+    opts, teacher = ctx.options, ctx.teacher.model
+    recipe_cfg = getattr(getattr(teacher, "recipe_encoder", None), "cfg", None)
+    if not opts.with_recipe_encoder:
+        return
+    if opts.recipe_encoder is None and getattr(recipe_cfg, "sentence_features", "learned") != "learned":
+        # Not asked for explicitly, and MiniLM sentence vectors are not token ids: skip rather than fail.
+        out.notes.append("recipe encoder not exported: this model reads MiniLM sentence vectors, not vocab ids")
+        return
+    path = ctx.tmp / "recipe_fp32.onnx"
+    example = stack_recipes(ctx.data.items[:4])
+    try:
+        ox.export_recipe_encoder(teacher, path, example, metadata=ctx.meta_for(role="recipe", precision="fp32"))
+    except MalmError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporter's own errors are many; say which part failed
+        raise MalmError(f"exporting the recipe encoder to ONNX failed ({type(e).__name__}: {e}); "
+                        "use --no-recipe-encoder to export the image encoder alone") from None
+    worst = ox.recipe_parity_check(teacher, path, {k: v.numpy() for k, v in example.items()})
+    ctx.log(f"recipe_fp32.onnx: parity with torch OK (min cosine {worst:.6f})")
+    entry = ctx.onnx_entry(path, RECIPE, "onnx", "fp32", model_hash=ctx.teacher.sha256, role="recipe",
+                           parity_min_cosine=worst)
+    out.add(path, RECIPE, "recipe_fp32", entry, {"size_mb": round(path.stat().st_size / 1e6, 3),
+                                                 "parity_min_cosine": worst})
+

@@ -115,7 +115,9 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
                      log, capture=True)
         evaluation = json.loads(text)
         evaluation_file.write_text(json.dumps(evaluation, indent=2))
-    log(_format_eval(evaluation))
+    from malm.training.evaluate import format_table
+
+    log(format_table(evaluation))
     done()
 
     done = step("4. export: distilled student, int8 ONNX" + (" and CoreML" if cfg.coreml else ""))
@@ -179,16 +181,6 @@ def _query_test_photos(cfg: DemoConfig, data: Path, bundle: Path, log: Log) -> l
             log(f"  {i}. {h.score:+.3f}  {h.title}{mark}")
         results.append({"photo": str(photo), "recipe_id": true_id, "rank": rank, "ms": round(ms, 1)})
     return results
-
-
-def _format_eval(evaluation: dict[str, Any]) -> str:
-    lines = []
-    for direction in ("im2recipe", "recipe2im"):
-        for size, m in evaluation.get(direction, {}).items():
-            if isinstance(m, dict) and "medR" in m:
-                lines.append(f"{direction:10s} {size:>5s}: medR {m['medR']:.1f}  R@1 {m['R@1']:.1f}  "
-                             f"R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}")
-    return "\n".join(lines)
 
 
 def _bundle_bytes(bundle: Path) -> int:

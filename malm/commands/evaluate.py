@@ -36,19 +36,13 @@ def _print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from malm.training.evaluate import METRICS
+    from malm.training.evaluate import TABLE_HEADER, table_rows
 
     table = Table(title=f"protocol {result['protocol']} · {result['n']} pairs · seed {result['seed']}")
-    for col in ("direction", "size", "subsets", *METRICS):
+    for col in TABLE_HEADER:
         table.add_column(col, justify="left" if col in ("direction", "size") else "right")
-    for direction in ("im2recipe", "recipe2im"):
-        for key, entry in result[direction].items():
-            cells = []
-            for m in METRICS:
-                fmt = "{:.1f}" if m == "medR" else "{:.2f}"
-                std = entry.get(f"{m}_std", 0.0)
-                cells.append(fmt.format(entry[m]) + (f" ± {fmt.format(std)}" if std else ""))
-            table.add_row(direction, key, str(entry["subsets"]), *cells)
+    for cells in table_rows(result):
+        table.add_row(*cells)
     console = Console()
     console.print(table)
     for note in result["notes"]:

@@ -4,7 +4,7 @@
     malm index add --bundle bundle/ --recipes new.jsonl            # ONNX recipe encoder in the bundle, no torch
     malm index remove --bundle bundle/ --ids 000018c8a5 00003a70b1
 
-The torch recipe encoder is imported only when --checkpoint is given.
+The torch recipe encoder (malm.training.embed) is imported only when --checkpoint is given.
 """
 
 from __future__ import annotations
@@ -63,48 +63,15 @@ def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], An
     return list(dedupe(records, report, strict=strict)), report
 
 
-def torch_recipe_encoder(run_dir: Path, tag: str = "best", tokens: bool = False) -> Callable[[Any], Any]:
-    """`encode_fn` over the trained torch recipe encoder of a run (embeddings, and token features if asked)."""
-    import numpy as np
-    import torch
-
-    from malm.edge_index.builder import Encoded
-    from malm.text import encode_recipe
-    from malm.training.checkpoint import load_model
-
-    loaded = load_model(run_dir, tag=tag)
-    limits = loaded.config.data.limits()
-    model = loaded.model
-
-    def encode(records: Any) -> Any:
-        arrays = [encode_recipe(r.title, r.ingredients, r.instructions, loaded.vocab, limits) for r in records]
-        batch = {k: torch.from_numpy(np.stack([a[k] for a in arrays]).astype(np.int64))
-                 for k in ("title", "ingredients", "instructions")}
-        with torch.inference_mode():
-            if not tokens:
-                return model.encode_recipe(**batch).float().numpy()
-            feats = model.recipe_features(**batch)
-            emb = torch.nn.functional.normalize(feats.embedding.float(), dim=-1).numpy()
-            toks = [t[m].float().numpy() for t, m in zip(feats.tokens, feats.token_mask.bool(), strict=True)]
-            return Encoded(emb, toks)
-
-    return encode
-
-
 def _check_checkpoint(bundle: Path, run: Path, tag: str) -> str:
-    """sha256 of the run's weights; refuse a bundle whose encoders were exported from other weights
-    (recipe and image embeddings of two different models do not live in the same space)."""
-    from malm.bundle import MANIFEST, read_manifest, sha256_path
+    """sha256 of the run's weights, refused when the bundle's encoders came from other weights."""
+    from malm.bundle import require_same_checkpoint, sha256_path
 
     weights = run / f"{tag}.safetensors"
     if not weights.is_file():
         raise MalmError(f"checkpoint {run}: no {tag}.safetensors (is this a training run directory?)")
     digest, _ = sha256_path(weights)
-    if (bundle / MANIFEST).is_file():
-        exported = (read_manifest(bundle).get("model") or {}).get("checkpoint_sha256")
-        if exported and exported != digest:
-            raise MalmError(f"bundle {bundle}: its encoders were exported from other weights than {weights} "
-                            f"(sha256 {exported[:12]}… vs {digest[:12]}…); index with the checkpoint you exported")
+    require_same_checkpoint(bundle, digest, str(weights), "index with the checkpoint you exported")
     return digest
 
 
@@ -137,8 +104,9 @@ def build_command(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
 ) -> None:
     """Encode recipes with the trained recipe encoder and (re)build the bundle's index and store."""
-    from malm.edge_index.builder import build_index
+    from malm.edge_index.builder import build_index, shipped_matching_head, use_matching_head
     from malm.edge_index.hnsw import IndexSettings
+    from malm.training.embed import torch_recipe_encoder
 
     try:  # validate the settings before the slow encoding
         IndexSettings(dim=1, M=m, ef_construction=ef_construction, ef_search=ef_search)
@@ -147,7 +115,7 @@ def build_command(
     if matching_head is not None and not matching_head.is_file():
         raise MalmError(f"--matching-head {matching_head}: file not found")
     digest = _check_checkpoint(bundle, checkpoint, tag)
-    shipped = _shipped_matching_head(bundle) if matching_head is None else None
+    shipped = shipped_matching_head(bundle) if matching_head is None else None
     if shipped:
         # `malm export --tokens` put the trained matching head in the bundle: store what it needs.
         typer.echo(f"bundle has a matching head ({shipped}): storing recipe token features for --rerank", err=True)
@@ -158,33 +126,8 @@ def build_command(
     with _progress(len(records), "encoding recipes") as advance:
         report = build_index(bundle, records, encode, M=m, ef_construction=ef_construction, ef_search=ef_search,
                              batch_size=batch_size, progress=advance, report=read, extra=extra)
-    if matching_head is not None:
-        from malm.bundle import BundleWriter
-
-        head_rel = "rerank/matching_head.onnx"  # where `malm export --tokens` and the docs put it
-        with BundleWriter(bundle) as bw:
-            bw.add_file(matching_head, head_rel)
-            bw.manifest["encoders"]["matching_head"] = {"file": head_rel, "kind": "onnx",
-                                                        "role": "rerank", "precision": "fp32"}
-            bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head", "model": head_rel}
-    elif shipped:
-        from malm.bundle import BundleWriter
-
-        with BundleWriter(bundle) as bw:
-            bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head", "model": shipped}
+    use_matching_head(bundle, given=matching_head, shipped=shipped)
     _echo_report(report, bundle, "indexed", json_out)
-
-
-def _shipped_matching_head(bundle: Path) -> str | None:
-    """The bundle's matching-head ONNX written by `malm export --tokens`, if any (and listed in the manifest)."""
-    from malm.bundle import MANIFEST, read_manifest
-
-    if not (bundle / MANIFEST).is_file():
-        return None
-    manifest = read_manifest(bundle)
-    entry = (manifest.get("encoders") or {}).get("matching_head") or {}
-    rel = entry.get("file") if isinstance(entry, dict) else None
-    return str(rel) if rel and rel in (manifest.get("files") or {}) else None
 
 
 @index_app.command("add")
@@ -208,6 +151,8 @@ def add_command(
         raise MalmError(f"recipes {recipes}: file not found (index add reads a JSONL file)")
     records, read = _read_recipes(recipes, "all", strict)
     if checkpoint is not None:
+        from malm.training.embed import torch_recipe_encoder
+
         _check_checkpoint(bundle, checkpoint, tag)
         encode = torch_recipe_encoder(checkpoint, tag, tokens=bool(manifest.get("rerank")))
     else:

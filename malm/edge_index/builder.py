@@ -326,3 +326,30 @@ def remove_recipes(bundle: str | os.PathLike[str], ids: Iterable[str]) -> IndexR
     out.settings = _run(bundle, None, body)
     out.count = out.settings.count
     return out
+
+
+GIVEN_MATCHING_HEAD = "rerank/matching_head.onnx"  # where `index build --matching-head` copies it (as export does)
+
+
+def shipped_matching_head(bundle: Path) -> str | None:
+    """The bundle's matching-head ONNX written by `malm export --tokens`, if any (and listed in the manifest)."""
+    if not (bundle / "manifest.json").is_file():
+        return None
+    manifest = read_manifest(bundle)
+    entry = (manifest.get("encoders") or {}).get("matching_head") or {}
+    rel = entry.get("file") if isinstance(entry, dict) else None
+    return str(rel) if rel and rel in (manifest.get("files") or {}) else None
+
+
+def use_matching_head(bundle: Path, given: Path | None = None, shipped: str | None = None) -> None:
+    """Re-rank the index with a matching head: `given` (an ONNX file, copied in) or the one export `shipped`."""
+    if given is None and not shipped:
+        return
+    with BundleWriter(bundle) as bw:
+        model = shipped
+        if given is not None:
+            model = GIVEN_MATCHING_HEAD
+            bw.add_file(given, model)
+            bw.manifest["encoders"]["matching_head"] = {"file": model, "kind": "onnx", "role": "rerank",
+                                                        "precision": "fp32"}
+        bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head", "model": model}

@@ -22,6 +22,7 @@ import numpy as np
 
 from malm._atomic import atomic_path
 from malm.errors import BundleError, MalmError
+from malm.vectors import EPS, l2_normalize
 
 SPACES = ("ip", "cosine", "l2")
 # Below this many allowed recipes a filtered query scans them exactly: hnswlib's filtered graph
@@ -123,10 +124,9 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
         raise MalmError(f"embeddings must be a 2-D array [n, dim], got shape {x.shape}")
     if not np.isfinite(x).all():
         raise MalmError("embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms <= 1e-12).any():
+    if (np.linalg.norm(x, axis=1) <= EPS).any():
         raise MalmError("embeddings contain an all-zero row (cannot be normalized)")
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
+    return np.ascontiguousarray(l2_normalize(x))
 
 
 def read_header_dim(path: Path) -> tuple[int, int, int]:

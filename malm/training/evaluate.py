@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from malm.errors import MalmError
+from malm.vectors import l2_normalize
 
 PROTOCOLS = ("ht", "tfood")
 DEFAULT_SIZES = (1000, 10000)
@@ -37,12 +38,6 @@ def size_key(size: int) -> str:
 def tfood_bags(size: int) -> int:
     """The most disjoint bags T-Food draws for a size: 5 at 10k and above, else 10."""
     return 5 if size >= 10000 else 10
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
 
 
 def ranks(queries: np.ndarray, candidates: np.ndarray, normalized: bool = False) -> np.ndarray:
@@ -162,18 +157,30 @@ def retrieval_metrics(
     return result
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table of a `retrieval_metrics` result (mean ± std over subsets), then its notes."""
-    header = ["direction", "size", "subsets", *METRICS]
+TABLE_HEADER = ("direction", "size", "subsets", *METRICS)
+
+
+def table_rows(result: dict[str, Any]) -> list[list[str]]:
+    """The cells of a `retrieval_metrics` result, one row per direction and size (mean ± std over subsets):
+    the one layout `format_table` (plain text) and `malm eval` (a rich table) both print."""
     rows = []
     for direction in ("im2recipe", "recipe2im"):
         for key, entry in result.get(direction, {}).items():
+            if not isinstance(entry, dict) or "medR" not in entry:
+                continue
             cells = [direction, key, str(entry.get("subsets", ""))]
             for m in METRICS:
                 std = entry.get(f"{m}_std")
                 fmt = "{:.1f}" if m == "medR" else "{:.2f}"
                 cells.append(fmt.format(entry[m]) + (f" ± {fmt.format(std)}" if std else ""))
             rows.append(cells)
+    return rows
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of a `retrieval_metrics` result, then its notes."""
+    header = list(TABLE_HEADER)
+    rows = table_rows(result)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

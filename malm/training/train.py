@@ -166,27 +166,10 @@ def build_datasets(prepared: Any, config: ExperimentConfig) -> tuple[Dataset, Da
     return train, val
 
 
-@torch.no_grad()
-def embed_pairs(model: Any, dataset: Dataset, device: torch.device, batch_size: int = 64, amp: bool = False,
-                num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image_emb, recipe_emb, index) of every item, L2-normalized float32, row i paired."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    imgs, recs, idx = [], [], []
-    was_training = model.training
-    model.eval()
-    for batch in loader:
-        batch = to_device(batch, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            imgs.append(model.encode_image(batch["image"]).float().cpu())
-            recs.append(model.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"]).float().cpu())
-        idx.append(batch["index"].cpu())
-    model.train(was_training)
-    return torch.cat(imgs).numpy(), torch.cat(recs).numpy(), torch.cat(idx).numpy()
-
-
 def validate(model: Any, val: Dataset, config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
     from torch.utils.data import Subset
 
+    from malm.training.embed import embed_pairs
     from malm.training.evaluate import retrieval_metrics
 
     n = len(val)  # type: ignore[arg-type]

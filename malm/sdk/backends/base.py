@@ -27,7 +27,3 @@ class ImageBackend(Protocol):
 
     def encode(self, images: np.ndarray, tokens: bool = False) -> EncoderOutput: ...
 
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -16,7 +16,8 @@ from PIL import Image
 
 from malm.errors import MalmError
 from malm.preprocess import PreprocessConfig
-from malm.sdk.backends.base import EncoderOutput, l2_normalize
+from malm.sdk.backends.base import EncoderOutput
+from malm.vectors import l2_normalize
 
 
 def require_macos() -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from malm.errors import BundleError, MalmError
-from malm.sdk.backends.base import EncoderOutput, l2_normalize
+from malm.sdk.backends.base import EncoderOutput
+from malm.vectors import l2_normalize
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -17,8 +17,9 @@ import numpy as np
 
 from malm._atomic import atomic_path
 from malm.errors import MalmError
-from malm.sdk.backends.base import EncoderOutput, l2_normalize
+from malm.sdk.backends.base import EncoderOutput
 from malm.sdk.backends.ort import trt_cache_dir
+from malm.vectors import l2_normalize
 
 INSTALL_HINT = ("backend 'tensorrt' needs NVIDIA TensorRT's Python package `tensorrt` and `cuda-python` "
                 "(JetPack ships them on Jetson; on x86 `pip install tensorrt cuda-python`); "

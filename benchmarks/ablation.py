@@ -78,7 +78,7 @@ METHODS = [
         "malm-tiny pair-neg-3",
         "malm-tiny",
         {"loss.matching.pair_negatives": 3},
-        "global matching over decoded hard-negative pairs (not in the paper; see objectives.py)",
+        "global matching over decoded hard-negative pairs (not in the paper; see training/objectives/matching.py)",
     ),
     Method(
         "malm-tiny full-triplet pair-neg-3 local-pairs",

@@ -7,101 +7,25 @@
 
 The forward pass computes what every objective may need once, into a `TaskState` (image features with
 their visible-patch indices, recipe features, global embeddings, the global batch gathered across ranks,
-training progress). Each objective is an `Objective` module built from the config by
-`build_objectives`; it reads the state and returns named tensors: keys ending in `_loss` are already
-weighted and summed into the total, the rest are logged. Adding a method = adding an objective class
-and one line in `build_objectives`. `after_step` runs after each optimizer step (EMA teachers).
+training progress). The objectives (`malm.training.objectives`, one module each) are built from the config
+by `build_objectives`; each reads the state and returns named tensors: keys ending in `_loss` are already
+weighted and summed into the total, the rest are logged. `after_step` runs after each optimizer step
+(EMA teachers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from malm.errors import MalmError
-from malm.training.config import ExperimentConfig, LossConfig, TrainConfig
+from malm.training.config import ExperimentConfig, TrainConfig
 from malm.training.distributed import all_gather_with_grad
-from malm.training.losses.recipe_ssl import RecipeSelfSupervisedLoss
-from malm.training.losses.triplet import TripletLoss
-from malm.training.models.recipe import RecipeFeatures
 from malm.training.models.retrieval import RetrievalModel
-from malm.training.models.vit import ImageFeatures, random_keep_idx
-
-
-@dataclass
-class TaskState:
-    batch: dict[str, Tensor]  # the collated batch (image, title, ingredients, instructions, index)
-    progress: float  # fraction of training done, in [0, 1] (for schedules such as dynamic margins)
-    model: RetrievalModel  # the (unwrapped) model, for objectives that need e.g. fill_masked
-    image: ImageFeatures  # student image features; image.keep_idx is set when mask augmentation is on
-    recipe: RecipeFeatures  # recipe features incl. component tokens and pooled components
-    image_emb: Tensor  # [B, D] L2-normalized image embeddings of this rank
-    recipe_emb: Tensor  # [B, D] L2-normalized recipe embeddings of this rank
-    all_image_emb: Tensor  # [world*B, D] gathered over ranks with gradient (== image_emb without DDP)
-    all_recipe_emb: Tensor  # [world*B, D]
-    shared: dict[str, Any] = field(default_factory=dict)  # objectives may cache things for later objectives
-
-
-class Objective(nn.Module):
-    """One training objective: `forward(state) -> {name: tensor}`; `*_loss` keys must be weighted scalars."""
-
-    def forward(self, state: TaskState) -> dict[str, Tensor]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def after_step(self, model: RetrievalModel) -> None:
-        """Called after every optimizer step (e.g. to update an EMA teacher)."""
-
-
-class TripletObjective(Objective):
-    """Bidirectional triplet loss on the global embeddings, all negatives of the global batch."""
-
-    def __init__(self, cfg: LossConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.loss = TripletLoss(margin=cfg.triplet_margin, hard_negative=cfg.hard_negative)
-
-    def margin(self, progress: float) -> float:
-        """The margin at this point of training (fixed for H-T; TNLBT's dynamic margins change this)."""
-        return self.cfg.triplet_margin
-
-    def forward(self, state: TaskState) -> dict[str, Tensor]:
-        m = self.margin(state.progress)
-        loss = self.loss(state.all_image_emb, state.all_recipe_emb, margin=m)
-        return {"triplet_loss": self.cfg.triplet_weight * loss, "margin": torch.tensor(m)}
-
-
-class RecipeSSLObjective(Objective):
-    """H-T's self-supervised loss between the recipe's title, ingredients and instructions."""
-
-    def __init__(self, cfg: LossConfig, recipe_width: int) -> None:
-        super().__init__()
-        self.weight = cfg.recipe_ssl_weight
-        self.loss = RecipeSelfSupervisedLoss(recipe_width, margin=cfg.triplet_margin)
-
-    def forward(self, state: TaskState) -> dict[str, Tensor]:
-        r = state.recipe
-        loss = self.loss({"title": r.title, "ingredients": r.ingredients, "instructions": r.instructions})
-        return {"recipe_ssl_loss": self.weight * loss}
-
-
-def build_objectives(config: ExperimentConfig, model: RetrievalModel) -> list[Objective]:
-    loss = config.loss
-    objectives: list[Objective] = []
-    # TNLBT / MALM objectives live in objectives.py (imported here: it builds on this module's classes).
-    from malm.training.objectives import DynamicMarginTriplet, method_objectives
-
-    if loss.triplet_weight > 0:
-        objectives.append(DynamicMarginTriplet(loss) if loss.dynamic_margin.enabled else TripletObjective(loss))
-    if loss.recipe_ssl_weight > 0:
-        objectives.append(RecipeSSLObjective(loss, config.model.recipe.width))
-    objectives += method_objectives(config, model)
-    if not objectives:
-        raise MalmError(f"config {config.name!r}: every loss weight is 0, nothing to train")
-    return objectives
+from malm.training.models.vit import random_keep_idx
+from malm.training.objectives import TaskState, build_objectives
 
 
 class Task(nn.Module):

@@ -1,0 +1,54 @@
+"""The training objectives, one module each, and `build_objectives`: the config → the list the task runs.
+
+    triplet.py        TripletObjective (H-T), DynamicMarginTriplet (TNLBT's margin schedule)
+    recipe_ssl.py     RecipeSSLObjective (H-T)
+    cross_decoder.py  CrossDecoderObjective (TNLBT)
+    matching.py       MatchingObjective (MALM)
+    distill.py        DistillObjective (MALM, needs loss.mask)
+    base.py           TaskState (what the task computes once per step), Objective, image_tokens
+
+An objective reads the state and returns named tensors: keys ending in `_loss` are already weighted and
+summed into the total, the rest are logged. Adding one = a module here, its config field, and one line
+below (docs/architecture.md, "Add a loss"). The order below is the order of `task.objectives.<i>` in
+saved training states: append, never reorder.
+"""
+
+from __future__ import annotations
+
+from malm.errors import MalmError
+from malm.training.config import ExperimentConfig
+from malm.training.models.retrieval import RetrievalModel
+from malm.training.objectives.base import Objective, TaskState, image_tokens
+from malm.training.objectives.cross_decoder import CrossDecoderObjective
+from malm.training.objectives.distill import DistillObjective
+from malm.training.objectives.matching import MatchingObjective
+from malm.training.objectives.recipe_ssl import RecipeSSLObjective
+from malm.training.objectives.triplet import DynamicMarginTriplet, TripletObjective
+
+__all__ = [
+    "CrossDecoderObjective", "DistillObjective", "DynamicMarginTriplet", "MatchingObjective", "Objective",
+    "RecipeSSLObjective", "TaskState", "TripletObjective", "build_objectives", "image_tokens",
+]
+
+
+def build_objectives(config: ExperimentConfig, model: RetrievalModel) -> list[Objective]:
+    loss = config.loss
+    if loss.distill.enabled and not loss.mask.enabled:
+        raise MalmError(
+            f"config {config.name!r}: loss.distill needs loss.mask.enabled (the teacher's features are "
+            "predicted at the masked patches); for the no-mask ablation set loss.distill.enabled=false too"
+        )
+    objectives: list[Objective] = []
+    if loss.triplet_weight > 0:
+        objectives.append(DynamicMarginTriplet(loss) if loss.dynamic_margin.enabled else TripletObjective(loss))
+    if loss.recipe_ssl_weight > 0:
+        objectives.append(RecipeSSLObjective(loss, config.model.recipe.width))
+    if loss.cross_decoder.enabled:
+        objectives.append(CrossDecoderObjective(config, model.vocab_size))
+    if loss.matching.enabled:
+        objectives.append(MatchingObjective(config))
+    if loss.distill.enabled:
+        objectives.append(DistillObjective(config, model))
+    if not objectives:
+        raise MalmError(f"config {config.name!r}: every loss weight is 0, nothing to train")
+    return objectives

@@ -1,0 +1,55 @@
+"""MALM's masked self-distillation: an EMA teacher on the full image, a predictor on the student's
+mask-token-filled sequence, Smooth-L1 on the masked patches."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from malm.errors import MalmError
+from malm.training.config import ExperimentConfig
+from malm.training.losses.self_distill import MaskedDistillLoss
+from malm.training.models.distill import EMATeacher, MaskedPredictor, gather_patches
+from malm.training.models.masking import PatchMask
+from malm.training.models.retrieval import RetrievalModel
+from malm.training.objectives.base import Objective, TaskState, image_tokens
+
+
+class DistillObjective(Objective):
+    teacher_ready: Tensor  # bool buffer: has the teacher copied the student yet
+
+    def __init__(self, config: ExperimentConfig, model: RetrievalModel) -> None:
+        super().__init__()
+        dc = config.loss.distill
+        img = config.model.image
+        self.weight = dc.weight
+        self.teacher = EMATeacher(model.image_encoder, decay=dc.ema_decay)
+        # The teacher copies the student at the first training step, not here: pretrained weights
+        # (--image-init) are loaded after the task is built. Saved with the weights, so --resume keeps it.
+        self.register_buffer("teacher_ready", torch.zeros((), dtype=torch.bool))
+        self.predictor = MaskedPredictor(
+            in_width=img.width,
+            out_width=img.width,
+            num_tokens=1 + img.num_patches,
+            width=img.width,
+            depth=dc.predictor_layers,
+            heads=img.heads,
+        )
+        self.loss = MaskedDistillLoss()
+
+    def forward(self, state: TaskState) -> dict[str, Tensor]:
+        keep = state.image.keep_idx
+        if keep is None:
+            raise MalmError("loss.distill needs loss.mask.enabled: nothing is masked to predict")
+        student = state.model.image_encoder
+        if not bool(self.teacher_ready):
+            self.teacher.encoder.load_state_dict(student.state_dict())
+            self.teacher_ready.fill_(True)
+        mask = PatchMask.from_keep(keep, student.num_patches)
+        with torch.no_grad():
+            target = gather_patches(self.teacher(state.batch["image"]).tokens, mask.mask_idx)
+        prediction = self.predictor(image_tokens(state), mask.mask_idx)
+        return {"distill_loss": self.weight * self.loss(prediction, target)}
+
+    def after_step(self, model: RetrievalModel) -> None:
+        self.teacher.update(model.image_encoder)

@@ -43,3 +43,15 @@ def test_bench_rejects_bad_options(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown section" in proc.stderr and "nonsense" in proc.stderr
     assert not (tmp_path / "o" / "bench.json").exists()
+
+
+def test_bench_outside_a_source_checkout_says_it_needs_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed (non-editable) malm has no benchmarks/ beside it: the command says what to do instead."""
+    import malm
+    from malm.commands.bench import find_suite
+    from malm.errors import MalmError
+
+    monkeypatch.setattr(malm, "__file__", str(tmp_path / "site-packages" / "malm" / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MalmError, match="source checkout.*pip install -e"):
+        find_suite()

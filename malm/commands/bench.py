@@ -8,7 +8,7 @@
 `benchmarks/` sits at the repository root, not inside the installed package: benchmark code, results
 and their history belong to the source tree (and the wheel a device installs stays small), so this
 command finds the folder beside the `malm` package of a source checkout (editable install), or in
-the current directory.
+the current directory; from a plain installed package it says that it needs the source tree.
 """
 
 from __future__ import annotations
@@ -21,18 +21,35 @@ import typer
 
 from malm.errors import MalmError
 
+NEEDS_SOURCE = ("malm bench runs the benchmarks/ folder of a malm source checkout, which the installed package "
+                "does not include: git clone the repository and `pip install -e '.[all,bench]'`, then run "
+                "`malm bench` (or `python -m benchmarks`) there")
 
-def _repo_root() -> Path:
-    """The checkout holding `benchmarks/suite/`, put first on sys.path so that copy is the one imported."""
+
+def find_suite() -> Path:
+    """The source checkout whose `benchmarks/suite/` this command runs: the one beside the imported `malm`
+    package (an editable install), else the current directory; a clear error for a plain installed package."""
     import malm
 
     for root in (Path(malm.__file__).resolve().parent.parent, Path.cwd()):
         if (root / "benchmarks" / "suite" / "runner.py").is_file():
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
             return root
-    raise MalmError("malm bench needs the benchmarks/ folder of a malm source checkout "
-                    "(git clone the repository and `pip install -e '.[all,bench]'`); it is not part of the installed package")
+    raise MalmError(NEEDS_SOURCE)
+
+
+def _import_suite(root: Path) -> Path:
+    """Import that checkout's `benchmarks` package (it imports itself by that top-level name), refusing
+    another package of the same name that would otherwise run instead."""
+    import importlib
+
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    runner = importlib.import_module("benchmarks.suite.runner")
+    found = Path(runner.__file__ or "").resolve().parent.parent.parent
+    if found != root.resolve():
+        raise MalmError(f"malm bench: `benchmarks` imports from {found}, not from the checkout {root}; "
+                        "run it from the malm source checkout")
+    return root
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -64,7 +81,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Benchmark query latency, encoder throughput, index at scale, training and bundle size."""
-        root = _repo_root()
+        root = _import_suite(find_suite())
         from benchmarks.suite.context import SECTIONS, BenchOptions
         from benchmarks.suite.runner import failed_sections, run
         from benchmarks.suite.targets import evaluate  # noqa: F401  (fail early if the suite is broken)

@@ -26,7 +26,6 @@ Manifest keys:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
@@ -35,7 +34,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -327,9 +325,6 @@ class BundleWriter:
         if staged is not None:
             _remove(staged)
 
-    def update(self, fn: Callable[[dict[str, Any]], None]) -> None:
-        fn(self.manifest)
-
     def commit(self) -> None:
         """Make the manifest (and the files it names) live; every step leaves a manifest that verifies.
 
@@ -431,12 +426,6 @@ def _renamed(manifest: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     out = {k: walk(v) for k, v in manifest.items() if k != "files"}
     out["files"] = {names.get(rel, rel): entry for rel, entry in (manifest.get("files") or {}).items()}
     return out
-
-
-@contextlib.contextmanager
-def open_for_write(root: str | os.PathLike[str], timeout: float = 30.0) -> Iterator[BundleWriter]:
-    with BundleWriter(root, timeout=timeout) as bw:
-        yield bw
 
 
 def require_same_checkpoint(root: str | os.PathLike[str], sha256: str, source: str, advice: str) -> None:

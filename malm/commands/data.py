@@ -39,13 +39,8 @@ def prepare_command(
 
 
 def _register_synth() -> None:
-    # The generator's CLI module is light (no torch); it is another part's and may land after this one.
-    try:
-        from malm.training.synth.cli import synth_command
-    except ModuleNotFoundError as e:
-        if e.name not in ("malm.training.synth.cli", "malm.training.synth"):
-            raise
-        return
+    from malm.training.synth.cli import synth_command  # light (no torch), like this module
+
     data_app.command("synth")(synth_command)
 
 

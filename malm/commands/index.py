@@ -40,7 +40,7 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
 
 def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], Any]:
     """Records from a Recipe1M folder or a JSONL file, with per-reason skip counts."""
-    from malm.edge_index.records import ReadReport, RecipeRecord, dedupe, iter_jsonl
+    from malm.edge_index.records import ReadReport, dedupe, iter_jsonl
 
     report = ReadReport()
     if split not in SPLITS:
@@ -51,10 +51,8 @@ def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], An
         data = load_recipe1m(source, strict=strict)
         for reason, n in data.stats.skipped.items():
             report.skipped[reason] += n
-        records = [RecipeRecord(id=r.id, title=r.title, ingredients=tuple(r.ingredients),
-                                instructions=tuple(r.instructions), url=r.url or "",
-                                names=tuple(r.det_ingredients))
-                   for r in data.recipes if split == "all" or r.partition == split]
+        # The reader's records are the index's record type: no conversion.
+        records = [r for r in data.recipes if split == "all" or r.partition == split]
         report.read = len(records)
     elif source.is_file():
         records = list(iter_jsonl(source, report, strict=strict, split=split))

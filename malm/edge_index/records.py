@@ -16,34 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from malm.errors import MalmError
+from malm.recipe_record import RecipeRecord, RecordError
 
-
-class RecordError(ValueError):
-    """One recipe record that cannot be indexed; `reason` is a short key used for counting."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class RecipeRecord:
-    id: str  # the corpus id (Recipe1M's hex id, or any unique string)
-    title: str
-    ingredients: tuple[str, ...]  # ingredient lines as written ("2 cups flour")
-    instructions: tuple[str, ...]
-    url: str = ""
-    tags: tuple[str, ...] = field(default=())
-    names: tuple[str, ...] = field(default=())  # clean ingredient names (e.g. Recipe1M det_ingrs); else detected
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            raise RecordError("missing_id", "recipe id is empty")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "ingredients": list(self.ingredients),
-                "instructions": list(self.instructions), "url": self.url, "tags": list(self.tags),
-                "ingredient_names": list(self.names)}
+__all__ = ["ReadReport", "RecipeRecord", "RecordError", "dedupe", "iter_jsonl", "parse_record"]
 
 
 # Limits far above any real recipe (Recipe1M's longest instruction is a few thousand characters): a

@@ -92,9 +92,6 @@ class TokenStore:
             return np.zeros((0, self.dim), np.float16)
         return np.asarray(self.tokens[self.offsets[label]:self.offsets[label + 1]])
 
-    def as_mapping(self, labels: Sequence[int]) -> dict[int, np.ndarray]:
-        return {int(label): self.get(int(label)) for label in labels}
-
 
 def write_tokens(directory: str | os.PathLike[str], per_label: Mapping[int, np.ndarray], next_label: int,
                  dim: int) -> tuple[Path, Path]:

@@ -162,7 +162,9 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class SelfDistillConfig:
+    """MALM's masked self-distillation (`loss.distill`); not the export student's `export.distill.DistillConfig`."""
+
     enabled: bool = False  # MALM: masked self-distillation from an EMA teacher
     weight: float = 1.0  # weight of the Smooth-L1 on masked patch features
     ema_decay: float = 0.999  # teacher <- decay * teacher + (1 - decay) * student after each step
@@ -183,7 +185,7 @@ class LossConfig:
     cross_decoder: CrossDecoderConfig = field(default_factory=CrossDecoderConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: SelfDistillConfig = field(default_factory=SelfDistillConfig)
 
     def __post_init__(self) -> None:
         _check(self.triplet_weight >= 0 and self.recipe_ssl_weight >= 0, "loss: weights must be >= 0")

@@ -339,7 +339,7 @@ def _build(data_dir: Path, images: Path, build: Path, wanted: dict[str, Any], mi
             record = json.dumps({
                 "id": r.id, "title": r.title, "ingredients": list(r.ingredients),
                 "instructions": list(r.instructions), "url": r.url,
-                "det_ingredients": list(r.det_ingredients),
+                "det_ingredients": list(r.names),
                 "images": [str(p)[root_len:] for p in r.image_paths],
             }, ensure_ascii=False).encode("utf-8") + b"\n"
             f["jsonl"].write(record)

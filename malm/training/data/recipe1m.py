@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from malm.errors import MalmError
+from malm.recipe_record import RecipeRecord
 
 SPLITS = ("train", "val", "test")
 LAYER1, LAYER2, DET_INGRS = "layer1.json", "layer2.json", "det_ingrs.json"
@@ -34,16 +35,9 @@ _CHUNK = 1 << 20
 _MAX_ITEM = 64 << 20  # no Recipe1M record comes near this
 
 
-@dataclass(frozen=True)
-class Recipe:
-    id: str
-    title: str
-    ingredients: tuple[str, ...]
-    instructions: tuple[str, ...]
-    partition: str
-    url: str
-    image_paths: tuple[Path, ...]  # present images only
-    det_ingredients: tuple[str, ...] = ()  # valid detected ingredient names (det_ingrs.json), if given
+# The reader yields the shared record type (id, title, ingredients, instructions, url, names, partition,
+# image_paths); `Recipe` is its name here.
+Recipe = RecipeRecord
 
 
 @dataclass
@@ -343,7 +337,7 @@ def iter_recipe1m(
         stats.paired[split] += bool(present)
         yield Recipe(id=recipe.id, title=recipe.title, ingredients=recipe.ingredients,
                      instructions=recipe.instructions, partition=split, url=recipe.url,
-                     image_paths=tuple(present), det_ingredients=det.get(recipe.id, ()))
+                     image_paths=tuple(present), names=det.get(recipe.id, ()))
     unknown = len(layer2.keys() - seen)
     if unknown:
         stats.layer2_skipped["unknown_recipe_id"] += unknown

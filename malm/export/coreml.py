@@ -8,11 +8,16 @@ convert, save and inspect the spec.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import platform
+import re
 import shutil
+import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +31,34 @@ from malm.preprocess import PreprocessConfig
 WEIGHT_MODES = ("none", "int8", "palettize6")
 
 
+# What coremltools prints on Linux that says nothing about our model: its native CoreML bridge is macOS-only
+# ("Failed to load _MLModelProxy" ×8 at import), version checks against scikit-learn (which we do not use) and
+# torch, and a tqdm bar for every MIL pass. `prediction_note()` is the one line we say about Linux instead.
+_EXPECTED_NOISE = re.compile(
+    r"^(Failed to load _ML\w+Proxy\b|Failed to load '_ML\w+Proxy'"
+    r"|scikit-learn version \S+ is not supported\b|Torch version \S+ has not been tested with coremltools\b"
+    r"|Converting PyTorch Frontend ==> MIL Ops\b|Running MIL \w+ pipeline\b|Running compression pass \w+)")
+
+
+@contextlib.contextmanager
+def quiet_coremltools() -> Iterator[None]:
+    """Drop coremltools' expected Linux noise (see `_EXPECTED_NOISE`) from stderr; anything else it prints is
+    passed on, so a real warning still shows."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        # tqdm redraws with \r: every redraw is a "line" of its own.
+        for line in re.split(r"[\r\n]+", captured.getvalue()):
+            if line.strip() and not _EXPECTED_NOISE.match(line.strip()):
+                print(line, file=sys.stderr)
+
+
 def _coremltools() -> Any:
     try:
-        import coremltools as ct
+        with quiet_coremltools():
+            import coremltools as ct
     except ImportError:
         raise MalmError("the coreml target needs coremltools: pip install 'coremltools>=8' "
                         "(or pip install 'malm[export]')") from None
@@ -59,6 +89,12 @@ def convert_variants(encoder: nn.Module, outputs: list[tuple[Path, str]], cfg: P
                      metadata: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Convert once, then write one `.mlpackage` per (path, weight mode): compression works on the converted
     program, so the fp16 model and its compressed variants share a single trace + conversion."""
+    with quiet_coremltools():
+        return _convert_variants(encoder, outputs, cfg, metadata)
+
+
+def _convert_variants(encoder: nn.Module, outputs: list[tuple[Path, str]], cfg: PreprocessConfig,
+                      metadata: dict[str, str] | None) -> list[dict[str, Any]]:
     for _, weights in outputs:
         if weights not in WEIGHT_MODES:
             raise MalmError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")

@@ -62,3 +62,23 @@ def test_distilled_student_is_cached_per_teacher(setup: dict[str, object], tmp_p
         assert torch.equal(a, b)
     other = distill(*args, cache_dir=tmp_path, teacher_hash="t2", pretrained=False)  # type: ignore[arg-type]
     assert not other.cached and other.key != first.key
+
+
+def test_distillation_drives_a_progress_bar_per_step(setup: dict[str, object]) -> None:
+    from contextlib import contextmanager
+
+    seen: dict[str, object] = {"advanced": 0}
+
+    @contextmanager
+    def bar(label: str, total: int):  # type: ignore[no-untyped-def]
+        seen.update(label=label, total=total)
+
+        def advance(n: int = 1) -> None:
+            seen["advanced"] = int(seen["advanced"]) + n  # type: ignore[call-overload]
+
+        yield advance
+
+    cfg = DistillConfig(epochs=2, batch_size=16, max_steps=3, threads=1)
+    result = distill(setup["teacher"], setup["prepared"], setup["pp"], StudentConfig(embed_dim=16, image_size=32),  # type: ignore[arg-type]
+                     cfg, pretrained=False, bar=bar)
+    assert seen == {"label": "distilling the student", "total": 3, "advanced": 3} and len(result.history) == 2

@@ -194,3 +194,12 @@ def test_unreadable_calibration_image_is_named(tmp_path: Path, exported: dict[st
     assert isinstance(fp32, Path)
     with pytest.raises(MalmError, match="bad.jpg"):
         quantize_int8(fp32, tmp_path / "q.onnx", [bad], PP)
+
+
+def test_calibration_reports_each_image(exported: dict[str, object], tmp_path: Path) -> None:
+    """`on_image` is what the CLI's calibration progress bar advances with: once per calibration image."""
+    paths = exported["paths"]
+    assert isinstance(paths, list)
+    seen: list[int] = []
+    quantize_int8(exported["fp32"], tmp_path / "q.onnx", paths[:5], PP, on_image=seen.append)  # type: ignore[arg-type]
+    assert seen == [1] * 5

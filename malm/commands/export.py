@@ -48,9 +48,10 @@ def export(
                             accept_int8_drop=accept_int8_drop)
     from malm.export.exporter import ExportRequest, run_export
     from malm.export.report import to_markdown
+    from malm.progress import progress
 
     report = run_export(ExportRequest(checkpoint=checkpoint, data_dir=data, bundle=bundle, options=options),
-                        log=lambda m: typer.echo(m, err=True))
+                        log=lambda m: typer.echo(m, err=True), progress=progress)
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:

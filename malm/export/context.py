@@ -7,7 +7,8 @@ artifacts, by `exporter.write_bundle`. A target never touches the bundle or the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from malm.export.registry import ExportOptions
 from malm.preprocess import PreprocessConfig
 
 Log = Callable[[str], None]
+# `with progress(label, total) as advance: advance(n)` — malm.progress.progress fits; the library never draws.
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def no_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n=1: None
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,7 @@ class ExportContext:
     tmp: Path  # scratch directory; artifacts are moved from here into the bundle
     reference: dict[str, dict[str, Any]]  # the reference rows (teacher, student in torch) already measured
     log: Log
+    progress: Progress = no_progress
     latency_runs: int = 30  # timed runs per latency measurement (0 = skip latency)
     parity_images: int = 16
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from malm._atomic import atomic_path, write_text_atomic
 from malm.errors import MalmError
+from malm.export.context import Progress, no_progress
 from malm.export.losses import EmbeddingCosineLoss, RelationalRankingLoss, TokenCosineLoss
 from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.preprocess import PreprocessConfig
@@ -143,8 +144,12 @@ def save_cached(cache_dir: Path, key: str, student: StudentImageEncoder, meta: d
 
 def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, student_cfg: StudentConfig,
             cfg: DistillConfig, *, cache_dir: Path | None = None, teacher_hash: str = "",
-            progress: Callable[[str], None] | None = None, pretrained: bool = True) -> DistillResult:
-    """Train (or load from cache) a student for `teacher` on the training split's images."""
+            progress: Callable[[str], None] | None = None, pretrained: bool = True,
+            bar: Progress = no_progress) -> DistillResult:
+    """Train (or load from cache) a student for `teacher` on the training split's images.
+
+    `progress` gets a line per epoch; `bar(label, total_steps)` (e.g. malm.progress.progress) is advanced
+    once per optimizer step."""
     key = cache_key(teacher_hash, student_cfg, cfg)
     if cache_dir is not None and teacher_hash:
         cached = load_cached(cache_dir, key, student_cfg)
@@ -177,44 +182,9 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         total = cfg.epochs * len(loader) if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * len(loader))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, total) / max(total, 1))))
-        cos_loss, rel_loss, tok_loss = EmbeddingCosineLoss(), RelationalRankingLoss(cfg.temperature), TokenCosineLoss()
         history: list[dict[str, float]] = []
-        step = 0
-        for epoch in range(cfg.epochs):
-            student.train()
-            sums: dict[str, float] = {}
-            n = 0
-            for batch in loader:
-                if cfg.max_steps and step >= cfg.max_steps:
-                    break
-                images = batch["image"]
-                with torch.no_grad():
-                    feats = teacher.image_features(images)
-                    t_emb = teacher.project_image(feats.cls)
-                    own = teacher.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
-                    recipes = torch.cat([own, bank]) if len(bank) else own
-                s_emb, s_tok = student.features(_to_student_size(images, student_cfg.image_size))
-                losses = {"cosine": cos_loss(s_emb, t_emb)}
-                if cfg.relational_weight > 0:
-                    losses["relational"] = cfg.relational_weight * rel_loss(s_emb, t_emb, recipes)
-                if cfg.token_weight > 0 and s_tok is not None:
-                    losses["tokens"] = cfg.token_weight * tok_loss(s_tok, feats.tokens, student.grid())
-                total_loss = sum(losses.values())
-                opt.zero_grad(set_to_none=True)
-                total_loss.backward()  # type: ignore[union-attr]
-                opt.step()
-                sched.step()
-                step += 1
-                n += 1
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if n:
-                row = {"epoch": float(epoch + 1), **{k: v / n for k, v in sums.items()}}
-                history.append(row)
-                log(f"distill epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                                                                         if k != "epoch"))
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
+        with bar("distilling the student", total) as advance:
+            _train_epochs(cfg, student, teacher, loader, bank, opt, sched, student_cfg, history, log, advance)
         student.eval()
     finally:
         torch.set_num_threads(threads)
@@ -228,6 +198,52 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
         except OSError as e:  # a read-only run directory: export still works, the next one distils again
             log(f"could not cache the distilled student in {cache_dir} ({e}); continuing without the cache")
     return DistillResult(student, history, False, key, path, seconds)
+
+
+def _train_epochs(cfg: DistillConfig, student: StudentImageEncoder, teacher: nn.Module, loader: Any,
+                  bank: torch.Tensor, opt: Any, sched: Any, student_cfg: StudentConfig,
+                  history: list[dict[str, float]], log: Callable[[str], None],
+                  advance: Callable[[int], None]) -> int:
+    """The distillation loop; appends one row per epoch to `history`; returns the steps taken."""
+    cos_loss, rel_loss, tok_loss = EmbeddingCosineLoss(), RelationalRankingLoss(cfg.temperature), TokenCosineLoss()
+    step = 0
+    for epoch in range(cfg.epochs):
+        student.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in loader:
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+            images = batch["image"]
+            with torch.no_grad():
+                feats = teacher.image_features(images)
+                t_emb = teacher.project_image(feats.cls)
+                own = teacher.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
+                recipes = torch.cat([own, bank]) if len(bank) else own
+            s_emb, s_tok = student.features(_to_student_size(images, student_cfg.image_size))
+            losses = {"cosine": cos_loss(s_emb, t_emb)}
+            if cfg.relational_weight > 0:
+                losses["relational"] = cfg.relational_weight * rel_loss(s_emb, t_emb, recipes)
+            if cfg.token_weight > 0 and s_tok is not None:
+                losses["tokens"] = cfg.token_weight * tok_loss(s_tok, feats.tokens, student.grid())
+            total_loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            total_loss.backward()  # type: ignore[union-attr]
+            opt.step()
+            sched.step()
+            step += 1
+            n += 1
+            advance(1)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if n:
+            row = {"epoch": float(epoch + 1), **{k: v / n for k, v in sums.items()}}
+            history.append(row)
+            log(f"distill epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                                     if k != "epoch"))
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    return step
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from malm import __version__
 from malm.bundle import MANIFEST, BundleWriter, read_manifest, require_same_checkpoint
 from malm.errors import MalmError
 from malm.export import int8_gate, steps
-from malm.export.context import Artifacts, ExportContext, Log
+from malm.export.context import Artifacts, ExportContext, Log, Progress, no_progress
 from malm.export.registry import TARGETS, ExportOptions, require
 from malm.preprocess import PreprocessConfig
 
@@ -41,7 +41,9 @@ class ExportRequest:
     pretrained_student: bool = True  # start the student from ImageNet weights
 
 
-def run_export(req: ExportRequest, log: Log | None = None) -> dict[str, Any]:
+def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = no_progress) -> dict[str, Any]:
+    """Export `req`; `log` gets the step lines (default: stderr), `progress(label, total)` draws the bars of
+    distillation and int8 calibration (malm.progress.progress in the CLI; none by default)."""
     opts = req.options
     say: Log = log or (lambda m: print(m, file=sys.stderr))
     require(opts.target)
@@ -53,13 +55,13 @@ def run_export(req: ExportRequest, log: Log | None = None) -> dict[str, Any]:
     check_bundle(req.bundle, pp, teacher.sha256)
     prepared = steps.prepare_data(teacher, Path(req.data_dir))
 
-    student = steps.make_student(teacher, opts, pp, prepared, req.distill, req.pretrained_student, say)
+    student = steps.make_student(teacher, opts, pp, prepared, req.distill, req.pretrained_student, say, progress)
     data = steps.eval_data(teacher, pp, prepared, Path(req.data_dir), opts.num_eval_images, req.parity_images)
     reference = steps.reference_rows(teacher, student, data, opts.tag, req.latency_runs)
 
     with tempfile.TemporaryDirectory(prefix="malm-export-") as tmp:
         ctx = ExportContext(opts, teacher, student, data, steps.onnx_metadata(teacher, student, opts), Path(tmp),
-                            reference, say, req.latency_runs, req.parity_images)
+                            reference, say, progress, req.latency_runs, req.parity_images)
         artifacts = TARGETS[opts.target].build(ctx)
         # The int8 gate holds every int8 encoder to the fp32 one and adds the self-check files to the artifacts.
         gate, selfcheck = int8_gate.check_export(artifacts.files, data.eval_images, data.recipe_emb, Path(tmp),

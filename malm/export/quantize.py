@@ -9,7 +9,7 @@ activation ranges are the ones the device will see.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,16 @@ class _Reader:
     """onnxruntime CalibrationDataReader over preprocessed image batches (one image per call keeps the
     calibration model's batch dim trivially compatible with static-shape exports)."""
 
-    def __init__(self, image_paths: Sequence[Path], cfg: PreprocessConfig, input_name: str) -> None:
+    def __init__(self, image_paths: Sequence[Path], cfg: PreprocessConfig, input_name: str,
+                 on_image: Callable[[int], None] | None = None) -> None:
         self._it = (x[j:j + 1] for x in calibration_batches(image_paths, cfg) for j in range(len(x)))
         self.input_name = input_name
+        self._on_image = on_image
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self._it, None)
+        if x is not None and self._on_image is not None:
+            self._on_image(1)
         return None if x is None else {self.input_name: x}
 
     def rewind(self) -> None:  # pragma: no cover - only some calibrators call it
@@ -120,8 +124,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path], cfg: PreprocessConfig, *,
                   method: str = "minmax", exclude_ops: Sequence[str] = (),
                   activations: str = "symmetric", weights: str = "int8", per_channel: bool = True,
-                  reduce_range: bool | str = False, pre_process: bool = True) -> dict[str, Any]:
-    """Write the QDQ int8 model; returns what was done (for the manifest).
+                  reduce_range: bool | str = False, pre_process: bool = True,
+                  on_image: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Write the QDQ int8 model; returns what was done (for the manifest). `on_image(1)` after each
+    calibration image (a progress bar).
 
     activations="symmetric": int8 activations with zero point 0 (TensorRT's explicit quantization).
     activations="asymmetric": uint8 activations with a calibrated zero point (the x86 CPU variant). x86 ONNX
@@ -165,7 +171,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path],
             overrides = {w: [{"axis": ax, "reduce_range": True}] for w, ax in gemm_weights(pre).items()}
         with atomic_path(out_path) as out_tmp:
             quantize_static(
-                str(pre), str(out_tmp), _Reader(calib_images, cfg, "image"),
+                str(pre), str(out_tmp), _Reader(calib_images, cfg, "image", on_image),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,

@@ -16,7 +16,7 @@ import numpy as np
 from malm import __version__
 from malm.bundle import sha256_path
 from malm.errors import MalmError
-from malm.export.context import EvalData, Log, Student, Teacher
+from malm.export.context import EvalData, Log, Progress, Student, Teacher, no_progress
 from malm.export.registry import ExportOptions
 from malm.preprocess import PreprocessConfig
 
@@ -62,7 +62,7 @@ def prepare_data(teacher: Teacher, data_dir: Path) -> Any:
 
 
 def make_student(teacher: Teacher, options: ExportOptions, pp: PreprocessConfig, prepared: Any,
-                 distill_cfg: Any, pretrained: bool, log: Log) -> Student:
+                 distill_cfg: Any, pretrained: bool, log: Log, progress: Progress = no_progress) -> Student:
     """Distil (or load from the run's cache) the edge student; `--student none` exports the teacher's tower."""
     from malm.export.distill import DistillConfig, StudentFeatures, TeacherImage, distill
     from malm.export.distill import cache_key as distill_key
@@ -85,7 +85,7 @@ def make_student(teacher: Teacher, options: ExportOptions, pp: PreprocessConfig,
         if (cache / f"student-{distill_key(teacher.sha256, tok_scfg, tok_dcfg)}.safetensors").is_file():
             scfg, dcfg = tok_scfg, tok_dcfg
     result = distill(teacher.model, prepared, teacher.preprocess, scfg, dcfg, cache_dir=cache,
-                     teacher_hash=teacher.sha256, progress=log, pretrained=pretrained)
+                     teacher_hash=teacher.sha256, progress=log, pretrained=pretrained, bar=progress)
     log(f"student {'loaded from cache' if result.cached else f'distilled in {result.seconds:.0f}s'}: {result.path}")
     info = {"arch": scfg.arch, "config": scfg.to_dict(), "distill_key": result.key, "history": result.history,
             "cached": result.cached}

@@ -77,7 +77,8 @@ def _image_int8(ctx: ExportContext, out: Artifacts, emb32: np.ndarray) -> None:
     for filename, rel, name, message, extra in _INT8_VARIANTS:
         path = ctx.tmp / filename
         ctx.log(message.format(n=len(calib)))
-        info = quantize_int8(fp32, path, calib, ctx.student.preprocess, **VARIANTS[name])
+        with ctx.progress(f"calibrating {filename}", len(calib)) as advance:
+            info = quantize_int8(fp32, path, calib, ctx.student.preprocess, **VARIANTS[name], on_image=advance)
         ox.set_metadata(path, ctx.meta_for(role="image", precision="int8", **extra))
         emb8 = ox.run_image(ox.session(path, threads=2), ctx.data.eval_images)
         row = ctx.quality(emb8, path)

@@ -34,8 +34,9 @@ def build(ctx: ExportContext) -> Artifacts:
         calib = ctx.data.calibration_paths(opts.calibration_images)
         ctx.log(f"int8: calibrating on {len(calib)} training images (QDQ, symmetric, per-channel: TensorRT "
                 "explicit quantization)")
-        extra["quantization"] = {**quantize_int8(static, path, calib, ctx.student.preprocess),
-                                 **qdq_properties(path)}
+        with ctx.progress("calibrating image_static.onnx", len(calib)) as advance:
+            info = quantize_int8(static, path, calib, ctx.student.preprocess, on_image=advance)
+        extra["quantization"] = {**info, **qdq_properties(path)}
         ox.set_metadata(path, ctx.meta_for(role="image", precision="int8", target="tensorrt"))
     file_hash, _ = sha256_path(path)
     rel = trt_mod.STATIC_ONNX

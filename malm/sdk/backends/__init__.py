@@ -7,6 +7,8 @@ dependency, so "auto" resolves to it wherever the SDK is installed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from malm.errors import BundleError, MalmError
 from malm.sdk.backends.base import EncoderOutput, ImageBackend
 from malm.sdk.backends.ort import (
@@ -20,7 +22,6 @@ from malm.sdk.backends.ort import (
 )
 from malm.sdk.bundle_loader import Bundle
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "coreml")
 VARIANTS = ("auto", "int8_cpu", "int8", "fp32")
 IMAGE_ENCODERS = {"int8_cpu": "image_int8_cpu", "int8": "image_int8", "fp32": "image_fp32"}
 
@@ -84,30 +85,29 @@ def targets(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> lis
     return [(variant, backend, backend, encoder_file(bundle, backend, variant))]
 
 
-def create_backend(bundle: Bundle, backend: str = "auto", variant: str = "auto",
-                   threads: int | None = None) -> ImageBackend:
-    if backend not in BACKENDS:
-        raise MalmError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if variant not in VARIANTS:
-        raise MalmError(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
-    if backend in ("auto", "onnxruntime"):
-        providers = select_providers(available_providers())
-        chosen = choose_variant(bundle, variant, providers[0])
-        image_entry = bundle.encoder(IMAGE_ENCODERS[chosen]) or {}
-        ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen, providers, threads)
-        if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
-            raise BundleError(f"bundle {bundle.root}: image encoder {image_entry.get('file')} gives dim {ort_backend.dim}, "
-                              f"the index has dim {bundle.dim}")
-        return ort_backend
-    if backend == "tensorrt":
-        from malm.sdk.backends.tensorrt import TensorRTBackend, import_tensorrt
+def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
+    providers = select_providers(available_providers())
+    chosen = choose_variant(bundle, variant, providers[0])
+    image_entry = bundle.encoder(IMAGE_ENCODERS[chosen]) or {}
+    ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen, providers, threads)
+    if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
+        raise BundleError(f"bundle {bundle.root}: image encoder {image_entry.get('file')} gives dim {ort_backend.dim}, "
+                          f"the index has dim {bundle.dim}")
+    return ort_backend
 
-        import_tensorrt()  # the install hint before anything else
-        trt_entry = bundle.encoder("image_tensorrt")
-        if not trt_entry:
-            raise BundleError(f"bundle {bundle.root}: has no TensorRT-ready ONNX (export with --target tensorrt)")
-        rel = str(trt_entry["file"])
-        return TensorRTBackend(bundle.path(rel), bundle.file_hash(rel), str(trt_entry.get("precision", "fp16")))
+
+def _tensorrt(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
+    from malm.sdk.backends.tensorrt import TensorRTBackend, import_tensorrt
+
+    import_tensorrt()  # the install hint before anything else
+    trt_entry = bundle.encoder("image_tensorrt")
+    if not trt_entry:
+        raise BundleError(f"bundle {bundle.root}: has no TensorRT-ready ONNX (export with --target tensorrt)")
+    rel = str(trt_entry["file"])
+    return TensorRTBackend(bundle.path(rel), bundle.file_hash(rel), str(trt_entry.get("precision", "fp16")))
+
+
+def _coreml(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
     from malm.sdk.backends.coreml import CoreMLBackend, require_macos
 
     require_macos()
@@ -115,3 +115,24 @@ def create_backend(bundle: Bundle, backend: str = "auto", variant: str = "auto",
     if not entry:
         raise BundleError(f"bundle {bundle.root}: has no CoreML model (export with --target coreml)")
     return CoreMLBackend(bundle.path(str(entry["file"])), bundle.preprocess, str(entry.get("precision", "fp16")))
+
+
+# name -> factory(bundle, variant, threads). A new backend: a module here implementing `ImageBackend` (its
+# heavy imports inside the factory) and one entry below; "auto" is the first entry (ONNX Runtime, a base
+# dependency, which itself prefers its TensorRT / CUDA / CoreML execution providers).
+FACTORIES: dict[str, Callable[[Bundle, str, int | None], ImageBackend]] = {
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
+    "coreml": _coreml,
+}
+BACKENDS = ("auto", *FACTORIES)
+
+
+def create_backend(bundle: Bundle, backend: str = "auto", variant: str = "auto",
+                   threads: int | None = None) -> ImageBackend:
+    if backend not in BACKENDS:
+        raise MalmError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    if variant not in VARIANTS:
+        raise MalmError(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
+    factory = FACTORIES[backend] if backend != "auto" else next(iter(FACTORIES.values()))
+    return factory(bundle, variant, threads)

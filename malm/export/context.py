@@ -108,6 +108,17 @@ class Artifacts:
         self.encoders[name] = entry
         self.variants[variant or name] = {"file": rel, **row}
 
+    @classmethod
+    def join(cls, *parts: Artifacts) -> Artifacts:
+        """The parts in order (a target built in steps, each step returning its own `Artifacts`)."""
+        out = cls()
+        for part in parts:
+            out.files += part.files
+            out.encoders.update(part.encoders)
+            out.variants.update(part.variants)
+            out.notes += part.notes
+        return out
+
 
 @dataclass(frozen=True)
 class ExportContext:
@@ -123,7 +134,6 @@ class ExportContext:
     log: Log
     progress: Progress = no_progress
     latency_runs: int = 30  # timed runs per latency measurement (0 = skip latency)
-    parity_images: int = 16
 
     @property
     def model_hash(self) -> str:

@@ -61,7 +61,7 @@ def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = 
 
     with tempfile.TemporaryDirectory(prefix="malm-export-") as tmp:
         ctx = ExportContext(opts, teacher, student, data, steps.onnx_metadata(teacher, student, opts), Path(tmp),
-                            reference, say, progress, req.latency_runs, req.parity_images)
+                            reference, say, progress, req.latency_runs)
         artifacts = TARGETS[opts.target].build(ctx)
         # The int8 gate holds every int8 encoder to the fp32 one and adds the self-check files to the artifacts.
         gate, selfcheck = int8_gate.check_export(artifacts.files, data.eval_images, data.recipe_emb, Path(tmp),

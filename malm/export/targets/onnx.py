@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -23,17 +24,13 @@ RECIPE = "encoders/recipe_fp32.onnx"
 
 
 def build(ctx: ExportContext) -> Artifacts:
-    out = Artifacts()
-    emb32 = _image_fp32(ctx, out)
-    if ctx.options.int8:
-        _image_int8(ctx, out, emb32)
-    if ctx.options.tokens:
-        _matching_head(ctx, out)
-    _recipe_encoder(ctx, out)
-    return out
+    fp32, emb32 = _image_fp32(ctx)
+    int8 = _image_int8(ctx, emb32, fp32.variants["image_fp32"].get("retrieval", {})) if ctx.options.int8 else None
+    head = _matching_head(ctx) if ctx.options.tokens else None
+    return Artifacts.join(*(part for part in (fp32, int8, head, _recipe_encoder(ctx)) if part is not None))
 
 
-def _image_fp32(ctx: ExportContext, out: Artifacts) -> np.ndarray:
+def _image_fp32(ctx: ExportContext) -> tuple[Artifacts, np.ndarray]:
     from malm.export import onnx_export as ox
 
     tokens = ctx.options.tokens
@@ -45,10 +42,11 @@ def _image_fp32(ctx: ExportContext, out: Artifacts) -> np.ndarray:
     worst = ox.parity_check(ox.ImageEncoderForExport(encoder, tokens=False), path, parity)
     ctx.log(f"image_fp32.onnx: parity with torch OK (min cosine {worst:.6f} on {len(parity)} real images)")
     emb32 = ox.run_image(ox.session(path, threads=2), ctx.data.eval_images)
+    out = Artifacts()
     out.add(path, FP32, "image_fp32", ctx.onnx_entry(path, FP32, "onnx", "fp32", tokens=tokens,
                                                      parity_min_cosine=worst),
             {"parity_min_cosine": worst, **ctx.quality(emb32, path)})
-    return emb32
+    return out, emb32
 
 
 # (file in tmp, bundle path, name, log line, extra metadata and manifest fields); the quantization options
@@ -64,16 +62,17 @@ _INT8_VARIANTS = (
 )
 
 
-def _image_int8(ctx: ExportContext, out: Artifacts, emb32: np.ndarray) -> None:
+def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> Artifacts:
+    """The int8 variants of image_fp32.onnx; `emb32` / `r32` are fp32's embeddings and retrieval row."""
     from malm.export import onnx_export as ox
     from malm.export.quantize import VARIANTS, qdq_properties, quantize_int8
 
+    out = Artifacts()
     want = ctx.options.calibration_images
     calib = ctx.data.calibration_paths(want)
     if len(calib) < want:
         out.notes.append(f"int8 calibration asked for {want} images; the training split has {len(calib)}")
     fp32 = ctx.tmp / "image_fp32.onnx"
-    r32 = out.variants["image_fp32"].get("retrieval", {})
     for filename, rel, name, message, extra in _INT8_VARIANTS:
         path = ctx.tmp / filename
         ctx.log(message.format(n=len(calib)))
@@ -89,18 +88,20 @@ def _image_int8(ctx: ExportContext, out: Artifacts, emb32: np.ndarray) -> None:
         prefer = {"prefer": "cpu"} if extra else {}
         out.add(path, rel, name, ctx.onnx_entry(path, rel, "onnx", "int8", tokens=ctx.options.tokens,
                                                 quantization={**info, **qdq_properties(path)}, **prefer), row)
+    return out
 
 
-def _matching_head(ctx: ExportContext, out: Artifacts) -> None:
+def _matching_head(ctx: ExportContext) -> Artifacts:
     """With --tokens, ship the run's trained matching head for re-ranking (when the preset trained one)."""
     from malm.export import matching_head as mh
 
+    out = Artifacts()
     run, tag = ctx.teacher.run, ctx.teacher.tag
     head = mh.load_trained_head(run, ctx.teacher.config)
     if head is None:
         out.notes.append("no trained matching head in this run (preset without the matching loss, or no "
                          f"{mh.STATE_FILE}): re-ranking can use late interaction only")
-        return
+        return out
     path = ctx.tmp / "matching_head.onnx"
     entry = mh.export_head(head, path, {k: ctx.meta[k] for k in ("malm_version", "model_hash", "teacher_sha256",
                                                                  "config_hash")})
@@ -114,20 +115,22 @@ def _matching_head(ctx: ExportContext, out: Artifacts) -> None:
     ctx.log(f"{mh.BUNDLE_PATH}: trained matching head exported (step {head.step}, parity max |diff| "
             f"{entry['parity_max_abs']:.1e})")
     out.add(path, mh.BUNDLE_PATH, "matching_head", entry, {"size_mb": round(path.stat().st_size / 1e6, 3)})
+    return out
 
 
-def _recipe_encoder(ctx: ExportContext, out: Artifacts) -> None:
+def _recipe_encoder(ctx: ExportContext) -> Artifacts:
     from malm.export import onnx_export as ox
     from malm.training.embed import stack_recipes
 
+    out = Artifacts()
     opts, teacher = ctx.options, ctx.teacher.model
     recipe_cfg = getattr(getattr(teacher, "recipe_encoder", None), "cfg", None)
     if not opts.with_recipe_encoder:
-        return
+        return out
     if opts.recipe_encoder is None and getattr(recipe_cfg, "sentence_features", "learned") != "learned":
         # Not asked for explicitly, and MiniLM sentence vectors are not token ids: skip rather than fail.
         out.notes.append("recipe encoder not exported: this model reads MiniLM sentence vectors, not vocab ids")
-        return
+        return out
     path = ctx.tmp / "recipe_fp32.onnx"
     example = stack_recipes(ctx.data.items[:4])
     try:
@@ -143,4 +146,4 @@ def _recipe_encoder(ctx: ExportContext, out: Artifacts) -> None:
                            parity_min_cosine=worst)
     out.add(path, RECIPE, "recipe_fp32", entry, {"size_mb": round(path.stat().st_size / 1e6, 3),
                                                  "parity_min_cosine": worst})
-
+    return out

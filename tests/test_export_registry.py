@@ -70,3 +70,12 @@ def test_cli_refuses_unsupported_option_before_loading_anything(tmp_path: object
     assert res.returncode == 2
     assert "error: --int8 is not supported by --target coreml (supported by: onnx, tensorrt)" in res.stderr
     assert res.stderr.strip().endswith("False")  # validation happened without importing torch
+
+
+def test_every_target_is_a_module_with_build_and_dispatch_goes_through_the_table() -> None:
+    """A new target = one TARGETS entry + one module under malm/export/targets/ (docs/architecture.md)."""
+    import inspect
+
+    for name, target in TARGETS.items():
+        assert target.build.__module__ == f"malm.export.targets.{target.module}", name
+        assert list(inspect.signature(target.build).parameters) == ["ctx"], name

@@ -10,32 +10,19 @@ The torch recipe encoder (malm.training.embed) is imported only when --checkpoin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from malm.errors import MalmError
+from malm.progress import progress
 
 index_app = typer.Typer(help="Build and update a bundle's recipe index.", no_args_is_help=True,
                         pretty_exceptions_show_locals=False)
 
 SPLITS = ("all", "train", "val", "test")
-
-
-@contextmanager
-def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields `advance(n)`."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=not console.is_terminal) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], Any]:
@@ -121,7 +108,7 @@ def build_command(
     encode = torch_recipe_encoder(checkpoint, tag, tokens=rerank_tokens or matching_head is not None or bool(shipped))
     extra = {"checkpoint": {"run": str(checkpoint), "tag": tag, "sha256": digest}, "recipes": str(recipes),
              "split": split}
-    with _progress(len(records), "encoding recipes") as advance:
+    with progress("encoding recipes", total=len(records)) as advance:
         report = build_index(bundle, records, encode, M=m, ef_construction=ef_construction, ef_search=ef_search,
                              batch_size=batch_size, progress=advance, report=read, extra=extra)
     use_matching_head(bundle, given=matching_head, shipped=shipped)
@@ -158,7 +145,7 @@ def add_command(
         from malm.sdk.recipe_encoder import OnnxRecipeEncoder
 
         encode = OnnxRecipeEncoder(open_bundle(bundle))
-    with _progress(len(records), "encoding recipes") as advance:
+    with progress("encoding recipes", total=len(records)) as advance:
         report = add_recipes(bundle, records, encode, batch_size=batch_size, progress=advance, report=read,
                              replace_existing=replace)
     _echo_report(report, bundle, "added", json_out)

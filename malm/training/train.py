@@ -392,28 +392,23 @@ def _save(out: Path, info: dist_util.DistInfo, task: Task, optimizer: torch.opti
 
 
 class _Progress:
-    """A rich progress bar on stderr with loss and samples/s (no-op when disabled)."""
+    """The training bar (malm.progress) with loss and samples/s; a no-op when disabled."""
 
     def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.progress = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from contextlib import ExitStack
 
-        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s"),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-        self.task_id = self.progress.add_task("train", total=total, completed=done, loss=math.nan, speed=0.0)
-        self.progress.start()
+        from malm.progress import progress
+
+        self._stack = ExitStack()
+        self.bar = self._stack.enter_context(progress(
+            "train", total=total, enabled=enabled, completed=done, fields={"loss": math.nan, "speed": 0.0},
+            fmt="loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s", transient=False))
 
     def update(self, step: int, loss: float, speed: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task_id, completed=step, loss=loss, speed=speed)
+        self.bar.update(completed=step, loss=loss, speed=speed)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self._stack.close()
 
 
 # ------------------------------------------------------------------------------------------- torchrun entry

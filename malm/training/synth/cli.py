@@ -24,20 +24,14 @@ def synth_command(
     from dataclasses import asdict
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from malm.progress import progress
     from malm.training.synth import generate
 
     err = Console(stderr=True)
-    with Progress(TextColumn("drawing photos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
-        task = bar.add_task("synth", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress("drawing photos", transient=True) as bar:
         stats = generate(out, recipes=recipes, seed=seed, image_size=image_size, workers=workers, force=force,
-                         progress=progress)
+                         progress=lambda done, total: bar.update(completed=done, total=total))
     if json_out:
         typer.echo(json.dumps(asdict(stats)))
         return

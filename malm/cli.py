@@ -12,11 +12,14 @@ inside its body, so `malm --help` and `malm query` start fast and never import t
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
@@ -30,28 +33,76 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # -h everywhere (click hands help_option_names down to every subcommand's context).
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from malm import __version__
+
+        typer.echo(f"malm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass  # the options above only; the app's help text is Typer(help=...)
 
 
 def _register() -> None:
     # Order here is the order in `malm --help`.
-    from malm.commands import bench, data, demo, evaluate, export, index, query, train
+    from malm.commands import bench, bundle, data, demo, evaluate, export, index, query, train
+    from malm.commands._options import escape_help
 
-    for module in (demo, data, train, evaluate, export, index, query, bench):
+    for module in (demo, data, train, evaluate, export, index, bundle, query, bench):
         module.register(app)
+    escape_help(app)
 
 
 _register()
 
 
-def _command_name(argv: list[str]) -> str:
-    """`malm export`, `malm index build`: the words before the first option, for error lines."""
-    words = []
-    for arg in argv:
-        if arg.startswith("-") or len(words) == 2:
+def command_name(argv: list[str]) -> str:
+    """The (sub)command an argument list names, e.g. "index add" (for error objects); "" when none."""
+    from typer.main import get_command
+
+    cmd: Any = get_command(app)
+    names: list[str] = []
+    for token in argv:
+        # A group has `.commands` (no click import: typer may vendor its own click).
+        children = getattr(cmd, "commands", None)
+        if token.startswith("-") or not isinstance(children, dict) or token not in children:
             break
-        words.append(arg)
-    return " ".join(["malm", *words])
+        names.append(token)
+        cmd = children[token]
+    return " ".join(names)
+
+
+def _fail(argv: list[str], message: str, code: int, show: Callable[[], None] | None = None) -> NoReturn:
+    """Exit with `code` after one line on stderr; with --json also an error object on stdout, so a
+    program reading stdout always gets JSON: {"error": ..., "command": ..., "exit_code": ...}."""
+    _json_error(argv, message, code)
+    if show is not None:
+        show()
+    else:
+        typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _json_error(argv: list[str], message: str, code: int) -> None:
+    if "--json" in argv:
+        typer.echo(json.dumps({"error": message, "command": command_name(argv), "exit_code": code},
+                              ensure_ascii=False))
+
+
+def _command_name(argv: list[str]) -> str:
+    """`malm export`, `malm index build`: the command an argument list names, for error lines."""
+    return " ".join(["malm", *command_name(argv).split()])
 
 
 def _write_traceback(command: str) -> Path | None:
@@ -86,29 +137,27 @@ def main() -> None:
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except MalmError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(argv, str(e), 2)
     except OSError as e:
         # Disk full, permission denied, read-only filesystem…: about the user's files, not a bug in malm.
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(argv, str(e), 2)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(argv, "aborted", 130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:
         # typer >= 0.2x vendors its own click (plain `click` may not even be installed): recognize a
         # usage error by its interface, not its class.
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            sys.exit(e.exit_code)
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+            _fail(argv, message, e.exit_code, show=e.show)
         if debug:
             raise
         where = _write_traceback(command)
         hint = f"traceback in {where}" if where else "no traceback file could be written"
-        typer.echo(f"error: {command} failed unexpectedly: {type(e).__name__}: {e} "
-                   f"({hint}; rerun with --debug to show it)", err=True)
+        message = f"{command} failed unexpectedly: {type(e).__name__}: {e}"
+        _json_error(argv, message, 1)
+        typer.echo(f"error: {message} ({hint}; rerun with --debug to show it)", err=True)
         sys.exit(1)
 
 

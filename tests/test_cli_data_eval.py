@@ -87,7 +87,6 @@ def test_eval_table(tmp_path) -> None:
     ("args", "message"),
     [
         (["--size", "5000"], "size 5000 is larger than the 300 pairs"),
-        (["--protocol", "nope"], "--protocol must be one of"),
         ([], None),  # filled in below: an npz without the `recipe` array
     ],
 )
@@ -100,6 +99,14 @@ def test_eval_refusals(tmp_path, args, message) -> None:
     r = runner.invoke(app, ["eval", "--embeddings", str(tmp_path / "emb.npz"), *args])
     assert isinstance(r.exception, MalmError)
     assert re.search(message, str(r.exception)), str(r.exception)
+
+
+def test_eval_protocol_is_a_declared_choice(tmp_path) -> None:
+    _npz(tmp_path / "emb.npz", np.ones((300, 4)), np.ones((300, 4)))
+    r = runner.invoke(app, ["eval", "--embeddings", str(tmp_path / "emb.npz"), "--protocol", "nope"],
+                      env={"COLUMNS": "200"})
+    assert r.exit_code == 2  # a usage error, caught by the parser before any work
+    assert "'nope' is not one of 'ht', 'tfood'" in r.output
 
 
 def test_eval_source_checks(tmp_path) -> None:

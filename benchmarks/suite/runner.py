@@ -12,6 +12,7 @@ from benchmarks import report
 from benchmarks.machine import machine_info, summary_line
 from benchmarks.suite import targets
 from benchmarks.suite.context import SECTIONS, BenchOptions, Context, SectionSkipped
+from malm.progress import progress
 
 SCHEMA = "malm-bench/1"
 # section name -> module in benchmarks.suite; cheap sections first so a late failure keeps them.
@@ -41,28 +42,34 @@ def run(options: BenchOptions) -> dict[str, Any]:
             results["sections"] = dict(previous.get("sections", {}))
             results["merged_from"] = {"started": previous.get("started"), "command": previous.get("command"),
                                       "machine": previous.get("machine")}
-    for name in SECTIONS:
-        if name not in options.sections:
-            continue
-        ctx.log(f"== {name} ==")
-        start = ctx.elapsed()
-        entry: dict[str, Any]
-        try:
-            module = importlib.import_module(f"benchmarks.suite.{MODULES[name]}")
-            entry = {"status": "ok", **module.run(ctx)}
-        except SectionSkipped as e:
-            entry = {"status": "skipped", "skipped": str(e)}
-            ctx.log(f"{name}: skipped: {e}")
-        except Exception as e:  # one broken section must not lose the others' numbers
-            entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-            ctx.log(f"{name}: FAILED: {type(e).__name__}: {e}")
-        entry["seconds"] = round(ctx.elapsed() - start, 2)
-        entry["measured"] = _now()
-        # Other work on the machine during the section (1/5/15-minute load averages at its end).
-        entry["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-        results["sections"][name] = entry
-        _finish(results, ctx)
+    chosen = [name for name in SECTIONS if name in options.sections]
+    # One bar over the sections (malm.progress, stderr); the sections' own log lines print above it.
+    with progress("bench", total=len(chosen)) as bar:
+        for name in chosen:
+            _run_section(name, ctx, results)
+            bar.advance()
     return results
+
+
+def _run_section(name: str, ctx: Context, results: dict[str, Any]) -> None:
+    ctx.log(f"== {name} ==")
+    start = ctx.elapsed()
+    entry: dict[str, Any]
+    try:
+        module = importlib.import_module(f"benchmarks.suite.{MODULES[name]}")
+        entry = {"status": "ok", **module.run(ctx)}
+    except SectionSkipped as e:
+        entry = {"status": "skipped", "skipped": str(e)}
+        ctx.log(f"{name}: skipped: {e}")
+    except Exception as e:  # one broken section must not lose the others' numbers
+        entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        ctx.log(f"{name}: FAILED: {type(e).__name__}: {e}")
+    entry["seconds"] = round(ctx.elapsed() - start, 2)
+    entry["measured"] = _now()
+    # Other work on the machine during the section (1/5/15-minute load averages at its end).
+    entry["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    results["sections"][name] = entry
+    _finish(results, ctx)
 
 
 def _finish(results: dict[str, Any], ctx: Context) -> None:

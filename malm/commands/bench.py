@@ -52,14 +52,13 @@ def _import_suite(root: Path) -> Path:
     return root
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v.replace("_", "")) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise MalmError(f"bench: {name} must be comma-separated integers, got {text!r}") from None
-    if not values:
+def _ints(values: list[str] | None, name: str) -> tuple[int, ...]:
+    from malm.commands._options import split_ints
+
+    ints = tuple(split_ints(values, name))
+    if not ints:
         raise MalmError(f"bench: {name} is empty")
-    return values
+    return ints
 
 
 def register(app: typer.Typer) -> None:
@@ -71,39 +70,48 @@ def register(app: typer.Typer) -> None:
         bundle: Path | None = typer.Option(None, "--bundle", help="Measure this bundle instead of building a tiny one."),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Training run of the bundle's model (the torch teacher)."),
         data: Path | None = typer.Option(None, "--data", help="Dataset (Recipe1M layout) for building and calibration."),
-        only: str = typer.Option("", "--only", help="Comma-separated sections to run (others are kept from an existing bench.json): "
-                                 "peak,bundle,latency,encoder,cold_start,training,index."),
-        threads: str = typer.Option("1,2", "--threads", help="Thread counts for latency."),
-        index_sizes: str = typer.Option("", "--index-sizes", help="Index sizes (default: 10000,100000,1000000; quick: 500,2000)."),
+        only: list[str] | None = typer.Option(None, "--only", help="Sections to run, repeated or comma-separated (others are kept from an existing bench.json): "
+                                              "peak,bundle,latency,encoder,cold_start,training,index."),
+        threads: list[str] | None = typer.Option(None, "--threads", help="Thread counts for latency, repeated or comma-separated (default: 1,2)."),
+        index_sizes: list[str] | None = typer.Option(None, "--index-sizes", help="Index sizes, repeated or comma-separated (default: 10000,100000,1000000; quick: 500,2000)."),
         index_dim: int | None = typer.Option(None, "--index-dim", help="Vector dim for the index section (default: the model's)."),
         deploy_recipes: int = typer.Option(100_000, "--deploy-recipes", help="Recipes in the deployment-size bundle (latency, cold start; full runs)."),
         budget_min: float = typer.Option(15.0, "--budget-min", help="Soft time limit: slow optional peer builds are skipped past it."),
         seed: int = typer.Option(0, "--seed"),
+        json_out: bool = typer.Option(False, "--json", help="Print bench.json's content on stdout (the log stays on stderr)."),
     ) -> None:
         """Benchmark query latency, encoder throughput, index at scale, training and bundle size."""
         root = _import_suite(find_suite())
         from benchmarks.suite.context import SECTIONS, BenchOptions
         from benchmarks.suite.runner import failed_sections, run
         from benchmarks.suite.targets import evaluate  # noqa: F401  (fail early if the suite is broken)
+        from malm.commands._options import split_list
 
-        sections = tuple(s.strip() for s in only.split(",") if s.strip()) or SECTIONS
+        sections = tuple(split_list(only)) or SECTIONS  # BenchOptions rejects unknown ones
         options = BenchOptions(
             out=out or root / "benchmarks" / "results" / ("quick" if quick else ""),
             work=work or root / "runs" / ("bench-quick" if quick else "bench"),
             quick=quick, bundle=bundle, checkpoint=checkpoint, data=data, sections=sections,
-            threads=_ints(threads, "--threads"),
+            threads=_ints(threads or ["1,2"], "--threads"),
             index_sizes=_ints(index_sizes, "--index-sizes") if index_sizes else
             ((500, 2000) if quick else (10_000, 100_000, 1_000_000)),
             index_dim=index_dim, deploy_recipes=deploy_recipes, budget_s=budget_min * 60, seed=seed,
             command="malm bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []),
         )
         results = run(options)
+        failed = failed_sections(results)
+        if json_out:
+            import json
+
+            typer.echo(json.dumps(results, indent=1, default=str))
+            if failed:
+                raise typer.Exit(1)
+            return
         typer.echo(f"wrote {options.out / 'bench.json'} and {options.out / 'bench.md'} in {results['duration_s']:.0f} s")
         for t in results.get("targets", []):
             mark = {True: "met", False: "MISSED", None: "n/a"}[t["passed"]]
             ratio = "" if t["ratio"] is None else f" (ratio {t['ratio']:.2f})"
             typer.echo(f"  [{mark}] {t['target']}: {t['measured']}{ratio}, goal {t['goal']}")
-        failed = failed_sections(results)
         if failed:
             typer.echo(f"error: benchmark section(s) failed: {', '.join(failed)} (details in bench.json)", err=True)
             raise typer.Exit(1)

@@ -18,13 +18,18 @@ def demo_command(
     distill_epochs: int = typer.Option(DemoConfig.distill_epochs, "--distill-epochs", help="Student distillation epochs"),
     coreml: bool = typer.Option(True, "--coreml/--no-coreml", help="Also convert the student to CoreML"),
     queries: int = typer.Option(DemoConfig.queries, "--queries", help="Held-out test photos to query"),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (the log stays on stderr)"),
 ) -> None:
     """Generate data → train → evaluate → export int8 ONNX (+ CoreML) → index → query → summary."""
     from malm.demo import run_demo
 
     cfg = DemoConfig(out=out, recipes=recipes, seed=seed, preset=preset, epochs=epochs,
                     distill_epochs=distill_epochs, coreml=coreml, queries=queries)
-    run_demo(cfg, log=lambda m: typer.echo(m, err=True))
+    summary = run_demo(cfg, log=lambda m: typer.echo(m, err=True))
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(summary, indent=1, ensure_ascii=False))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
 
+from malm.commands._options import split_ints
 from malm.errors import MalmError
 
 
@@ -53,12 +55,12 @@ def eval_command(
     embeddings: Path | None = typer.Option(None, "--embeddings", help=".npz with arrays `image` and `recipe` [N, D]"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Run folder to embed --data with"),
     data: Path | None = typer.Option(None, "--data", help="Recipe1M-layout folder (with --checkpoint)"),
-    split: str = typer.Option("test", "--split", help="Split to embed (with --checkpoint)"),
-    tag: str = typer.Option("best", "--tag", help="Checkpoint tag: best or last"),
+    split: Literal["train", "val", "test"] = typer.Option("test", "--split", help="Split to embed (with --checkpoint)"),
+    tag: Literal["best", "last"] = typer.Option("best", "--tag", help="Checkpoint tag"),
     device: str = typer.Option("cpu", "--device", help="Torch device for --checkpoint"),
     save: Path | None = typer.Option(None, "--save", help="Also write the embeddings (and ids) to this .npz"),
-    protocol: str = typer.Option("ht", "--protocol", help="ht: 10 random subsets; tfood: disjoint bags"),
-    size: list[int] | None = typer.Option(None, "--size", help="Subset size (repeatable); default 1k and 10k"),
+    protocol: Literal["ht", "tfood"] = typer.Option("ht", "--protocol", help="ht: 10 random subsets; tfood: disjoint bags"),
+    size: list[str] | None = typer.Option(None, "--size", help="Subset sizes: --size 1000 --size 10000 or --size 1000,10000 (default 1k and 10k)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset sampling"),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout"),
 ) -> None:
@@ -91,7 +93,7 @@ def eval_command(
             arrays["ids"] = np.asarray([str(i) for i in ids])
         with atomic_path(save) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-    result = retrieval_metrics(image_emb, recipe_emb, sizes=size or None, protocol=protocol, seed=seed)
+    result = retrieval_metrics(image_emb, recipe_emb, sizes=split_ints(size, "--size") or None, protocol=protocol, seed=seed)
     if json_out:
         typer.echo(json.dumps(result, indent=1))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -19,17 +20,17 @@ def register(app: typer.Typer) -> None:
 
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="training run directory (config.json, *.safetensors)"),
-    target: str = typer.Option(..., "--target", help="onnx | tensorrt | coreml"),
+    target: Literal["onnx", "tensorrt", "coreml"] = typer.Option(..., "--target", help="Export target"),
     data: Path = typer.Option(..., "--data", help="benchmark / Recipe1M data: train images distil and calibrate, "
                                                   "test images measure quality"),
     bundle: Path = typer.Option(..., "--bundle", help="output bundle directory (created or updated)"),
-    student: str = typer.Option("efficientnet-lite0", "--student", help="efficientnet-lite0 | none (teacher's own)"),
+    student: Literal["efficientnet-lite0", "none"] = typer.Option("efficientnet-lite0", "--student", help="Edge student (none: the teacher's own image encoder)"),
     int8: bool = typer.Option(False, "--int8", help="add an int8 QDQ model (onnx, tensorrt)"),
     calib_images: int | None = typer.Option(None, "--calib-images", help="int8 calibration images [default: 500]"),
     distill_epochs: int | None = typer.Option(None, "--distill-epochs", help="student distillation epochs [default: 10]"),
     image_size: int | None = typer.Option(None, "--image-size", help="student input side [default: the teacher's]"),
-    weights: str | None = typer.Option(None, "--weights", help="coreml weight compression: int8 | palettize6 | none"),
-    tag: str = typer.Option("best", "--tag", help="checkpoint tag (best | last)"),
+    weights: Literal["none", "int8", "palettize6"] | None = typer.Option(None, "--weights", help="coreml weight compression"),
+    tag: Literal["best", "last"] = typer.Option("best", "--tag", help="checkpoint tag"),
     recipe_encoder: bool | None = typer.Option(None, "--recipe-encoder/--no-recipe-encoder",
                                                help="also export the recipe encoder (onnx) [default: yes]"),
     tokens: bool = typer.Option(False, "--tokens", help="also output (and distil) patch tokens for re-ranking"),

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
+from malm.commands._options import split_list
 from malm.errors import MalmError
 from malm.progress import progress
 
@@ -23,6 +24,8 @@ index_app = typer.Typer(help="Build and update a bundle's recipe index.", no_arg
                         pretty_exceptions_show_locals=False)
 
 SPLITS = ("all", "train", "val", "test")
+Split = Literal["all", "train", "val", "test"]
+Tag = Literal["best", "last"]
 
 
 def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], Any]:
@@ -79,9 +82,9 @@ def build_command(
     ef_construction: int = typer.Option(200, "--ef-construction", help="hnswlib build beam width"),
     ef_search: int = typer.Option(128, "--ef-search", help="hnswlib query beam width (stored in the manifest)"),
     batch_size: int = typer.Option(256, "--batch-size", help="Recipes encoded per batch"),
-    split: str = typer.Option("all", "--split", help="Which partition to index: all, train, val or test"),
+    split: Split = typer.Option("all", "--split", help="Which partition to index"),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record instead of skipping it"),
-    tag: str = typer.Option("best", "--tag", help="Checkpoint tag: best or last"),
+    tag: Tag = typer.Option("best", "--tag", help="Checkpoint tag"),
     rerank_tokens: bool = typer.Option(False, "--rerank-tokens",
                                        help="Also store recipe token features for --rerank (fp16, grows the bundle)"),
     matching_head: Path | None = typer.Option(None, "--matching-head",
@@ -112,7 +115,17 @@ def build_command(
         report = build_index(bundle, records, encode, M=m, ef_construction=ef_construction, ef_search=ef_search,
                              batch_size=batch_size, progress=advance, report=read, extra=extra)
     use_matching_head(bundle, given=matching_head, shipped=shipped)
+    if recipes.is_dir():
+        _examples(bundle, recipes)
     _echo_report(report, bundle, "indexed", json_out)
+
+
+def _examples(bundle: Path, data: Path) -> None:
+    """examples.png for the model card, from the data's held-out photos (when the bundle can search)."""
+    from malm.model_card import write_examples, write_model_card
+
+    if write_examples(bundle, data) is not None:
+        write_model_card(bundle)
 
 
 @index_app.command("add")
@@ -121,7 +134,7 @@ def add_command(
     recipes: Path = typer.Option(..., "--recipes", help="JSONL file, one recipe a line"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint",
                                            help="Encode with this run's torch model (default: the bundle's ONNX)"),
-    tag: str = typer.Option("best", "--tag", help="Checkpoint tag: best or last"),
+    tag: Tag = typer.Option("best", "--tag", help="Checkpoint tag"),
     batch_size: int = typer.Option(256, "--batch-size", help="Recipes encoded per batch"),
     replace: bool = typer.Option(False, "--replace", help="Re-index recipes whose id is already in the index"),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record instead of skipping it"),
@@ -151,17 +164,22 @@ def add_command(
     _echo_report(report, bundle, "added", json_out)
 
 
-@index_app.command("remove")
+# `--ids A B C` (the README's spelling) leaves B and C as extra arguments: accepted here without a stray
+# positional in the usage line.
+@index_app.command("remove", context_settings={"allow_extra_args": True})
 def remove_command(
+    ctx: typer.Context,
     bundle: Path = typer.Option(..., "--bundle", help="Bundle directory with an index"),
-    ids: list[str] = typer.Option(..., "--ids", help="Recipe ids to remove (--ids A B C)"),
-    more: list[str] | None = typer.Argument(None, hidden=True),
+    ids: list[str] = typer.Option(..., "--ids", help="Recipe ids to remove: --ids A --ids B, --ids A,B or --ids A B"),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
 ) -> None:
     """Remove recipes by id, atomically; their index slots are reused by later adds."""
     from malm.edge_index.builder import remove_recipes
 
-    report = remove_recipes(bundle, [*ids, *(more or [])])
+    stray = [a for a in ctx.args if a.startswith("-")]
+    if stray:
+        raise MalmError(f"index remove: unknown option(s) {' '.join(stray)}")
+    report = remove_recipes(bundle, split_list([*ids, *ctx.args]))
     _echo_report(report, bundle, "removed", json_out)
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
+from malm.commands._options import split_list
 from malm.errors import MalmError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -57,10 +58,10 @@ def query_command(
     k: int = typer.Option(10, "-k", "--k", help="Recipes per photo"),
     rerank: bool = typer.Option(False, "--rerank", help="Re-score the top candidates with token-level matching"),
     exclude: list[str] | None = typer.Option(None, "--exclude-ingredient",
-                                             help="Leave out recipes with this ingredient (repeatable)"),
+                                             help="Leave out recipes with this ingredient (repeatable, or comma-separated)"),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout instead of tables"),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, tensorrt or coreml"),
-    variant: str = typer.Option("auto", "--variant", help="Image encoder: auto, int8_cpu, int8 or fp32"),
+    backend: Literal["auto", "onnxruntime", "tensorrt", "coreml"] = typer.Option("auto", "--backend", help="Encoder runtime"),
+    variant: Literal["auto", "int8_cpu", "int8", "fp32"] = typer.Option("auto", "--variant", help="Image encoder variant"),
     threads: int | None = typer.Option(None, "--threads", help="Encoder threads (default: the runtime's)"),
     strict_selfcheck: bool = typer.Option(False, "--strict-selfcheck",
                                           help="Fail if the image encoder disagrees with the bundle's fp32 "
@@ -76,7 +77,7 @@ def query_command(
     items = expand_photos(photos)
     readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]
     answers = retriever.search_batch([str(path) for _, path in readable], k=k, rerank=rerank,
-                                     exclude_ingredients=exclude or ())
+                                     exclude_ingredients=split_list(exclude))
     by_item: dict[int, Any] = {i: ans for (i, _), ans in zip(readable, answers, strict=True)}
     results: list[dict[str, Any]] = []
     failed = False

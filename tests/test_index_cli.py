@@ -138,7 +138,7 @@ def test_rerank_with_an_exported_matching_head(tmp_path: Path) -> None:
     from malm import Retriever
     from malm.bundle import BundleWriter
     from malm.preprocess import preprocess
-    from malm.training.models.matching import MatchingModule, MatchingScorer
+    from malm.training.models.matching import MatchingModule, MatchingScorer, legacy_onnx_exporter
 
     bundle = make_bundle(tmp_path / "b", 20)  # image tokens [16, 3]; stored recipe tokens [8, 3]
     torch.manual_seed(0)
@@ -147,11 +147,12 @@ def test_rerank_with_an_exported_matching_head(tmp_path: Path) -> None:
     # function pins the image-token count of its example (5) into the graph.
     scorer = MatchingScorer(matching).eval()
     example = (torch.zeros(2, 17, 3), torch.zeros(2, 3, 3), torch.ones(2, 3, dtype=torch.bool))
-    torch.onnx.export(scorer, example, str(tmp_path / "head.onnx"),
-                      input_names=["image_tokens", "recipe_tokens", "recipe_mask"], output_names=["score"],
-                      dynamic_axes={"image_tokens": {0: "n"}, "recipe_tokens": {0: "n", 1: "s"},
-                                    "recipe_mask": {0: "n", 1: "s"}, "score": {0: "n"}}, opset_version=17,
-                      dynamo=False)
+    with legacy_onnx_exporter():  # the TorchScript exporter, as export_matching_onnx (why: see there)
+        torch.onnx.export(scorer, example, str(tmp_path / "head.onnx"),
+                          input_names=["image_tokens", "recipe_tokens", "recipe_mask"], output_names=["score"],
+                          dynamic_axes={"image_tokens": {0: "n"}, "recipe_tokens": {0: "n", 1: "s"},
+                                        "recipe_mask": {0: "n", 1: "s"}, "score": {0: "n"}}, opset_version=17,
+                          dynamo=False)
     with BundleWriter(bundle) as bw:
         bw.add_file(tmp_path / "head.onnx", "encoders/matching_head.onnx")
         bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head",

@@ -56,10 +56,10 @@ def _root(
 
 def _register() -> None:
     # Order here is the order in `malm --help`.
-    from malm.commands import bench, bundle, data, demo, evaluate, export, index, query, train
+    from malm.commands import bench, bundle, data, demo, evaluate, export, index, plot, query, train
     from malm.commands._options import escape_help
 
-    for module in (demo, data, train, evaluate, export, index, bundle, query, bench):
+    for module in (demo, data, train, plot, evaluate, export, index, bundle, query, bench):
         module.register(app)
     escape_help(app)
 

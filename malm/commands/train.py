@@ -28,6 +28,9 @@ def train_command(
     cache: Path | None = typer.Option(None, "--cache", help="Data cache folder (default DATA/.malm_cache)"),
     stop_after_steps: int = typer.Option(0, "--stop-after-steps", hidden=True),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar"),
+    report_to: list[str] | None = typer.Option(None, "--report-to", help="Also log metrics to tensorboard "
+                                               "(RUN/tensorboard, needs malm[tensorboard]) and/or csv (RUN/metrics.csv); "
+                                               "repeated or comma-separated; off by default"),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout"),
 ) -> None:
     """Train image and recipe encoders; keeps `last` and `best` (validation image→recipe R@1) checkpoints."""
@@ -39,7 +42,7 @@ def train_command(
                               eval_size=eval_size, device=device, resume=resume,
                               image_init=str(image_init) if image_init else None, set=set_ or [],
                               save_every=save_every, cache=str(cache) if cache else None,
-                              stop_after_steps=stop_after_steps, no_progress=no_progress)
+                              stop_after_steps=stop_after_steps, no_progress=no_progress, report_to=report_to)
     summary = run(options_from_args(args))
     if json_out:
         typer.echo(json.dumps(summary))

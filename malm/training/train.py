@@ -35,6 +35,7 @@ from malm.errors import MalmError
 from malm.training import checkpoint as ckpt
 from malm.training import distributed as dist_util
 from malm.training.config import ExperimentConfig, diff_configs, load_preset, parse_overrides
+from malm.training.metrics_log import MetricsLog, parse_report_to
 from malm.training.task import Task
 
 # Keys that may differ on --resume without changing the result.
@@ -53,6 +54,7 @@ class TrainOptions:
     cache_dir: Path | None = None  # where prepare() keeps its cache (default: inside data_dir)
     stop_after_steps: int = 0  # stop after this many optimizer steps, as if killed (tests, time-boxed runs)
     progress_bar: bool = True  # rich progress bar on stderr (rank 0)
+    report_to: tuple[str, ...] = ()  # also log metrics to "tensorboard" and/or "csv" (malm.training.metrics_log)
     log: Any = field(default=None, compare=False)  # callable(str) for status lines; default: stderr on rank 0
 
 
@@ -135,11 +137,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -282,6 +279,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
         ckpt.save_run_files(out, config, prepared.vocab)
         metrics_path.write_text("")
     dist_util.barrier()
+    mlog = MetricsLog(out, opts.report_to, resume_step=step if opts.resume else None, enabled=info.is_main)
 
     model_ddp: torch.nn.Module = task
     if info.enabled:
@@ -338,7 +336,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
                            "lr": optimizer.param_groups[-1]["lr"],
                            "samples_per_s": round(tc.batch_size * window_n / max(1e-9, now - window_t), 2)}
                     rec |= {k: round(v / window_n, 6) for k, v in window.items()}
-                    _append_jsonl(metrics_path, rec)
+                    mlog.write(rec)
                     window, window_n, window_t = {}, 0, now
                 mid_epoch_save = opts.save_every and step % opts.save_every == 0 and batch_in_epoch < steps_per_epoch
                 if mid_epoch_save:
@@ -355,7 +353,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
                     metrics = validate(task.model, val_set, config, device)
                     say(f"epoch {epoch + 1}/{tc.epochs}: val {metrics['key']} image→recipe "
                         f"R@1 {metrics['im2recipe']['R@1']:.3f} medR {metrics['im2recipe']['medR']:.1f}")
-                    _append_jsonl(metrics_path, {"type": "val", "step": step, "epoch": epoch + 1, **metrics})
+                    mlog.write({"type": "val", "step": step, "epoch": epoch + 1, **metrics})
                     if metrics["im2recipe"]["R@1"] > best["r1"]:
                         best = {"r1": metrics["im2recipe"]["R@1"], "epoch": epoch + 1, "metrics": metrics}
             elif val_set is None and info.is_main:
@@ -368,7 +366,8 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
     summary = {"steps": step, "epochs_done": step / max(1, steps_per_epoch), "seconds": round(elapsed, 2),
                "stopped_early": stopped, "best": best, "run_dir": str(out)}
     if info.is_main and not stopped:
-        _append_jsonl(metrics_path, {"type": "done", "step": step, "seconds": round(elapsed, 2), "best": best})
+        mlog.write({"type": "done", "step": step, "seconds": round(elapsed, 2), "best": best})
+    mlog.close()
     return summary
 
 
@@ -434,7 +433,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(data_dir=Path(args.data), out_dir=Path(args.out), config=config, device=args.device,
                         resume=args.resume, image_init=Path(args.image_init) if args.image_init else None,
                         save_every=args.save_every, cache_dir=Path(args.cache) if args.cache else None,
-                        stop_after_steps=args.stop_after_steps, progress_bar=not args.no_progress)
+                        stop_after_steps=args.stop_after_steps, progress_bar=not args.no_progress,
+                        report_to=parse_report_to(getattr(args, "report_to", None)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="data cache folder (default: DATA/.malm_cache)")
     p.add_argument("--stop-after-steps", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report-to", action="append", metavar="tensorboard|csv",
+                   help="also log metrics to TensorBoard (RUN/tensorboard) and/or RUN/metrics.csv")
     return p
 
 

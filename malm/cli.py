@@ -67,19 +67,31 @@ def _register() -> None:
 _register()
 
 
-def command_name(argv: list[str]) -> str:
-    """The (sub)command an argument list names, e.g. "index add" (for error objects); "" when none."""
-    from typer.main import get_command
+def _command_tree(typer_app: typer.Typer) -> dict[str, Any]:
+    """{"index": {"build": {}, …}, "query": {}, …} from the registered commands (no click objects built)."""
+    tree: dict[str, Any] = {}
+    for info in typer_app.registered_commands:
+        name = info.name or (info.callback.__name__.replace("_", "-") if info.callback else None)
+        if name:
+            tree[name] = {}
+    for group in typer_app.registered_groups:
+        if group.name and group.typer_instance is not None:
+            tree[group.name] = _command_tree(group.typer_instance)
+    return tree
 
-    cmd: Any = get_command(app)
+
+_COMMANDS = _command_tree(app)
+
+
+def command_name(argv: list[str]) -> str:
+    """The (sub)command an argument list names, e.g. "index add" (for error lines and objects); "" if none."""
     names: list[str] = []
+    node = _COMMANDS
     for token in argv:
-        # A group has `.commands` (no click import: typer may vendor its own click).
-        children = getattr(cmd, "commands", None)
-        if token.startswith("-") or not isinstance(children, dict) or token not in children:
+        if token.startswith("-") or token not in node:
             break
         names.append(token)
-        cmd = children[token]
+        node = node[token]
     return " ".join(names)
 
 

@@ -117,3 +117,21 @@ def test_choices_mirror_the_library() -> None:
     assert choices(query.query_command, "variant") == set(VARIANTS)
     assert choices(evaluate.eval_command, "protocol") == set(PROTOCOLS)
     assert choices(index.build_command, "split") == set(index.SPLITS)
+
+
+def test_unexpected_error_with_json_is_an_error_object(tmp_path, monkeypatch, capsys) -> None:
+    import malm.cli as cli
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setenv("MALM_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("MALM_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["malm", "index", "build", "--json"])
+    monkeypatch.setattr(cli, "app", boom)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"error": "malm index build failed unexpectedly: ZeroDivisionError: a bug",
+                   "command": "index build", "exit_code": 1}

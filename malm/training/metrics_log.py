@@ -11,7 +11,7 @@ The loop calls one object, where it used to append to metrics.jsonl:
   different keys (train / val) and new keys share one stable header. Rebuilt from metrics.jsonl on
   resume, so it never holds the lines a killed run wrote after its last checkpoint.
 - tensorboard: event files in `RUN/tensorboard/` through tensorboardX (`pip install 'malm[tensorboard]'`),
-  scalars named `train/loss`, `val/im2recipe/R@1`, …; on resume the writer purges events past the step
+  scalars named `train/loss`, `val/im2recipe/R1` (TensorBoard has no `@` in tags), …; on resume the writer purges events past the step
   continued from.
 
 Off by default; no reporter is a dependency of the runtime.
@@ -101,7 +101,8 @@ class _TensorBoard:
         if kind == "done":
             return
         for name, value in scalars(record):
-            self.writer.add_scalar(f"{kind}/{name}", value, step)
+            # TensorBoard tags allow [A-Za-z0-9_./-] only: R@1 is written R1.
+            self.writer.add_scalar(f"{kind}/{name}".replace("@", ""), value, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import pytest
+
 import malm
+
+tomllib = pytest.importorskip("tomllib", reason="Python 3.10 has no tomllib (these checks run on 3.11+)")
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -127,7 +127,8 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
         "",
         f"- malm {manifest.get('malm_version', '?')}, bundle format {manifest.get('format_version', '?')}, "
         f"checkpoint sha256 `{str(model.get('checkpoint_sha256', '?'))[:12]}…`",
-        f"- Licence: {LICENSE} (code and these weights).",
+        f"- Licence: malm's code is {LICENSE}. Weights inherit the terms of the data they were trained on: "
+        "Recipe1M is for non-commercial research only; the procedural benchmark brings no third-party data.",
         "",
         "## Training and evaluation data",
         f"Trained, exported and indexed on {data}.",
@@ -140,8 +141,9 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
     rows = variant_rows(manifest, report)
     if rows:
         pairs = report.get("eval_pairs")
-        lines += [f"Image→recipe retrieval on {pairs or '?'} held-out pairs (one subset of all of them), "
-                  "latency of the encoder alone at batch 1 on the exporting machine.", "",
+        lines += [f"Image→recipe retrieval (percent) over the {pairs or '?'} held-out test pairs as one set, "
+                  "cosine of each variant's embedding to the teacher's, and the latency of the encoder alone "
+                  "(batch 1, one thread) on the machine that exported it.", "",
                   "| variant | file | size MB | R@1 | R@5 | R@10 | medR | cos to teacher | ms (1 thread) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
@@ -151,7 +153,10 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
                          f"{_fmt(r['cosine_to_teacher'], '{:.4f}')} | {_fmt(r['latency_ms_1t'], '{:.2f}')} |")
     else:
         lines.append("No image encoder exported into this bundle yet (`malm export`).")
-    for note in report.get("notes") or []:
+    notes = report.get("notes") or []
+    if notes:
+        lines.append("")
+    for note in notes:
         lines.append(f"- note: {note}")
     idx = index_summary(manifest)
     lines += ["", "## Recipe index"]
@@ -182,8 +187,9 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
               "- The model only knows the recipes in the index and the kinds of photos it was trained on; "
               "photos far from them (other cuisines, non-food) still return the nearest recipes, with no "
               "\"not food\" answer. Scores are cosine similarities, comparable within one query, not probabilities.",
-              "- int8 variants can differ slightly from fp32 on some CPUs; the SDK checks its reference inputs "
-              "where it runs and falls back to fp32 when they disagree."]
+              "- int8 variants trade a little agreement with the teacher (the cosine column) for size and speed, "
+              "and int8 kernels differ across CPUs: check a variant on the device it will run on "
+              "(`Retriever.load(bundle, variant=\"fp32\")` picks one explicitly)."]
     if examples:
         lines += ["", "## Retrieval examples",
                   "Held-out photos (left) and the top recipes the bundle returns; a green frame marks the true "

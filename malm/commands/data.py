@@ -25,10 +25,14 @@ def prepare_command(
     json_out: bool = typer.Option(False, "--json", help="Print the cache manifest as JSON on stdout"),
 ) -> None:
     """Parse a Recipe1M folder once into a memory-mapped cache for training (reused while unchanged)."""
+    from malm.progress import progress
     from malm.training.data.prepare import prepare
 
-    prepared = prepare(data_dir, cache_dir=cache, images_dir=images, min_freq=min_freq, force=force,
-                       strict=strict, log=lambda msg: typer.echo(msg, err=True))
+    # The reader streams layer1.json without knowing its length: an indeterminate bar with the elapsed
+    # time, the reader's own progress lines printed above it.
+    with progress(f"preparing {data_dir}") as bar:
+        prepared = prepare(data_dir, cache_dir=cache, images_dir=images, min_freq=min_freq, force=force,
+                           strict=strict, log=bar.log)
     if json_out:
         typer.echo(json.dumps(dict(prepared.manifest, cache_dir=str(prepared.cache_dir), reused=prepared.reused),
                               indent=1, ensure_ascii=False))

@@ -81,10 +81,12 @@ def eval_command(
     else:
         if data is None:
             raise MalmError("--checkpoint needs --data DIR (the Recipe1M-layout folder to embed)")
+        from malm.progress import progress
         from malm.training.embed import embed_split
 
         typer.echo(f"embedding {data} split {split} with {checkpoint} ({tag}) on {device}", err=True)
-        image_emb, recipe_emb, ids = embed_split(checkpoint, data, split=split, tag=tag, device=device)
+        with progress(f"embedding the {split} split"):
+            image_emb, recipe_emb, ids = embed_split(checkpoint, data, split=split, tag=tag, device=device)
     if save is not None:
         from malm._atomic import atomic_path
 

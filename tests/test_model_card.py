@@ -62,7 +62,7 @@ def test_every_bundle_write_leaves_a_current_card(bundle: Path) -> None:
     assert "Apache-2.0" in card and "not Recipe1M" in card
     assert "| image_fp32 | `encoders/image_fp32.onnx` | 0.01 | 40.0 | 69.0 | 79.0 | 2.0 | 0.9900 | 0.20 |" in card
     assert "| teacher_torch_fp32 | (not shipped) |" in card
-    assert "350 held-out pairs" in card and "a note" in card
+    assert "the 350 held-out test pairs" in card and "- note: a note" in card
     assert "12 recipes, 16-d" in card and "M 16" in card and "ef_search 64" in card
     assert "Intended use and limits" in card and "resize the short side to 36" in card
     # The card is documentation: the manifest's hashed files do not list it, and the bundle still verifies.

@@ -104,6 +104,7 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
         if cfg.epochs is not None:
             args += ["--epochs", str(cfg.epochs)]
         _malm(args, log)
+    _plot_curves(run, log)
     done()
 
     done = step("3. evaluate (Recipe1M protocol, test split)")
@@ -150,6 +151,16 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
     log("\n== summary ==")
     log(_format_summary(summary))
     return summary
+
+
+def _plot_curves(run: Path, log: Log) -> None:
+    """The training curves as PNGs beside the run (`malm plot`), when matplotlib (malm[plot]) is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        log("(training curves: pip install 'malm[plot]' and run `malm plot` to draw them)")
+        return
+    _malm(["plot", str(run)], log)
 
 
 def _test_photos(data: Path, n: int) -> list[tuple[Path, str, str]]:

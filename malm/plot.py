@@ -53,7 +53,7 @@ def plot_run(run: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
     out_dir = Path(out) if out is not None else run
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
-    name = run.resolve().name
+    name = "/".join(run.resolve().parts[-2:])  # "demo/run": a run folder is often just "run"
     written = []
 
     loss_keys = sorted({k for r in train for k in r if k.endswith("_loss")})

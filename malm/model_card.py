@@ -188,13 +188,24 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
               "photos far from them (other cuisines, non-food) still return the nearest recipes, with no "
               "\"not food\" answer. Scores are cosine similarities, comparable within one query, not probabilities.",
               "- int8 variants trade a little agreement with the teacher (the cosine column) for size and speed, "
-              "and int8 kernels differ across CPUs: check a variant on the device it will run on "
-              "(`Retriever.load(bundle, variant=\"fp32\")` picks one explicitly)."]
+              "and int8 kernels differ across CPUs" + _selfcheck_sentence(manifest)]
     if examples:
         lines += ["", "## Retrieval examples",
                   "Held-out photos (left) and the top recipes the bundle returns; a green frame marks the true "
                   "recipe.", "", f"![retrieval examples]({EXAMPLES})"]
     return "\n".join(lines) + "\n"
+
+
+def _selfcheck_sentence(manifest: dict[str, Any]) -> str:
+    check = manifest.get("selfcheck")
+    if not isinstance(check, dict):
+        return (": check a variant on the device it will run on (`Retriever.load(bundle, variant=\"fp32\")` "
+                "picks one explicitly).")
+    where = f" (exported on {check['exported_on']})" if check.get("exported_on") else ""
+    return (f". This bundle carries a self-check{where}: {check.get('count', '?')} reference inputs with their fp32 "
+            "embeddings, which the SDK runs once where the bundle lands; an int8 encoder whose mean cosine to them "
+            f"is below {check.get('min_cosine', '?')} on that CPU is not used: with `variant=\"auto\"` the SDK takes the "
+            "next one (int8_cpu → int8 → fp32) and says so in one warning line.")
 
 
 def write_model_card(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> Path:

@@ -56,6 +56,9 @@ def test_build_from_recipe1m_folder_matches_the_model(run_and_data: tuple[Path, 
     m = verify(bundle)
     assert {k: m["index"][k] for k in ("space", "dim", "M", "ef_construction", "ef_search", "count")} == {
         "space": "ip", "dim": 16, "M": 8, "ef_construction": 40, "ef_search": 20, "count": 8}
+    # The model card follows the index (no examples.png: this bundle has no image encoder to search with).
+    card = (bundle / "README.md").read_text()
+    assert "8 recipes, 16-d" in card and "ef_search 20" in card and not (bundle / "examples.png").exists()
     # The stored vectors are the model's own recipe embeddings.
     from malm.text import encode_recipe
     from malm.training.checkpoint import load_model

@@ -89,6 +89,9 @@ def build_command(
                                        help="Also store recipe token features for --rerank (fp16, grows the bundle)"),
     matching_head: Path | None = typer.Option(None, "--matching-head",
                                               help="Matching-head ONNX to re-rank with (else late interaction)"),
+    examples: bool = typer.Option(True, "--examples/--no-examples",
+                                  help="With a Recipe1M-layout folder: draw the model card's examples.png from its "
+                                       "held-out photos (re-reads the folder)"),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
 ) -> None:
     """Encode recipes with the trained recipe encoder and (re)build the bundle's index and store."""
@@ -115,16 +118,17 @@ def build_command(
         report = build_index(bundle, records, encode, M=m, ef_construction=ef_construction, ef_search=ef_search,
                              batch_size=batch_size, progress=advance, report=read, extra=extra)
     use_matching_head(bundle, given=matching_head, shipped=shipped)
-    if recipes.is_dir():
-        _examples(bundle, recipes)
+    if examples and recipes.is_dir():
+        _examples(bundle, recipes, split)
     _echo_report(report, bundle, "indexed", json_out)
 
 
-def _examples(bundle: Path, data: Path) -> None:
+def _examples(bundle: Path, data: Path, split: str) -> None:
     """examples.png for the model card, from the data's held-out photos (when the bundle can search)."""
     from malm.model_card import write_examples, write_model_card
 
-    if write_examples(bundle, data) is not None:
+    # Photos of the indexed split, so that their true recipes are in the index ("all": the test split).
+    if write_examples(bundle, data, split="test" if split == "all" else split) is not None:
         write_model_card(bundle)
 
 

@@ -251,7 +251,8 @@ def write_examples(bundle: str | os.PathLike[str], data_dir: str | os.PathLike[s
     for row, recipe in enumerate(queries):
         y = pad + row * (tile + text_h + pad)
         hits = retriever.search(recipe.image_paths[0], k=k)
-        cells = [(recipe.image_paths[0], "photo: " + recipe.title, None)]
+        # (photo or None, caption, whether it is the true recipe; None for the query itself)
+        cells: list[tuple[Path | None, str, bool | None]] = [(recipe.image_paths[0], "photo: " + recipe.title, None)]
         cells += [(photos.get(h.recipe_id), f"{h.rank}. {h.title}", h.recipe_id == recipe.id) for h in hits]
         for col, (path, caption, correct) in enumerate(cells):
             x = pad + col * (tile + pad)

@@ -10,7 +10,6 @@ The torch recipe encoder (malm.training.embed) is imported only when --checkpoin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 

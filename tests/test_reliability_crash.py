@@ -1,19 +1,25 @@
 """kill -9 in the middle of writes: the previous version (or the new one) stays loadable and complete.
 
-Each test runs a writer in a subprocess that repeats its write in a loop, kills it with SIGKILL after a
-varying short delay (so the kill lands at different points of the write), and then checks that the bundle /
-run verifies and loads. Two writers on one bundle are serialized by `BundleWriter`'s lock.
+Each test runs a writer in a subprocess that repeats its write in a loop. A hook in the child wraps
+`os.replace` (every commit step of malm's writers is one: atomic file writes, swaps, the manifest) and
+freezes the child just before or just after its N-th call; the parent then SIGKILLs it. So each kill lands
+at a known point *inside* a commit (not, by luck of timing, before the first one), and the test knows which
+version (old or new) must be on disk afterwards and checks exactly that one. Two writers on one bundle are
+serialized by `BundleWriter`'s lock.
 """
 
 from __future__ import annotations
 
 import json
+import hashlib
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -25,13 +31,66 @@ from malm.errors import BundleError
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
-DELAYS = (0.15, 0.35, 0.6, 0.9)  # seconds after the child reports it is writing
+
+# Prepended to a writer: freeze at the N-th os.replace (argv[-2]), "before" or "after" it (argv[-1]).
+KILL_HOOK = """
+    import os, sys, time
+    _REAL_REPLACE, _AT, _WHEN, _N = os.replace, int(sys.argv[-2]), sys.argv[-1], [0]
+    def _replace(src, dst, *a, **k):
+        _N[0] += 1
+        if _N[0] == _AT and _WHEN == "before":
+            print("at", _N[0], _WHEN, dst, flush=True)
+            time.sleep(600)
+        _REAL_REPLACE(src, dst, *a, **k)
+        if _N[0] == _AT and _WHEN == "after":
+            print("at", _N[0], _WHEN, dst, flush=True)
+            time.sleep(600)
+    os.replace = _replace
+"""
 
 
 def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _kill_at(code: str, *args: str, at: int, when: str, timeout: float = 120) -> tuple[list[str], str]:
+    """Run writer `code` with the kill hook; SIGKILL it once it is frozen at os.replace #`at` (`when` it).
+
+    Returns the writer's "done ..." lines (its completed rounds) and the hook's "at ..." line. Fails if the
+    writer exits or never reaches that point: then the kill would not have landed inside a commit.
+    """
+    proc = _spawn(textwrap.dedent(KILL_HOOK) + textwrap.dedent(code), *args, str(at), when)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.strip())
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    done: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"writer never reached os.replace #{at} ({when}) in {timeout} s; done: {done}")
+            if line is None:
+                err = proc.stderr.read() if proc.stderr else ""
+                pytest.fail(f"writer exited before os.replace #{at} ({when}); done: {done}\n{err[-2000:]}")
+            if line.startswith("done"):
+                done.append(line)
+            if line.startswith("at "):
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.returncode  # killed while frozen, not exited by itself
+    return done, line
 
 
 def _kill_after_start(proc: subprocess.Popen[str], delay: float) -> int:
@@ -80,21 +139,37 @@ INDEX_WRITER = """
 """
 
 
-def test_kill_during_index_save_keeps_a_loadable_index(bundle: Path, tmp_path: Path) -> None:
-    seen_counts = set()
-    for delay in DELAYS:
-        root = tmp_path / f"b{delay}"
-        shutil.copytree(bundle, root)
-        _kill_after_start(_spawn(INDEX_WRITER, str(root), str(DIM)), delay)
-        n = _loads(root)  # verifies every sha256, then opens index + store
-        assert n in (40, 340), n  # the old index or the new one, never something in between
-        seen_counts.add(n)
-        # And the next writer recovers: the lock is free, stale staging is cleaned up, updates still work.
-        from malm.edge_index.builder import remove_recipes
+# One add (40 -> 340 recipes) then one remove (-> 40) makes 8 + 8 os.replace calls: the staged index file,
+# the A/B index and store, the staged token arrays, the A/B token arrays, then the manifest (#8 and #16).
+# (point, before/after, recipes the bundle must hold afterwards, completed rounds the writer reported)
+INDEX_KILLS = (
+    (2, "before", 40, 0),  # the new index file not yet swapped in
+    (4, "after", 40, 0),  # index + store swapped in under their new names, token arrays staged
+    (8, "before", 40, 0),  # every new file in place, the manifest not yet: the old version
+    (8, "after", 340, 0),  # manifest committed, old files not yet cleaned up: the new version
+    (14, "after", 340, 1),  # inside the remove's commit
+    (16, "after", 40, 1),  # the remove's manifest committed
+)
 
-        remove_recipes(root, ["rec0000"])
-        assert _loads(root) == n - 1
-        assert not list(root.glob(".index-staging-*"))
+
+@pytest.mark.parametrize(("at", "when", "expected", "rounds"), INDEX_KILLS,
+                         ids=[f"{w}{a}" for a, w, _, _ in INDEX_KILLS])
+def test_kill_during_index_save_keeps_a_loadable_index(bundle: Path, tmp_path: Path, at: int, when: str,
+                                                      expected: int, rounds: int) -> None:
+    root = tmp_path / "b"
+    shutil.copytree(bundle, root)
+    done, where = _kill_at(INDEX_WRITER, str(root), str(DIM), at=at, when=when)
+    assert len(done) == rounds, (done, where)
+    # Proof the kill landed inside an update: its staging dir is still there (removed only after the commit).
+    assert list(root.glob(".index-staging-*")), where
+    n = _loads(root)  # verifies every sha256, then opens index + store
+    assert n == expected, (where, n)  # exactly the version committed before the kill, never a mix
+    # And the next writer recovers: the lock is free, stale staging is cleaned up, updates still work.
+    from malm.edge_index.builder import remove_recipes
+
+    remove_recipes(root, ["rec0000"])
+    assert _loads(root) == n - 1
+    assert not list(root.glob(".index-staging-*"))
 
 
 EXPORT_WRITER = """
@@ -118,27 +193,51 @@ EXPORT_WRITER = """
 """
 
 
-def test_kill_during_export_keeps_a_complete_bundle(bundle: Path, tmp_path: Path) -> None:
-    # Two valid encoders of the same shape, padded so that copying them takes measurable time.
+# Round 0 (encoders not in the base bundle's manifest yet): int8 swapped in (#1), report (#2), the manifest
+# naming fp32's new version at its hidden `.next` name (#3), fp32 swapped in (#4), the final manifest (#5).
+# Round 1 replaces live files only: report staged (#6), `.next` manifest (#7), fp32, int8, report swapped
+# (#8-#10), the final manifest (#11). (point, before/after, round the bundle must hold, completed rounds)
+EXPORT_KILLS = (
+    (2, "after", None, 0),  # new files written, the manifest not yet: the original bundle
+    (3, "before", None, 0),
+    (3, "after", 0, 0),  # between commit's two manifests: the new version under `.next` names
+    (4, "after", 0, 0),
+    (7, "before", 0, 1),
+    (9, "after", 1, 1),  # round 1 half swapped in
+)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("at", "when", "expected", "rounds"), EXPORT_KILLS,
+                         ids=[f"{w}{a}" for a, w, _, _ in EXPORT_KILLS])
+def test_kill_during_export_keeps_a_complete_bundle(bundle: Path, tmp_path: Path, at: int, when: str,
+                                                    expected: int | None, rounds: int) -> None:
     a = image_onnx(tmp_path / "enc" / "a.onnx", seed=1)
     b = image_onnx(tmp_path / "enc" / "b.onnx", seed=2)
-    rounds = []
-    for delay in DELAYS:
-        root = tmp_path / f"b{delay}"
-        shutil.copytree(bundle, root)
-        rounds.append(_kill_after_start(_spawn(EXPORT_WRITER, str(root), str(a), str(b)), delay))
-        assert _loads(root) == 40
-        manifest = read_manifest(root)
-        for entry in manifest["encoders"].values():
-            assert (root / entry["file"]).exists()
-        # The next writer finishes or discards what the killed one left, and the bundle is clean again.
-        with BundleWriter(root) as bw:
-            bw.manifest["after"] = True
-        manifest = verify(root)
-        assert all(not Path(rel).name.startswith(".") for rel in manifest["files"]), manifest["files"]
-        assert not [p for p in root.rglob(".*") if p.name.endswith((".next", ".staging", ".link"))]
-        assert _loads(root) == 40
-    assert sum(rounds) > 0  # the kills did land after some complete rounds (i.e. mid-write at times)
+    root = tmp_path / "b"
+    shutil.copytree(bundle, root)
+    original_fp32 = _sha(root / "encoders/image_fp32.onnx")
+    done, where = _kill_at(EXPORT_WRITER, str(root), str(a), str(b), at=at, when=when)
+    assert len(done) == rounds, (done, where)
+    assert _loads(root) == 40  # verifies every sha256 first
+    manifest = read_manifest(root)
+    assert manifest.get("round") == expected, (where, manifest.get("round"))
+    # The encoder the manifest names is the one of that round, with every file it names present.
+    fp32 = manifest["encoders"]["image_fp32"]["file"]
+    assert _sha(root / fp32) == (original_fp32 if expected is None else _sha((a, b)[expected])), where
+    for entry in manifest["encoders"].values():
+        assert (root / entry["file"]).exists()
+    # The next writer finishes or discards what the killed one left, and the bundle is clean again.
+    with BundleWriter(root) as bw:
+        bw.manifest["after"] = True
+    manifest = verify(root)
+    assert manifest.get("round") == expected and manifest["after"] is True
+    assert all(not Path(rel).name.startswith(".") for rel in manifest["files"]), manifest["files"]
+    assert not [p for p in root.rglob(".*") if p.name.endswith((".next", ".staging", ".link"))]
+    assert _loads(root) == 40
 
 
 LOCK_HOLDER = """
@@ -226,11 +325,29 @@ def test_kill_during_checkpoint_save_and_resume(tmp_path: Path) -> None:
     final = json.loads((run / "last.json").read_text())
     assert final["step"] > state_step and final["epoch"] == 2, final
     assert ck.load_model(run, "last").model is not None
-    # 2) kill -9 during save_weights, at several points: `last` always loads, weights and metadata agree.
-    for delay in (0.6,):
-        _kill_after_start(_spawn(CKPT_WRITER, str(run)), delay)
-        loaded = ck.load_model(run, "last")
-        from safetensors import safe_open
+    # 2) kill -9 inside save_weights, at each of its points: weights (#1) then JSON (#2), each an atomic
+    # replace. `last` always loads, with weights and step from the same save: the old one or the new one.
+    from safetensors import safe_open
 
+    before = ck.load_model(run, "last")
+    step0 = int(before.meta["step"])
+    p0 = next(iter(before.model.parameters())).detach().clone()
+    shutil.copytree(run, tmp_path / "base")
+    for at, when, saved in ((1, "before", 0), (1, "after", 1), (2, "after", 1)):
+        shutil.rmtree(run)
+        shutil.copytree(tmp_path / "base", run)  # every kill starts from the same saved state
+        done, where = _kill_at(CKPT_WRITER, str(run), at=at, when=when, timeout=180)
+        assert done == [], (done, where)  # killed inside the first save, before it returned
+        loaded = ck.load_model(run, "last")
         with safe_open(str(run / "last.safetensors"), framework="pt") as f:
             assert str(loaded.meta["step"]) == f.metadata()["step"]
+        assert int(loaded.meta["step"]) == step0 + saved, (where, loaded.meta["step"])
+        p = next(iter(loaded.model.parameters())).detach()
+        assert torch_allclose(p, p0 + 0.01 * saved), where  # the weights of that step, not the other save's
+
+
+def torch_allclose(a: object, b: object) -> bool:
+    import torch
+
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    return bool(torch.allclose(a, b, atol=1e-6))

@@ -33,14 +33,20 @@ def test_select_providers_order() -> None:
 
 
 class FakeSession:
-    """Records what ONNX Runtime was asked for, then runs the model on CPU (there is no GPU here)."""
+    """Records what ONNX Runtime was asked for, then runs the model on CPU (there is no GPU here).
+
+    Like a real session, it reports the providers it actually uses: a provider in `fails` (its libraries
+    missing, a driver mismatch) does not start, and ONNX Runtime silently goes on with the rest.
+    """
 
     calls: list[Any] = []
+    fails: set[str] = set()
 
     def __init__(self, path: str, opts: Any, providers: Any) -> None:
         FakeSession.calls.append((providers, opts.intra_op_num_threads, opts.inter_op_num_threads))
         self._real = REAL_SESSION(path, opts, providers=["CPUExecutionProvider"])
-        self._providers = [p[0] for p in providers]
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        self._providers = [p for p in names if p not in FakeSession.fails] or ["CPUExecutionProvider"]
 
     def get_providers(self) -> list[str]:
         return self._providers
@@ -57,6 +63,7 @@ def test_gpu_providers_chosen_when_onnxruntime_reports_them(bundle: Path, monkey
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    monkeypatch.setattr(FakeSession, "fails", set())
     monkeypatch.setenv("MALM_TRT_CACHE", str(tmp_path / "trt"))
     FakeSession.calls.clear()
     r = Retriever.load(bundle, threads=2)
@@ -73,6 +80,34 @@ def test_gpu_providers_chosen_when_onnxruntime_reports_them(bundle: Path, monkey
     r = Retriever.load(bundle)
     assert r.backend.device == "CUDAExecutionProvider" and r.backend.variant == "fp32"  # QDQ is slow on CUDA EP
     assert FakeSession.calls[-1][1] == 0  # no thread count given: ONNX Runtime's default
+
+
+@pytest.mark.parametrize(("available", "fails", "device", "variant"), [
+    # TensorRT's libraries are missing: ONNX Runtime goes on with CUDA, where QDQ int8 is slow -> fp32.
+    (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+     {"TensorrtExecutionProvider"}, "CUDAExecutionProvider", "fp32"),
+    # No CUDA runtime on the machine: the session runs on CPU, where the int8 encoder is the fast one.
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], {"CUDAExecutionProvider"}, "CPUExecutionProvider",
+     "int8"),
+    (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+     {"TensorrtExecutionProvider", "CUDAExecutionProvider"}, "CPUExecutionProvider", "int8"),
+])
+def test_silent_provider_fallback_is_noticed(bundle: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             available: list[str], fails: set[str], device: str,
+                                             variant: str) -> None:
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    monkeypatch.setattr(FakeSession, "fails", fails)
+    monkeypatch.setenv("MALM_TRT_CACHE", str(tmp_path / "trt"))
+    r = Retriever.load(bundle)
+    # The backend reports where it really runs (the session's list), not what was asked for...
+    assert r.backend.device == device and r.info()["device"] == device
+    assert r.backend.requested_device == available[0]
+    # ...and "auto" picked the encoder for that provider, which was loaded.
+    assert r.backend.variant == variant
+    assert Path(r.backend.session.path).name == f"image_{variant}.onnx"
+    # An explicit variant is kept even after a fallback.
+    assert Retriever.load(bundle, variant="fp32").backend.variant == "fp32"
 
 
 def test_cpu_only_prefers_int8(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:

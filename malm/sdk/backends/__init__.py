@@ -90,6 +90,16 @@ def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBack
     chosen = choose_variant(bundle, variant, providers[0])
     image_entry = bundle.encoder(IMAGE_ENCODERS[chosen]) or {}
     ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen, providers, threads)
+    if ort_backend.device != providers[0]:
+        # ONNX Runtime falls back silently when a provider fails to start (no CUDA libraries, a TensorRT
+        # mismatch): the session's own list says what runs. "auto" then takes that provider's variant.
+        ort_backend.requested_device = providers[0]
+        actual = choose_variant(bundle, variant, ort_backend.device)
+        if actual != chosen:
+            chosen, image_entry = actual, bundle.encoder(IMAGE_ENCODERS[actual]) or {}
+            ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen,
+                                          ort_backend.session.providers, threads)
+            ort_backend.requested_device = providers[0]
     if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
         raise BundleError(f"bundle {bundle.root}: image encoder {image_entry.get('file')} gives dim {ort_backend.dim}, "
                           f"the index has dim {bundle.dim}")

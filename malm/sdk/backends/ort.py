@@ -104,7 +104,8 @@ class OrtImageBackend:
                  threads: int | None = None) -> None:
         self.session = OrtSession(path, providers, threads)
         self.variant = variant
-        self.device = self.session.providers[0]
+        self.device = self.session.providers[0]  # what the session runs on, after any silent fallback
+        self.requested_device = self.device  # the provider asked for first (differs after a fallback)
         if "image" not in self.session.input_names or "embedding" not in self.session.output_names:
             raise BundleError(f"model {path}: expected input 'image' and output 'embedding', has inputs "
                               f"{self.session.input_names} outputs {self.session.output_names}")

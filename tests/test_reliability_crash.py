@@ -10,8 +10,8 @@ serialized by `BundleWriter`'s lock.
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import os
 import queue
 import shutil

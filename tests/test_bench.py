@@ -30,7 +30,9 @@ def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert results["machine"]["cpu_usable"] >= 1 and results["machine"]["libraries"]["numpy"]
     sections = results["sections"]
     assert set(sections) == {"peak", "bundle", "latency", "encoder", "cold_start", "training", "index"}
-    assert all(s["status"] in ("ok", "skipped") for s in sections.values()), {k: s.get("error") for k, s in sections.items()}
+    # Every section measured something here: "skipped" is not a pass (a skip hid "nothing could be measured").
+    assert all(s["status"] == "ok" for s in sections.values()), {k: (s["status"], s.get("error") or s.get("skipped"))
+                                                               for k, s in sections.items()}
     assert results["targets"], "the targets table is written"
     md = (out / "bench.md").read_text()
     assert md.startswith("# malm benchmarks") and "## Targets" in md and "## 3. Index at scale" in md
@@ -55,3 +57,59 @@ def test_bench_outside_a_source_checkout_says_it_needs_one(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MalmError, match="source checkout.*pip install -e"):
         find_suite()
+
+
+def _fake_section(name: str, monkeypatch: pytest.MonkeyPatch, value: object) -> None:
+    import importlib
+
+    from benchmarks.suite.runner import MODULES
+
+    module = importlib.import_module(f"benchmarks.suite.{MODULES[name]}")
+    monkeypatch.setattr(module, "run", lambda ctx: {"value": value})
+
+
+@pytest.mark.parametrize("section", ["latency", "encoder"])
+def test_nothing_measured_is_an_error_not_a_skip(section: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When every model scale failed to build, the latency / encoder sections fail and `malm bench` exits 1."""
+    from benchmarks.suite import encoder, latency
+    from benchmarks.suite.context import BenchOptions
+    from benchmarks.suite.runner import failed_sections, run
+
+    for mod in (latency, encoder):
+        monkeypatch.setattr(mod, "scales", lambda ctx: [])
+        monkeypatch.setattr(mod, "scale_errors", lambda ctx: {"bundle": "export failed: boom"})
+    monkeypatch.setattr(latency, "query_photo", lambda ctx: (b"", "none"))
+    _fake_section("peak", monkeypatch, 1.0)
+    monkeypatch.setattr(encoder, "peak_gflops", lambda section, threads: 1.0)
+    results = run(BenchOptions(out=tmp_path / "o", work=tmp_path / "w", quick=True, sections=(section,)))
+    entry = results["sections"][section]
+    assert entry["status"] == "error" and "could be measured" in entry["error"] and "boom" in entry["error"], entry
+    assert failed_sections(results) == [section]
+
+
+def test_only_merges_with_the_previous_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`malm bench --only S` re-measures S and keeps the other sections of bench.json, with their times."""
+    from typer.testing import CliRunner
+
+    from malm.cli import app
+
+    out, work = tmp_path / "o", tmp_path / "w"
+    runner = CliRunner()
+    _fake_section("peak", monkeypatch, "first")
+    _fake_section("bundle", monkeypatch, "first")
+    res = runner.invoke(app, ["bench", "--quick", "--only", "peak,bundle", "--out", str(out), "--work", str(work)])
+    assert res.exit_code == 0, res.output
+    first = json.loads((out / "bench.json").read_text())
+    assert set(first["sections"]) == {"peak", "bundle"} and "merged_from" not in first
+    _fake_section("peak", monkeypatch, "second")
+    _fake_section("bundle", monkeypatch, "second")
+    res = runner.invoke(app, ["bench", "--quick", "--only", "bundle", "--out", str(out), "--work", str(work)])
+    assert res.exit_code == 0, res.output
+    merged = json.loads((out / "bench.json").read_text())
+    assert merged["sections"]["bundle"]["value"] == "second"  # re-measured
+    assert merged["sections"]["peak"] == first["sections"]["peak"]  # kept as it was, with its own time
+    assert merged["merged_from"]["started"] == first["started"]
+    # A full (non-quick) run's file is never mixed with a quick one.
+    res = runner.invoke(app, ["bench", "--only", "bundle", "--out", str(out), "--work", str(work)])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((out / "bench.json").read_text())["sections"]) == {"bundle"}

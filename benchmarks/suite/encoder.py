@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.suite.context import Context, SectionSkipped
+from benchmarks.suite.context import Context
 from benchmarks.suite.flops import onnx_flops, torch_flops
 from benchmarks.suite.peak import peak_gflops
 from benchmarks.suite.scales import Scale, scale_errors, scales
@@ -113,7 +113,8 @@ def run(ctx: Context) -> dict[str, Any]:
     for scale in scales(ctx):
         variants += _scale(ctx, scale, threads, peak)
     if not variants:
-        raise SectionSkipped("no encoder could be measured: " + str(scale_errors(ctx)))
+        # Nothing measured is a failure of the benchmark (an exit code), not a section that "cannot run here".
+        raise RuntimeError("encoder: no encoder could be measured: " + str(scale_errors(ctx)))
     return {"threads": threads, "peak_gflops": peak, "batches": [1, 4] if ctx.options.quick else list(BATCHES), "variants": variants,
             "unavailable": scale_errors(ctx),
             "note": f"Encoders alone on {threads} thread(s), random inputs of the deployment shape; of peak = achieved "

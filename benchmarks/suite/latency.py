@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.suite.context import Context, SectionSkipped
+from benchmarks.suite.context import Context
 from benchmarks.suite.scales import Scale, scale_errors, scales
 from benchmarks.suite.timing import Stats, measure, thread_limit
 
@@ -203,7 +203,8 @@ def run(ctx: Context) -> dict[str, Any]:
         out["end_to_end"] += rows
     out["unavailable"] = scale_errors(ctx)
     if not out["end_to_end"]:
-        raise SectionSkipped("no variant could be measured: " + str(out["unavailable"]))
+        # Nothing measured is a failure of the benchmark (an exit code), not a section that "cannot run here".
+        raise RuntimeError("latency: no variant could be measured: " + str(out["unavailable"]))
     # The targets are read at the deployment size when it was measured (full runs), else on the bundle.
     keys = [s["key"] for s in out["scales"]]
     target_scale = "deployment" if "deployment" in keys else keys[0]

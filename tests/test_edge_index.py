@@ -51,7 +51,7 @@ def recall(found: list[list[tuple[int, float]]], truth: np.ndarray) -> float:
 def test_recall_at_10_vs_brute_force(built: HnswIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
     base, queries = data
     found = built.search(queries, 10)
-    assert recall(found, brute(base, queries, 10)) >= 0.95
+    assert recall(found, brute(base, queries, 10)) >= 0.98  # README: recall@10 >= 0.98 (measured 0.998)
     # Scores are cosines, best first.
     row = found[0]
     assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
@@ -124,7 +124,7 @@ def test_filters_exact_and_graph(built: HnswIndex, data: tuple[np.ndarray, np.nd
     mask[list(exclude)] = False
     found = built.search(queries, 10, exclude=exclude)
     assert not ({lab for row in found for lab, _ in row} & exclude)
-    assert recall(found, brute(base, queries, 10, mask)) >= 0.95
+    assert recall(found, brute(base, queries, 10, mask)) >= 0.98
     # Forcing the graph path for a tiny allowed set still answers (falls back to exact when hnswlib can't).
     monkeypatch.setattr(hnsw_mod, "EXACT_FILTER_MAX", 0)
     found = built.search(queries[:3], 10, allow={1, 2, 3})

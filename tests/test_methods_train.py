@@ -143,11 +143,70 @@ def test_ddp_two_process_gloo_run_with_the_new_losses(data: Path, tmp_path: Path
     out = tmp_path / "ddp"
     torchrun = shutil.which("torchrun") or str(ROOT / ".venv/bin/torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "malm.training.train", "--data", str(data),
+    # The trainer, with each rank writing its model's weights at the start (optimizer built) and at each save.
+    wrapper = tmp_path / "rank_dump.py"
+    wrapper.write_text(RANK_DUMP)
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(wrapper), "--data", str(data),
            "--preset", str(cfg), "--out", str(out), "--device", "cpu", "--no-progress"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train = _train_lines(out)
     assert [x["step"] for x in train] == [1, 2]
     for key in ("triplet_loss", "caption_loss", "match_global_loss", "match_local_loss", "distill_loss"):
-        assert all(np.isfinite(x[key]) for x in train), key
+        assert all(np.isfinite(x[key]) and x[key] > 0 for x in train), key
+    # Both ranks start from the same weights, train (the weights moved), and stay identical: DDP averaged
+    # the gradients of the two ranks' different halves of each batch.
+    start = [load_file(str(out / f"rank{r}-start.safetensors")) for r in (0, 1)]
+    end = [load_file(str(out / f"rank{r}-step2.safetensors")) for r in (0, 1)]
+    assert start[0].keys() == end[1].keys() and len(start[0]) > 10
+    moved = 0
+    for k in start[0]:
+        torch.testing.assert_close(start[0][k], start[1][k], atol=0, rtol=0, msg=k)
+        torch.testing.assert_close(end[0][k], end[1][k], atol=1e-6, rtol=1e-5, msg=k)
+        moved += not torch.equal(start[0][k], end[0][k])
+    assert moved > len(start[0]) // 2, (moved, len(start[0]))
+    # What rank 0 saved as `last` holds those weights.
+    last = {tuple(v.shape): v for v in load_file(str(out / "last.safetensors")).values()}
+    assert any(torch.equal(last.get(tuple(v.shape), v * 0), v) for v in end[0].values() if v.numel() > 100)
+
+
+RANK_DUMP = """
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import malm.training.train as T
+
+OUT = Path(sys.argv[sys.argv.index("--out") + 1])
+real_save, real_adamw = T._save, torch.optim.AdamW
+
+
+def _dump(optimizer, tag):
+    # Parameters in optimizer order (the same on every rank), named by position.
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    sd = {f"g{i}p{j}": p.detach().clone().contiguous()
+          for i, g in enumerate(optimizer.param_groups) for j, p in enumerate(g["params"])}
+    save_file(sd, str(OUT / f"rank{rank}-{tag}.safetensors"))
+
+
+def _save(out, info, task, optimizer, config, step, *a, **k):
+    _dump(optimizer, f"step{step}")
+    return real_save(out, info, task, optimizer, config, step, *a, **k)
+
+
+class AdamW(real_adamw):
+    started = False
+
+    def step(self, *a, **k):  # before the first update: the weights every rank starts from
+        if not AdamW.started:
+            AdamW.started = True
+            _dump(self, "start")
+        return super().step(*a, **k)
+
+
+T._save = _save
+torch.optim.AdamW = AdamW
+sys.exit(T.main(sys.argv[1:]))
+"""

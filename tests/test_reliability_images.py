@@ -107,6 +107,49 @@ def _path(folder: Path, name: str) -> Path:
     return folder / f"{name}.{ext}"
 
 
+def _rgb(img: Image.Image) -> Image.Image:
+    return img.convert("RGB")
+
+
+# What each odd file shows, as plain RGB built without the SDK's decoder; (reference, lossless?).
+REFERENCE: dict[str, tuple[Callable[[], Image.Image], bool]] = {
+    "png_alpha": (lambda: photo(3, 48), True),  # fully opaque alpha: the photo itself
+    "png_la": (lambda: _rgb(photo(3, 48).convert("L")), True),
+    "palette": (lambda: _rgb(photo(3, 48).convert("P")), True),
+    "grayscale": (lambda: _rgb(photo(3, 48).convert("L")), True),
+    "bilevel": (lambda: _rgb(photo(3, 48).convert("1")), True),
+    "png_16bit": (lambda: _rgb(photo(3, 48).convert("L")), True),  # 16-bit = 8-bit * 257
+    "tiff_int32_negative": (lambda: Image.new("RGB", (16, 16), (0, 0, 0)), True),  # clipped to black
+    "bmp": (lambda: photo(3, 48), True),
+    "animated_gif": (lambda: _rgb(photo(0, 48).convert("P")), True),  # the first frame
+    "one_pixel": (lambda: Image.new("RGB", (1, 1), (200, 30, 30)), True),
+    "one_by_20000": (lambda: Image.new("RGB", (1, 20000), (20, 200, 30)), True),
+    "cmyk_jpeg": (lambda: photo(3, 48), False),
+    "progressive_jpeg": (lambda: photo(3, 48), False),
+    "webp": (lambda: photo(3, 48), False),
+    # EXIF orientation 6 = "rotate 90 degrees clockwise to display": what the user sees.
+    "exif_rotated": (lambda: photo(3, 48).transpose(Image.Transpose.ROTATE_270), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_odd_images_give_the_reference_results(setup: tuple[Retriever, Path, Path], name: str) -> None:
+    """The odd file is answered as the picture it shows: same hits as that picture given as plain RGB pixels."""
+    r, _, folder = setup
+    make_ref, lossless = REFERENCE[name]
+    ref = make_ref()
+    want = r.search(np.asarray(ref), k=3)
+    got = r.search(_path(folder, name), k=3)
+    if lossless:
+        assert [h.recipe_id for h in got] == [h.recipe_id for h in want], name
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
+    else:  # JPEG / WebP: the same best hit, a score within compression noise
+        assert got[0].recipe_id == want[0].recipe_id, name
+        assert abs(got[0].score - want[0].score) < 0.02, (got[0].score, want[0].score)
+    if name in ("png_alpha", "bmp", "cmyk_jpeg", "progressive_jpeg", "webp"):
+        assert got[0].recipe_id == "rec0003"  # photo 3 in colour finds its own recipe (the fixture's design)
+
+
 @pytest.mark.parametrize("name", sorted(GOOD))
 def test_odd_but_valid_images_are_answered(setup: tuple[Retriever, Path, Path], name: str) -> None:
     r, _, folder = setup

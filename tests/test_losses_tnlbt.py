@@ -136,3 +136,44 @@ def test_cross_decoder_rejects_bad_titles() -> None:
     img, rec, mask, _ = _inputs()
     with pytest.raises(MalmError):
         dec(img, rec, mask, torch.ones(2, 9, dtype=torch.long))  # longer than max_len
+
+
+def _class_task(source: str, n: int = 16, classes: int = 8) -> tuple[torch.Tensor, ...]:
+    """Titles `<start> w_c <end>` whose word is the class c of the image (or of the recipe) alone: without
+    reading that input, the best a decoder can do on w_c is uniform over the classes, loss log(8)/2 per token."""
+    g = torch.Generator().manual_seed(2)
+    c = torch.arange(n) % classes
+    img = torch.randn(n, 5, 12, generator=g) * 0.3
+    rec = torch.randn(n, 6, 10, generator=g) * 0.3
+    if source == "image":
+        img[torch.arange(n), :, c] += 2.0  # every patch carries the class
+    else:
+        rec[torch.arange(n), 2, c] += 2.0  # an ingredient component carries it (component 0, the title, is dropped)
+    mask = torch.ones(n, 6, dtype=torch.bool)
+    title = torch.zeros(n, 8, dtype=torch.long)
+    title[:, 0], title[:, 1], title[:, 2] = 1, 10 + c, 2
+    return img, rec, mask, title
+
+
+@pytest.mark.parametrize("source", ["image", "recipe"])
+def test_cross_decoder_reads_the_input_the_title_depends_on(source: str) -> None:
+    """A decoder that ignores its inputs stays at log(8)/2 ~ 1.04 here; this one must get far below and must
+    get worse again when the informative input is shuffled across samples."""
+    dec = _decoder()
+    img, rec, mask, title = _class_task(source)
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    loss_fn = CaptionLoss()
+    for _ in range(150):
+        loss = loss_fn(*dec(img, rec, mask, title))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    blind = math.log(8) / 2
+    assert loss.item() < 0.15 * blind, loss.item()
+    dec.eval()
+    perm = torch.roll(torch.arange(len(img)), 1)  # each sample gets its neighbour's (other class) input
+    with torch.no_grad():
+        own = loss_fn(*dec(img, rec, mask, title)).item()
+        swapped = loss_fn(*(dec(img[perm], rec, mask, title) if source == "image" else
+                            dec(img, rec[perm], mask, title))).item()
+    assert own < 0.15 * blind and swapped > blind, (own, swapped)

@@ -100,12 +100,14 @@ def test_silent_provider_fallback_is_noticed(bundle: Path, monkeypatch: pytest.M
     monkeypatch.setattr(FakeSession, "fails", fails)
     monkeypatch.setenv("MALM_TRT_CACHE", str(tmp_path / "trt"))
     r = Retriever.load(bundle)
-    # The backend reports where it really runs (the session's list), not what was asked for...
+    # The backend reports where it really runs (the session's list), not what was asked for.
     assert r.backend.device == device and r.info()["device"] == device
     assert r.backend.requested_device == available[0]
-    # ...and "auto" picked the encoder for that provider, which was loaded.
-    assert r.backend.variant == variant
-    assert Path(r.backend.session.path).name == f"image_{variant}.onnx"
+    assert Path(r.backend.session.path).name == f"image_{r.backend.variant}.onnx"
+    # create_backend with variant "auto" takes the encoder for the provider that really runs.
+    b = create_backend(open_bundle(bundle), "auto", "auto")
+    assert (b.device, b.variant) == (device, variant)
+    assert Path(b.session.path).name == f"image_{variant}.onnx"
     # An explicit variant is kept even after a fallback.
     assert Retriever.load(bundle, variant="fp32").backend.variant == "fp32"
 

@@ -34,7 +34,10 @@ def run(ctx: Context) -> dict[str, Any]:
     probe = subprocess.run([*QUERY, "--help"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise SectionSkipped(f"`malm query` is not available ({(probe.stderr or probe.stdout).strip()[-200:]})")
-    target = max(scales(ctx), key=lambda s: s.recipes)
+    built = scales(ctx)
+    if not built:
+        raise RuntimeError("no bundle to start from: the index scales were not built (see the model section)")
+    target = max(built, key=lambda s: s.recipes)
     photo_bytes, origin = query_photo(ctx)
     photo = ctx.scratch / "query.jpg"
     photo.write_bytes(photo_bytes)

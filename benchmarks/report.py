@@ -156,16 +156,25 @@ def markdown(r: dict[str, Any]) -> str:
                          + "; ".join(f"ef {p['ef_search']}: recall {p['recall@10']:.3f}, {p['qps_1query_1thread']:,.0f} QPS"
                                      for p in sweep) + "\n")
 
-    parts.append("## 4. Training throughput (CPU, tiny presets)\n")
+    parts.append("## 4. Training: where the time goes\n")
     tr = s.get("training")
     st = _status(tr)
     if st:
         parts.append(st + "\n")
     else:
         parts.append(tr.get("note", "") + "\n")
-        parts.append(_table(["preset", "device", "threads", "batch", "samples/s", "step p50 ms", "peak memory MiB"],
-                            [[e["preset"], e["device"], e["threads"], e["batch_size"], e["samples_per_s"],
-                              e["step_p50_ms"], e.get("peak_memory_mib")] for e in tr.get("presets", [])]))
+        parts.append(f"Device: {tr.get('device')}; load average at the end {tr.get('load_average')}.\n")
+        parts.append(_table(["loader workers", "source", "images/s", "images/s per worker", "images/CPU-s",
+                             "cache build s"],
+                            [[e["workers"], "uint8 cache" if e["cached"] else "decode JPEG", e["images_per_s"],
+                              e["images_per_s_per_worker"], e.get("images_per_cpu_s"), e.get("cache_build_s")]
+                             for e in tr.get("loader", [])]))
+        parts.append(_table(["preset", "batch", "step alone img/s", "GFLOP/img", "MFU", "full loop img/s",
+                             "data wait", "epoch end s", "epoch end share", "peak GPU MiB"],
+                            [[e["preset"], e["batch"], e["step"]["images_per_s"], e["step"]["gflop_per_image"],
+                              e["step"]["mfu"], e["full_loop"]["images_per_s"], e["full_loop"]["data_wait_share"],
+                              e["full_loop"]["epoch_end_s"], e["full_loop"]["epoch_end_share"],
+                              e["full_loop"].get("peak_mem_mib")] for e in tr.get("presets", [])]))
 
     parts.append("## 5. Bundle size\n")
     bs = s.get("bundle")

@@ -113,3 +113,48 @@ def test_only_merges_with_the_previous_results(tmp_path: Path, monkeypatch: pyte
     res = runner.invoke(app, ["bench", "--only", "bundle", "--out", str(out), "--work", str(work)])
     assert res.exit_code == 0, res.output
     assert set(json.loads((out / "bench.json").read_text())["sections"]) == {"bundle"}
+
+
+def _check_training_numbers(section: dict) -> None:
+    """Something was measured: every loader rate, step rate, MFU and full-loop number is a positive number."""
+    assert section["loader"] and all(x["images_per_s"] > 0 and x["images_per_cpu_s"] > 0 for x in section["loader"])
+    assert {x["cached"] for x in section["loader"]} == {True, False}
+    assert section["presets"]
+    for row in section["presets"]:
+        step, loop = row["step"], row["full_loop"]
+        assert step["images_per_s"] > 0 and step["gflop_per_image"] > 0 and 0 < step["mfu"] < 1.5 and step["loss_finite"]
+        assert loop["images_per_s"] > 0 and 0 <= loop["data_wait_share"] <= 1
+        assert loop["epoch_end_s"] is not None and loop["epoch_end_s"] > 0 and 0 < loop["epoch_end_share"] < 1
+
+
+@pytest.mark.slow
+def test_bench_training_section_says_where_the_time_goes(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "malm.cli", "bench", "--quick", "--only", "training", "--device", "cpu",
+                           "--out", str(out), "--work", str(work)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    section = json.loads((out / "bench.json").read_text())["sections"]["training"]
+    assert section["status"] == "ok", section.get("error") or section.get("skipped")
+    assert section["device"] == "cpu" and section["loader_images_per_s_per_core_224"] > 0
+    _check_training_numbers(section)
+    assert "## 4. Training: where the time goes" in (out / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_tiny_on_cpu_and_writes_its_json(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "env-out")}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--tiny", "--presets", "ht-tiny",
+                           "--recipes", "40", "--work", str(tmp_path / "work")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "env-out" / "gpu_check.json").read_text())  # $OUT when --out is not given
+    assert result["schema"] == "malm-gpu-check/1" and result["device"] == "cpu" and result["tiny"] is True
+    assert result["machine"]["cpu_flags"] and result["data"]["recipes"] == 40
+    assert [r["preset"] for r in result["presets"]] == ["ht-tiny"]
+    _check_training_numbers(result)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path / "o")],
+                          cwd=REPO, env={**env, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode != 0 and "no CUDA GPU" in proc.stderr and "--tiny" in proc.stderr

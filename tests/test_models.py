@@ -215,3 +215,93 @@ def _pre():
     from malm.preprocess import PreprocessConfig
 
     return PreprocessConfig.for_size(32)
+
+
+# --------------------------------------------------------------- one block, and checkpoints from before it
+
+
+def _old_encoder_keys(state: dict, prefix: str) -> dict:
+    """Today's SequenceEncoder keys under `prefix` -> the nn.TransformerEncoder names runs used to save."""
+    import re
+
+    rename = {"attn.qkv.weight": "self_attn.in_proj_weight", "attn.qkv.bias": "self_attn.in_proj_bias",
+              "attn.proj.": "self_attn.out_proj.", "mlp.fc1.": "linear1.", "mlp.fc2.": "linear2."}
+    out = {}
+    for k, v in state.items():
+        m = re.fullmatch(re.escape(prefix) + r"blocks\.(\d+)\.(.+)", k)
+        if m:
+            rest = m.group(2)
+            for new, old in rename.items():
+                if rest.startswith(new):
+                    rest = old + rest[len(new):]
+                    break
+            k = f"{prefix}encoder.layers.{m.group(1)}.{rest}"
+        elif k.startswith(prefix + "norm."):
+            k = prefix + "encoder." + k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def test_recipe_encoder_matches_torch_transformer_encoder_and_loads_its_checkpoints() -> None:
+    """The shared block computes what nn.TransformerEncoder(norm_first, gelu) computed, on the same weights."""
+    from torch import nn
+
+    from malm.training.models.recipe import SequenceEncoder
+
+    torch.manual_seed(0)
+    cfg = RecipeEncoderConfig(width=32, heads=4, dropout=0.0)
+    enc = SequenceEncoder(cfg, layers=2, positional=False).eval()
+    layer = nn.TransformerEncoderLayer(32, 4, int(32 * cfg.mlp_ratio), 0.0, activation="gelu", batch_first=True,
+                                       norm_first=True)
+    old = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(32), enable_nested_tensor=False).eval()
+    old_state = {"encoder." + k: v for k, v in old.state_dict().items()}
+    assert set(_old_encoder_keys(enc.state_dict(), "")) == set(old_state)  # the test's map is the real layout
+    enc.load_state_dict(old_state)  # old names, strict
+    x, valid = torch.randn(3, 6, 32), torch.ones(3, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x, valid)[0][valid], old(x, src_key_padding_mask=~valid)[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_model_and_decoders_load_checkpoints_with_pre_shared_block_names() -> None:
+    """A whole MALM task saved with the old names (TransformerEncoder in the recipe encoder, separate
+    q/k/v/out, norm_self/norm_mlp/mlp.0/mlp.2 in the decoders) loads strictly and computes the same."""
+    from malm.training.config import load_preset
+    from malm.training.task import Task
+
+    cfg = load_preset("malm-tiny").with_overrides({
+        "model.image.image_size": 32, "model.image.patch_size": 8, "model.image.width": 32, "model.image.depth": 1,
+        "model.image.heads": 2, "model.recipe.width": 32, "model.recipe.heads": 2, "model.embed_dim": 16,
+        "loss.matching.heads": 2, "loss.cross_decoder.heads": 2, "loss.cross_decoder.enabled": True})  # fmt: skip
+    torch.manual_seed(0)
+    src = Task(cfg, vocab_size=40).eval()
+    state = src.state_dict()
+    old: dict = {}
+    import re
+
+    for k, v in state.items():  # decoders: qkv -> q, k, v; proj -> out; norms and MLP by their old names
+        m = re.fullmatch(r"(.+\.)(attn|cross_attn)\.(qkv|proj)\.(weight|bias)", k)
+        is_decoder = m and any(s in k for s in ("matching.", "cross_decoder.", "predictor.", "distill"))
+        if is_decoder and m.group(3) == "qkv":
+            name = "self_attn" if m.group(2) == "attn" else "cross_attn"
+            for part, chunk in zip("qkv", v.chunk(3, dim=0), strict=True):
+                old[f"{m.group(1)}{name}.{part}.{m.group(4)}"] = chunk
+        elif is_decoder:
+            old[f"{m.group(1)}{'self_attn' if m.group(2) == 'attn' else 'cross_attn'}.out.{m.group(4)}"] = v
+        elif any(s in k for s in ("matching.", "cross_decoder.", "predictor.", "distill")) and re.search(
+                r"\.(norm1|norm2|mlp\.fc1|mlp\.fc2)\.", k) and "image_encoder" not in k and "blocks." in k:
+            k2 = k.replace(".norm1.", ".norm_self.").replace(".norm2.", ".norm_mlp.")
+            old[k2.replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.2.")] = v
+        else:
+            old[k] = v
+    encoders = sorted({m.group(1) for k in old if (m := re.match(r"(.+?\.)blocks\.\d+\.attn\.qkv", k))
+                       and "recipe_encoder" in k})
+    for prefix in encoders:
+        old = _old_encoder_keys(old, prefix)
+    assert any("encoder.layers.0.self_attn.in_proj_weight" in k for k in old)
+    assert any(".self_attn.q.weight" in k for k in old) and any(".norm_mlp." in k for k in old)
+    torch.manual_seed(1)
+    dst = Task(cfg, vocab_size=40).eval()
+    dst.load_state_dict(old)  # strict
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, state[k]), k

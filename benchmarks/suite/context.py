@@ -35,6 +35,7 @@ class BenchOptions:
     deploy_recipes: int = 100_000  # recipes in the deployment-size bundle (full runs)
     budget_s: float = 15 * 60  # soft limit on the whole run: slow optional measurements are skipped
     seed: int = 0
+    device: str = "auto"  # training section: "cpu", "cuda" or "auto" (cuda when torch sees one)
     command: str = ""  # how the run was started, recorded in the results
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class BenchOptions:
                 raise MalmError(f"bench: --{name} {path} does not exist")
         if self.deploy_recipes < 10:
             raise MalmError(f"bench: --deploy-recipes must be >= 10, got {self.deploy_recipes}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MalmError(f"bench: --device must be auto, cpu or cuda, got {self.device!r}")
         if self.budget_s <= 0:
             raise MalmError("bench: the time budget must be > 0 seconds")
 

@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         budget_min: float = typer.Option(15.0, "--budget-min", help="Soft time limit: slow optional peer builds are skipped past it."),
         seed: int = typer.Option(0, "--seed"),
         json_out: bool = typer.Option(False, "--json", help="Print bench.json's content on stdout (the log stays on stderr)."),
+        device: str = typer.Option("auto", "--device", help="Training section: cpu, cuda or auto (full presets on a GPU, tiny ones on CPU)."),
     ) -> None:
         """Benchmark query latency, encoder throughput, index at scale, training and bundle size."""
         root = _import_suite(find_suite())
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
             threads=_ints(threads or ["1,2"], "--threads"),
             index_sizes=_ints(index_sizes, "--index-sizes") if index_sizes else
             ((500, 2000) if quick else (10_000, 100_000, 1_000_000)),
-            index_dim=index_dim, deploy_recipes=deploy_recipes, budget_s=budget_min * 60, seed=seed,
+            index_dim=index_dim, deploy_recipes=deploy_recipes, budget_s=budget_min * 60, seed=seed, device=device,
             command="malm bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []),
         )
         results = run(options)

@@ -72,27 +72,10 @@ def export_image_encoder(module: ImageEncoderForExport, path: Path, image_size: 
 
 
 def _encoder_layers(seq: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`SequenceEncoder.forward` on the explicit (non-fused) path: pre-norm layers, key padding mask.
-
-    PyTorch's eval fast path (`_transformer_encoder_layer_fwd`, native MHA) has no ONNX mapping, so each
-    layer's own attention and feed-forward blocks are called directly; the math is the same.
-    """
-    from malm.training.models.recipe import masked_mean, sinusoidal
-
-    if seq.positional:
-        x = x + sinusoidal(x.shape[1], x.shape[2], x.device, x.dtype)
-    pad = torch.logical_not(valid)
-    enc = seq.encoder
-    for layer in enc.layers:
-        if not layer.norm_first:
-            raise MalmError("recipe encoder ONNX export expects pre-norm transformer layers")
-        h = layer.norm1(x)
-        attn = layer.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
-        x = x + layer.dropout1(attn)
-        x = x + layer._ff_block(layer.norm2(x))
-    if enc.norm is not None:
-        x = enc.norm(x)
-    return x, masked_mean(x, valid)
+    """`SequenceEncoder.forward`: the shared transformer blocks (SDPA under a key padding mask, which the
+    exporter maps to MatMul/Softmax) export as they are."""
+    out: tuple[torch.Tensor, torch.Tensor] = seq(x, valid)
+    return out
 
 
 class RecipeEncoderForExport(nn.Module):

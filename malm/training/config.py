@@ -212,7 +212,10 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     eval_every: int = 1  # validate every N epochs (and after the last)
     eval_size: int = 1000  # validation pairs for image->recipe R@1 (fewer if the split is smaller)
-    log_every: int = 10  # steps between metrics.jsonl training lines
+    log_every: int = 10  # steps between metrics.jsonl training lines (losses are read from the device only then)
+    state_every: int = 1  # epochs between saves of the resumable state (optimizer, RNG); always at the last
+    image_cache: bool = True  # decode + resize every photo once into a uint8 memmap; crop/flip/normalize per batch
+    compile: bool = False  # torch.compile the image encoder (CUDA; slow to start, faster steps)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -223,6 +226,7 @@ class TrainConfig:
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
         _check(self.freeze_image_epochs >= 0 and self.num_workers >= 0, "train: negative counts")
         _check(self.eval_every >= 1 and self.eval_size >= 2 and self.log_every >= 1, "train: bad eval/log settings")
+        _check(self.state_every >= 1, "train.state_every must be >= 1")
 
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Warm-up then cosine to `min_lr_ratio`, as a multiple of the peak lr; `step` counts from 0."""

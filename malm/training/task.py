@@ -41,10 +41,10 @@ class Task(nn.Module):
             return None
         return random_keep_idx(batch_size, self.model.image_encoder.num_patches, self.config.loss.mask.ratio, device)
 
-    def forward(self, batch: dict[str, Tensor], progress: float) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def forward(self, batch: dict[str, Tensor], progress: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         return self.training_forward(batch, progress)
 
-    def training_forward(self, batch: dict[str, Tensor], progress: float) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def training_forward(self, batch: dict[str, Tensor], progress: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         images = batch["image"]
         keep = self.keep_idx(images.shape[0], images.device)
         image = self.model.image_features(images, keep)
@@ -60,12 +60,12 @@ class Task(nn.Module):
                           all_image_emb=all_gather_with_grad(image_emb),
                           all_recipe_emb=all_gather_with_grad(recipe_emb))
         losses: dict[str, Tensor] = {}
-        report: dict[str, float] = {}
+        report: dict[str, Tensor] = {}  # detached, on the device: the train loop reads them every log_every steps
         for objective in self.objectives:
             for key, value in objective(state).items():
                 if key.endswith("_loss"):
                     losses[key] = value
-                report[key] = float(value.detach().float())
+                report[key] = value.detach()
         return losses, report
 
     @staticmethod

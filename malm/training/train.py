@@ -10,6 +10,14 @@ split evenly over ranks, and embeddings are gathered with gradient so the loss s
 Rank 0 logs and writes checkpoints. Determinism: the global batch order is a function of (seed, epoch)
 and each item's augmentation of (seed, epoch, item), independent of workers and world size; with the
 optimizer, RNG states and position saved, `--resume` continues to the same weights as an uninterrupted run.
+
+Speed (the GPU should never wait): photos come from a uint8 cache decoded once (`data/image_cache.py`);
+workers only slice a crop, and flip + normalisation run on the batch's device (`device_transform`);
+workers persist across epochs; `train_step` reads nothing back from the device, losses and grad norms
+are summed there and read every `train.log_every` steps (`Window`); AdamW is fused on CUDA; every
+attention is SDPA; `train.compile` compiles the image encoder; validation runs every `train.eval_every`
+epochs and the resumable state is saved every `train.state_every` epochs (and at the last). Each log line
+says how much of its time the loop waited for data, and an `epoch_end` line what the epoch's end cost.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ from malm.training.task import Task
 
 # Keys that may differ on --resume without changing the result.
 RESUME_MAY_DIFFER = ("train.num_workers",)
+# The order of parameters the optimizer state is saved in; states from before the shared transformer
+# block (separate q/k/v projections) cannot be mapped onto today's parameters.
+PARAM_LAYOUT = "shared-block-1"
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,9 @@ class SeededItems(Dataset):
         s = (self.seed * 1_000_003 + epoch) * 10_000_019 + i
         py, npy = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+            # The CPU generator only (what items draw from): torch.manual_seed would also queue a seed for
+            # every lazy accelerator backend, with a stack trace each, costing more than the item itself.
+            torch.default_generator.manual_seed(s)
             random.seed(s)
             np.random.seed(s % 2**32)
             try:
@@ -147,12 +160,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
-def build_datasets(prepared: Any, config: ExperimentConfig) -> tuple[Dataset, Dataset | None]:
+def build_datasets(prepared: Any, config: ExperimentConfig, images: Any = None) -> tuple[Dataset, Dataset | None]:
+    """Train and val datasets; with `images` (an `image_cache.ImageCache`) photos come from the uint8 cache."""
     from malm.training.data import RecipeImageDataset
 
     pre = config.preprocess()
-    train: Dataset = RecipeImageDataset(prepared, "train", pre, train=True)
-    val: Dataset | None = RecipeImageDataset(prepared, "val", pre, train=False)
+    split_images = (lambda name: images.split(name)) if images is not None else (lambda name: None)
+    train: Dataset = RecipeImageDataset(prepared, "train", pre, train=True, images=split_images("train"))
+    val: Dataset | None = RecipeImageDataset(prepared, "val", pre, train=False, images=split_images("val"))
     if config.model.recipe.sentence_features == "minilm":
         from malm.training.models.minilm import with_sentence_features
 
@@ -196,7 +211,7 @@ def run(opts: TrainOptions) -> dict[str, Any]:
 def _resolve_config(opts: TrainOptions) -> ExperimentConfig:
     saved_path = opts.out_dir / "config.json"
     if opts.resume:
-        if not (opts.out_dir / "last.state.json").exists():
+        if not (opts.out_dir / "last.state.json").exists() and not saved_path.exists():
             raise MalmError(f"--resume: {opts.out_dir} has no last.state.json to resume from")
         saved = ckpt.read_config(opts.out_dir)
         if opts.config is None:
@@ -213,9 +228,114 @@ def _resolve_config(opts: TrainOptions) -> ExperimentConfig:
     return opts.config
 
 
-def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> dict[str, Any]:
+def _load_data(opts: TrainOptions, config: ExperimentConfig, info: dist_util.DistInfo,
+               say: Any) -> tuple[Any, Dataset, Dataset | None]:
+    """The prepared recipes (and, with train.image_cache, the uint8 photo cache) and the two datasets.
+    Rank 0 builds the caches; the others then reuse them."""
     from malm.training.data import prepare
+    from malm.training.data.image_cache import prepare_images
 
+    def _prepare() -> tuple[Any, Any]:
+        prepared = prepare(opts.data_dir, cache_dir=opts.cache_dir, min_freq=config.data.min_freq,
+                           limits=config.data.limits(), log=say)
+        images = None
+        if config.train.image_cache:
+            images = prepare_images(prepared, config.preprocess(), log=say)
+        return prepared, images
+
+    if info.is_main:
+        prepared, images = _prepare()
+        dist_util.barrier()
+    else:
+        dist_util.barrier()
+        prepared, images = _prepare()
+    train_set, val_set = build_datasets(prepared, config, images)
+    return prepared, train_set, val_set
+
+
+def build_optimizer(task: Task, tc: Any, device: torch.device) -> torch.optim.Optimizer:
+    # The fused CUDA kernel updates every parameter in one launch and reads no step count on the host.
+    return torch.optim.AdamW(task.param_groups(tc), lr=tc.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+
+
+class Window:
+    """Training metrics summed where they were computed (on the device) between log lines, and the first
+    step whose loss was not finite. `read` is the step loop's only host sync; checking per step would
+    stall the GPU queue every step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.t = time.perf_counter()
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.wait = 0.0  # seconds the loop spent waiting for the loader in this window
+        self.last_wait = 0.0  # ... in the window `read` last returned
+
+    def timed(self, loader: Any) -> Iterator[Any]:
+        """Iterate `loader`, adding the time spent blocked on it to this window."""
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield batch
+
+    def add(self, report: dict[str, Any], total: torch.Tensor, step: int) -> None:
+        for k, v in report.items():
+            v = v.detach().double() if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += 1
+        bad = ~torch.isfinite(total.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def _raise_if_bad(self, first_bad: int) -> None:
+        if first_bad >= 0:
+            raise MalmError(f"loss became non-finite at step {first_bad}: lower train.lr or check the data")
+
+    def check(self) -> None:
+        """Raise if a loss so far was not finite (before saving weights that may hold NaNs)."""
+        self._raise_if_bad(int(self.first_bad.item()))
+
+    def read(self) -> tuple[dict[str, float], float, int]:
+        """(mean of each metric, seconds, steps) of the window, then start a new one. One host sync."""
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k].to(self.device) for k in keys]
+                             + [self.first_bad.to(self.device, torch.float64)]).tolist()
+        self._raise_if_bad(int(values[-1]))
+        now = time.perf_counter()
+        out = ({k: v / max(1, self.n) for k, v in zip(keys, values, strict=False)}, now - self.t, self.n)
+        self.sums, self.n, self.t = {}, 0, now
+        self.last_wait, self.wait = self.wait, 0.0
+        return out
+
+
+def train_step(model_ddp: torch.nn.Module, task: Task, optimizer: torch.optim.Optimizer, params: list[Any],
+               batch: dict[str, Any], pre: Any, lr_factor: float, image_frozen: bool, progress: float,
+               amp: bool, grad_clip: float, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One optimizer step on one batch; returns (total loss, report), both left on the device (no host sync)."""
+    from malm.training.data.dataset import device_transform
+
+    for g in optimizer.param_groups:
+        g["lr"] = 0.0 if (image_frozen and g["kind"] == "image") else g["base_lr"] * lr_factor
+    batch = device_transform(to_device(batch, device), pre)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        losses, report = model_ddp(batch, progress)
+    total = Task.total(losses)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip > 0:
+        report["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    task.after_step()
+    report["loss"] = total.detach()
+    return total, report
+
+
+def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> dict[str, Any]:
     say = opts.log or (_stderr if info.is_main else (lambda _m: None))
     config = _resolve_config(opts)
     tc = config.train
@@ -225,17 +345,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
         # Ranks on one CPU share its cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))))
 
-    # Rank 0 builds the data cache; the others then reuse it.
-    def _prepare() -> Any:
-        return prepare(opts.data_dir, cache_dir=opts.cache_dir, min_freq=config.data.min_freq,
-                       limits=config.data.limits(), log=say)
-    if info.is_main:
-        prepared = _prepare()
-        dist_util.barrier()
-    else:
-        dist_util.barrier()
-        prepared = _prepare()
-    train_set, val_set = build_datasets(prepared, config)
+    prepared, train_set, val_set = _load_data(opts, config, info, say)
     n_train = len(train_set)  # type: ignore[arg-type]
     if n_train < tc.batch_size:
         raise MalmError(f"{opts.data_dir}: {n_train} training pairs (recipes with images) is fewer than "
@@ -251,7 +361,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
         report = load_image_init(task.model.image_encoder, opts.image_init)
         say(f"image init from {opts.image_init}: {report.summary()}")
     task.to(device)
-    optimizer = torch.optim.AdamW(task.param_groups(tc), lr=tc.lr, betas=(0.9, 0.999))
+    optimizer = build_optimizer(task, tc, device)
 
     sampler = EpochBatchSampler(n_train, tc.batch_size, info.rank, info.world_size, tc.seed)
     steps_per_epoch = sampler.batches_per_epoch
@@ -261,8 +371,17 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
     out = opts.out_dir
     metrics_path = out / "metrics.jsonl"
 
-    if opts.resume:
+    if opts.resume and not (out / "last.state.json").exists():
+        # Killed before its first resumable state was saved: starting over is the exact resume.
+        say(f"resuming {out}: no resumable state saved yet, starting from step 0")
+        if info.is_main:
+            _truncate_metrics(metrics_path, 0)
+    elif opts.resume:
         tensors, state = ckpt.load_train_state(out)
+        if state.get("param_layout") != PARAM_LAYOUT:
+            raise MalmError(f"--resume: {out}/last.state.* was written by an older malm whose optimizer state does "
+                            "not map onto today's shared transformer blocks; its last/best weights still load "
+                            "(export, evaluate, --image-init), but the run cannot be continued exactly: start a new one")
         ckpt.restore_task(task, tensors)
         ckpt.load_optimizer_state(optimizer, tensors, state["optimizer"])
         ckpt.set_rng_state(tensors, state["rng"])
@@ -281,25 +400,31 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
     dist_util.barrier()
     mlog = MetricsLog(out, opts.report_to, resume_step=step if opts.resume else None, enabled=info.is_main)
 
+    if tc.compile:
+        # In place (nn.Module.compile): parameter names, and so checkpoints, are unchanged.
+        task.model.image_encoder.compile()
     model_ddp: torch.nn.Module = task
     if info.enabled:
         # find_unused_parameters: objectives may leave some parameters out of a step (e.g. the mask token).
         model_ddp = torch.nn.parallel.DistributedDataParallel(
             task, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    workers = tc.num_workers
     loader = DataLoader(SeededItems(train_set, tc.seed), batch_size=sampler.per_rank, sampler=sampler,
-                        num_workers=tc.num_workers, drop_last=True, pin_memory=device.type == "cuda",
+                        num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
                         # Its own generator: creating an iterator must not consume the global RNG.
-                        generator=torch.Generator().manual_seed(tc.seed), persistent_workers=False)
+                        generator=torch.Generator().manual_seed(tc.seed),
+                        # Workers live across epochs: no restart stall at each epoch's start.
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     amp = tc.amp and device.type == "cuda"
+    pre = config.preprocess()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     say(f"training {config.name}: {n_train} pairs, {steps_per_epoch} steps/epoch × {tc.epochs} epochs, "
         f"global batch {tc.batch_size} on {info.world_size} × {device.type}"
-        + (", bf16" if amp else ""))
+        + (", bf16" if amp else "") + (", image cache" if tc.image_cache else ""))
 
     bar = _Progress(enabled=opts.progress_bar and info.is_main, total=total_steps, done=step)
     started = time.perf_counter()
-    window: dict[str, float] = {}
-    window_n, window_t = 0, time.perf_counter()
+    window = Window(device)
     stopped = False
     try:
         for epoch in range(start_epoch, tc.epochs):
@@ -307,59 +432,47 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
             sampler.set_epoch(epoch, batch_in_epoch)
             image_frozen = epoch < tc.freeze_image_epochs
             task.train()
-            for batch in loader:
-                factor = tc.lr_factor(step, total_steps)
-                for g in optimizer.param_groups:
-                    g["lr"] = 0.0 if (image_frozen and g["kind"] == "image") else g["base_lr"] * factor
-                batch = to_device(batch, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    losses, report = model_ddp(batch, step / max(1, total_steps))
-                total = Task.total(losses)
-                if not torch.isfinite(total):
-                    raise MalmError(f"loss became {float(total)} at step {step}: lower train.lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if tc.grad_clip > 0:
-                    report["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
-                optimizer.step()
-                task.after_step()
+            for batch in window.timed(loader):
+                total, report = train_step(model_ddp, task, optimizer, params, batch, pre,
+                                           tc.lr_factor(step, total_steps), image_frozen, step / max(1, total_steps),
+                                           amp, tc.grad_clip, device)
+                window.add(report, total, step)
                 step += 1
                 batch_in_epoch += 1
-                report["loss"] = float(total.detach())
-                for k, v in report.items():
-                    window[k] = window.get(k, 0.0) + v
-                window_n += 1
-                bar.update(step, report["loss"], tc.batch_size * window_n / max(1e-9, time.perf_counter() - window_t))
-                if info.is_main and (step % tc.log_every == 0 or step == total_steps):
-                    now = time.perf_counter()
-                    rec = {"type": "train", "step": step, "epoch": epoch + step_frac(batch_in_epoch, steps_per_epoch),
-                           "lr": optimizer.param_groups[-1]["lr"],
-                           "samples_per_s": round(tc.batch_size * window_n / max(1e-9, now - window_t), 2)}
-                    rec |= {k: round(v / window_n, 6) for k, v in window.items()}
-                    mlog.write(rec)
-                    window, window_n, window_t = {}, 0, now
+                if step % tc.log_every == 0 or step == total_steps:
+                    means, seconds, n = window.read()
+                    speed = tc.batch_size * n / max(1e-9, seconds)
+                    bar.update(step, means["loss"], speed)
+                    if info.is_main:
+                        rec = {"type": "train", "step": step, "epoch": epoch + step_frac(batch_in_epoch, steps_per_epoch),
+                               "lr": optimizer.param_groups[-1]["lr"], "samples_per_s": round(speed, 2),
+                               "data_wait_share": round(window.last_wait / max(1e-9, seconds), 4)}
+                        if device.type == "cuda":
+                            rec["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                        mlog.write(rec | {k: round(v, 6) for k, v in means.items()})
+                else:
+                    bar.update(step)
                 mid_epoch_save = opts.save_every and step % opts.save_every == 0 and batch_in_epoch < steps_per_epoch
                 if mid_epoch_save:
-                    _save(out, info, task, optimizer, config, step, epoch, batch_in_epoch, best, steps_per_epoch, None)
+                    window.check()
+                    _save(out, info, task, optimizer, config, step, epoch, batch_in_epoch, best, steps_per_epoch,
+                          None, with_state=True)
                 if opts.stop_after_steps and step >= opts.stop_after_steps:
                     stopped = True
                     break
             if stopped:
                 break
-            # End of epoch: validate on rank 0, update best, save last (+ best) and the resumable state.
-            metrics = None
-            if val_set is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
-                if info.is_main:
-                    metrics = validate(task.model, val_set, config, device)
-                    say(f"epoch {epoch + 1}/{tc.epochs}: val {metrics['key']} image→recipe "
-                        f"R@1 {metrics['im2recipe']['R@1']:.3f} medR {metrics['im2recipe']['medR']:.1f}")
-                    mlog.write({"type": "val", "step": step, "epoch": epoch + 1, **metrics})
-                    if metrics["im2recipe"]["R@1"] > best["r1"]:
-                        best = {"r1": metrics["im2recipe"]["R@1"], "epoch": epoch + 1, "metrics": metrics}
-            elif val_set is None and info.is_main:
-                best = {"r1": -1.0, "epoch": epoch + 1, "metrics": None}  # no validation pairs: best = last
-            _save(out, info, task, optimizer, config, step, epoch + 1, 0, best, steps_per_epoch, metrics)
+            window.check()
+            ended = time.perf_counter()
+            best, metrics = _end_of_epoch(task, val_set, config, device, info, epoch, step, best, mlog, say)
+            last = epoch + 1 == tc.epochs
+            _save(out, info, task, optimizer, config, step, epoch + 1, 0, best, steps_per_epoch, metrics,
+                  with_state=last or (epoch + 1) % tc.state_every == 0)
             dist_util.barrier()
+            if info.is_main:  # what the epoch's end cost the step loop (validation, saving)
+                mlog.write({"type": "epoch_end", "step": step, "epoch": epoch + 1,
+                                             "seconds": round(time.perf_counter() - ended, 3)})
+            window.t = time.perf_counter()  # the next window's speed counts steps, not the epoch's end
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
@@ -371,13 +484,35 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
     return summary
 
 
+def _end_of_epoch(task: Task, val_set: Dataset | None, config: ExperimentConfig, device: torch.device,
+                  info: dist_util.DistInfo, epoch: int, step: int, best: dict[str, Any], mlog: MetricsLog,
+                  say: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Validate on rank 0 every `train.eval_every` epochs (and after the last); returns (best, metrics)."""
+    tc = config.train
+    metrics = None
+    if val_set is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
+        if info.is_main:
+            metrics = validate(task.model, val_set, config, device)
+            say(f"epoch {epoch + 1}/{tc.epochs}: val {metrics['key']} image→recipe "
+                f"R@1 {metrics['im2recipe']['R@1']:.3f} medR {metrics['im2recipe']['medR']:.1f}")
+            mlog.write({"type": "val", "step": step, "epoch": epoch + 1, **metrics})
+            if metrics["im2recipe"]["R@1"] > best["r1"]:
+                best = {"r1": metrics["im2recipe"]["R@1"], "epoch": epoch + 1, "metrics": metrics}
+    elif val_set is None and info.is_main:
+        best = {"r1": -1.0, "epoch": epoch + 1, "metrics": None}  # no validation pairs: best = last
+    return best, metrics
+
+
 def step_frac(batch_in_epoch: int, steps_per_epoch: int) -> float:
     return round(batch_in_epoch / max(1, steps_per_epoch), 4)
 
 
 def _save(out: Path, info: dist_util.DistInfo, task: Task, optimizer: torch.optim.Optimizer,
           config: ExperimentConfig, step: int, epoch: int, batch_in_epoch: int, best: dict[str, Any],
-          steps_per_epoch: int, metrics: dict[str, Any] | None) -> None:
+          steps_per_epoch: int, metrics: dict[str, Any] | None, with_state: bool) -> None:
+    """Weights (`last`, and `best` when this epoch is it); with `with_state` also the resumable state —
+    `--resume` continues from the newest state, re-running the epochs after it, so saving it every
+    `train.state_every` epochs keeps the exact-resume guarantee."""
     if not info.is_main:
         return
     meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config_hash": config.hash(),
@@ -385,9 +520,11 @@ def _save(out: Path, info: dist_util.DistInfo, task: Task, optimizer: torch.opti
     ckpt.save_weights(out, "last", task.model, meta)
     if batch_in_epoch == 0 and best["epoch"] == epoch:
         ckpt.save_weights(out, "best", task.model, {**meta, "best_r1": best["r1"]})
-    ckpt.save_train_state(out, task, optimizer, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                                                  "best": best, "steps_per_epoch": steps_per_epoch,
-                                                  "config_hash": config.hash(), "world_size": info.world_size})
+    if with_state:
+        ckpt.save_train_state(out, task, optimizer, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                                                      "best": best, "steps_per_epoch": steps_per_epoch,
+                                                      "config_hash": config.hash(), "world_size": info.world_size,
+                                                      "param_layout": PARAM_LAYOUT})
 
 
 class _Progress:
@@ -403,8 +540,10 @@ class _Progress:
             "train", total=total, enabled=enabled, completed=done, fields={"loss": math.nan, "speed": 0.0},
             fmt="loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s", transient=False))
 
-    def update(self, step: int, loss: float, speed: float) -> None:
-        self.bar.update(completed=step, loss=loss, speed=speed)
+    def update(self, step: int, loss: float | None = None, speed: float | None = None) -> None:
+        """Loss and speed come only at log steps (reading them is a host sync); in between, the count."""
+        fields = {} if loss is None else {"loss": loss, "speed": speed}
+        self.bar.update(completed=step, **fields)
 
     def close(self) -> None:
         self._stack.close()
@@ -437,14 +576,14 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         report_to=parse_report_to(getattr(args, "report_to", None)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m malm.training.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = "python -m malm.training.train") -> argparse.ArgumentParser:
+    """The one parser of training: `malm train` hands its arguments here too (no second list to keep in sync)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="Recipe1M folder (layer1.json, layer2.json, images/)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", help="preset name (ht, ht-tiny, …) or a config .json")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--preset", help="preset name (ht, ht-tiny, tnlbt, tnlbt-tiny, malm, malm-tiny) or a config .json")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size (override train.batch_size)")
     p.add_argument("--eval-size", type=int, help="validation pairs for image→recipe R@1 (default 1000)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
@@ -456,18 +595,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report-to", action="append", metavar="tensorboard|csv",
                    help="also log metrics to TensorBoard (RUN/tensorboard) and/or RUN/metrics.csv")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout (rank 0)")
     return p
 
 
+def cli(argv: list[str] | None = None, prog: str = "malm train") -> dict[str, Any]:
+    """Parse, train, report: the body of both doors. Raises MalmError for the caller to show."""
+    args = build_parser(prog).parse_args(argv)
+    summary = run(options_from_args(args))
+    if not dist_util.detect().is_main:
+        return summary
+    if args.json or prog != "malm train":  # torchrun / python -m always printed the JSON summary
+        print(json.dumps(summary), flush=True)
+    else:
+        best = summary["best"]
+        r1 = f"{best['r1']:.2f}" if best.get("metrics") else "n/a"
+        _stderr(f"done: {summary['steps']} steps in {summary['seconds']:.0f}s; best epoch {best['epoch']} "
+                f"val image→recipe R@1 {r1}; run in {summary['run_dir']}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The torchrun / `python -m malm.training.train` door: errors print one line and exit 2."""
     try:
-        summary = run(options_from_args(args))
+        cli(argv, prog="python -m malm.training.train")
     except MalmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if dist_util.detect().is_main:
-        print(json.dumps(summary))
     return 0
 
 

@@ -8,6 +8,7 @@ file in the training set is something to fix, and skipping would change what an 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,44 @@ def train_transform(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """Resize the shorter side to `cfg.resize`, random `cfg.size` crop, random horizontal flip, normalize."""
     image = resize_shorter(image, cfg.resize, cfg.interpolation)
     w, h = image.size
-    left = int(torch.randint(0, w - cfg.size + 1, (1,)).item())
-    top = int(torch.randint(0, h - cfg.size + 1, (1,)).item())
+    top, left = crop_offsets(h, w, cfg.size)
     image = image.crop((left, top, left + cfg.size, top + cfg.size))
     if torch.rand(1).item() < 0.5:
         image = ImageOps.mirror(image)
     return normalize(np.asarray(image, dtype=np.uint8), cfg)
+
+
+def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+    """Random (top, left) of a size×size crop, from torch's global RNG (seeded per item by the trainer)."""
+    left = int(torch.randint(0, width - size + 1, (1,)).item())
+    top = int(torch.randint(0, height - size + 1, (1,)).item())
+    return top, left
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them per batch would be a blocking host->GPU copy every step.
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    return m, torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+
+
+def device_transform(batch: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
+    """A cached-pixel batch on its device -> the model's input: uint8 [B, S, S, 3] + `flip` [B] become
+    normalized float32 [B, 3, S, S], flipped where asked. Tensor ops on the whole batch (GPU or CPU), no sync;
+    the same arithmetic as `malm.preprocess.normalize`. Batches without `flip` pass through unchanged."""
+    if "flip" not in batch:
+        return batch
+    x = batch["image"].permute(0, 3, 1, 2).float() / 255.0
+    x = torch.where(batch["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
+    mean, std = _mean_std(cfg.mean, cfg.std, x.device)
+    out = {k: v for k, v in batch.items() if k != "flip"}
+    out["image"] = ((x - mean) / std).contiguous()
+    return out
+
+
+def center_crop(square: np.ndarray, size: int) -> np.ndarray:
+    top, left = (square.shape[0] - size) // 2, (square.shape[1] - size) // 2
+    return np.asarray(square[top : top + size, left : left + size])
 
 
 def _split(prepared: PreparedData, split: str | SplitData) -> SplitData:
@@ -79,20 +112,36 @@ class RecipeImageDataset(torch.utils.data.Dataset):
     """Paired recipes of a split: an image plus token arrays; `index` is the recipe's row in the split.
 
     Train: a random photo of the recipe, random crop + flip. Eval: the first photo, `malm.preprocess.preprocess`.
+    With `images` (an `image_cache.SplitImages` of this split) photos come from the uint8 cache: eval items
+    are normalized as before (same pixels); train items are the uint8 crop [S, S, 3] plus a `flip` flag,
+    and `device_transform` finishes them on the batch's device.
     """
 
     def __init__(self, prepared: PreparedData, split: str | SplitData, preprocess: PreprocessConfig,
-                 train: bool) -> None:
+                 train: bool, images: Any = None) -> None:
         self.data = _split(prepared, split)
         self.preprocess = preprocess
         self.train = train
+        self.images = images
         self.indices = self.data.paired_indices()  # row in the split of each item
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _cached(self, i: int) -> dict[str, Any]:
+        cfg, n = self.preprocess, self.images.count(i)
+        if not self.train:
+            return {"image": torch.from_numpy(normalize(center_crop(self.images.pixels(i), cfg.size), cfg))}
+        # The same RNG draws, in the same order, as the decoding path: photo, crop position, flip.
+        square = self.images.pixels(i, int(torch.randint(0, n, (1,)).item()))
+        top, left = crop_offsets(square.shape[0], square.shape[1], cfg.size)
+        crop = np.ascontiguousarray(square[top : top + cfg.size, left : left + cfg.size])
+        return {"image": torch.from_numpy(crop), "flip": torch.tensor(bool(torch.rand(1).item() < 0.5))}
+
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.indices[k])
+        if self.images is not None:
+            return _text_item(self.data, i) | self._cached(i)
         paths = self.data.image_paths(i)
         if self.train:
             path = paths[int(torch.randint(0, len(paths), (1,)).item())]

@@ -21,9 +21,9 @@ class CaptionLoss(nn.Module):
                 f"caption loss expects logits [B,T,V] and targets [B,T], got {tuple(logits.shape)}, "
                 f"{tuple(targets.shape)}"
             )
-        if not bool((targets != self.pad_id).any()):
-            # An all-padding batch has nothing to predict; a zero that keeps the graph avoids a NaN.
-            return logits.sum() * 0.0
-        return F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=self.pad_id
+        # The mean over non-pad tokens, written as sum / count so no branch reads the batch on the host
+        # (a sync per step on a GPU); an all-padding batch gives 0 with the graph kept, not a NaN.
+        total = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=self.pad_id, reduction="sum"
         )
+        return total / (targets != self.pad_id).sum().clamp(min=1)

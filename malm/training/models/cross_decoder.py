@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from malm.errors import MalmError
-from malm.training.models.matching import Block
+from malm.training.models.transformer import ResidualAttentionBlock as Block
 
 
 class CrossDecoder(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from malm.errors import MalmError
-from malm.training.models.matching import Block
+from malm.training.models.transformer import ResidualAttentionBlock as Block
 
 
 class EMATeacher(nn.Module):

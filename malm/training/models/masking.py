@@ -28,8 +28,9 @@ class PatchMask:
         b, k = keep_idx.shape
         hidden = torch.ones(b, num_patches, dtype=torch.bool, device=keep_idx.device)
         hidden.scatter_(1, keep_idx, False)
-        # nonzero() walks row-major, so each row's masked indices come out ascending
-        mask_idx = hidden.nonzero()[:, 1].view(b, num_patches - k)
+        # A stable sort puts each row's hidden positions first, in ascending order; unlike nonzero() it
+        # needs no host sync to size its output.
+        mask_idx = torch.sort(hidden.to(torch.int8), dim=1, descending=True, stable=True).indices[:, : num_patches - k]
         return cls(keep_idx=keep_idx.sort(dim=1).values, mask_idx=mask_idx, num_patches=num_patches)
 
     @property
@@ -70,7 +71,7 @@ def random_patch_mask(
     )
     order = noise.argsort(dim=1)
     if device is not None:
-        order = order.to(device)
+        order = order.to(device, non_blocking=True)  # a blocking copy would wait for the GPU queue
     mask_idx = order[:, :m].sort(dim=1).values
     keep_idx = order[:, m:].sort(dim=1).values
     return PatchMask(keep_idx=keep_idx, mask_idx=mask_idx, num_patches=num_patches)

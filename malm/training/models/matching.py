@@ -9,13 +9,13 @@ recipe features); the local pairs are (attended patch p, Σ_s A[p, s] · attende
 The paper describes a 1-layer decoder in its method section and 4 layers × 4 heads in its implementation
 details, so depth and heads are arguments; the presets say which they pick.
 
-The attention is written out by hand (not nn.MultiheadAttention) so its weights are available, padding is
-explicit, and the module exports to ONNX as plain MatMul/Softmax.
+The blocks are the shared `transformer.ResidualAttentionBlock`: SDPA everywhere except the last decoder
+layer's cross-attention, whose weights the local loss reads (written out, so it exports to ONNX as plain
+MatMul/Softmax).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,82 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from malm.errors import MalmError
+from malm.training.models.transformer import Attention, ResidualAttentionBlock
 
-
-class Attention(nn.Module):
-    """Multi-head attention that also returns its weights [B, H, Q, S]."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise MalmError(f"attention width {dim} is not divisible by heads {heads}")
-        self.heads = heads
-        self.scale = 1.0 / math.sqrt(dim // heads)  # a Python float, so ONNX tracing keeps it constant
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        memory: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-        causal: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, q_len, d = x.shape
-        s_len = memory.shape[1]
-        h = self.heads
-        q = self.q(x).view(b, q_len, h, d // h).transpose(1, 2)
-        k = self.k(memory).view(b, s_len, h, d // h).transpose(1, 2)
-        v = self.v(memory).view(b, s_len, h, d // h).transpose(1, 2)
-        scores = (q @ k.transpose(-2, -1)) * self.scale
-        # A large finite negative (not -inf) keeps rows finite even if every key were masked.
-        neg = torch.finfo(scores.dtype).min
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], neg)
-        if causal:
-            future = torch.ones(q_len, s_len, dtype=torch.bool, device=x.device).triu(1)
-            scores = scores.masked_fill(future, neg)
-        weights = scores.softmax(dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(b, q_len, d)
-        return self.out(out), weights
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: self-attention, optional cross-attention over a memory, MLP."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, cross: bool = True) -> None:
-        super().__init__()
-        self.norm_self = nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, heads)
-        self.cross = cross
-        if cross:
-            self.norm_q = nn.LayerNorm(dim)
-            self.norm_mem = nn.LayerNorm(dim)
-            self.cross_attn = Attention(dim, heads)
-        self.norm_mlp = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        x_mask: torch.Tensor | None = None,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-        causal: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y = self.norm_self(x)
-        x = x + self.self_attn(y, y, x_mask, causal=causal)[0]
-        weights = None
-        if self.cross:
-            if memory is None:
-                raise MalmError("a cross-attention block needs a memory")
-            out, weights = self.cross_attn(self.norm_q(x), self.norm_mem(memory), memory_mask)
-            x = x + out
-        x = x + self.mlp(self.norm_mlp(x))
-        return x, weights
+__all__ = ["Attention", "Decoder", "MatchingModule", "MatchingOutput", "MatchingScorer", "export_matching_onnx"]
 
 
 class Decoder(nn.Module):
@@ -111,7 +38,7 @@ class Decoder(nn.Module):
         super().__init__()
         if depth < 1:
             raise MalmError(f"decoder depth must be >= 1, got {depth}")
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, cross=True) for _ in range(depth))
+        self.blocks = nn.ModuleList(ResidualAttentionBlock(dim, heads, mlp_ratio, cross=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(
@@ -123,8 +50,10 @@ class Decoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = queries
         weights: torch.Tensor | None = None
-        for block in self.blocks:
-            x, weights = block(x, query_mask, memory, memory_mask)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            # Only the last layer's weights are used: every other layer runs SDPA's fused kernels.
+            x, weights = block(x, query_mask, memory, memory_mask, need_weights=i == last)
         assert weights is not None
         return self.norm(x), weights.mean(dim=1)
 

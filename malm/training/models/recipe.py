@@ -23,8 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from malm.training.config import RecipeEncoderConfig
+from malm.training.models.transformer import ResidualAttentionBlock, legacy_encoder_hook
 
 PAD_ID = 0  # malm.text.Vocabulary: <pad>=0
+# Device types on which `_sentences` encodes only the non-empty ingredient / instruction rows, cropped to
+# the batch's longest one: less compute, but the row selection reads the mask on the host. Elsewhere (CUDA)
+# every row is encoded at full length: static shapes, no host sync per step, the same result per valid row.
+GATHER_ROWS_ON = ("cpu",)
 
 
 @dataclass
@@ -55,21 +60,26 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 class SequenceEncoder(nn.Module):
-    """Transformer encoder over a padded sequence + mean pooling of the valid outputs."""
+    """Shared transformer blocks over a padded sequence, a final norm, and mean pooling of the valid outputs."""
 
     def __init__(self, cfg: RecipeEncoderConfig, layers: int, positional: bool) -> None:
         super().__init__()
-        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, int(cfg.width * cfg.mlp_ratio), cfg.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        # enable_nested_tensor=False: the nested fast path changes numerics between train and eval.
-        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(cfg.width), enable_nested_tensor=False)
+        d = cfg.dropout  # in nn.TransformerEncoderLayer's places: attention weights, MLP hidden, both outputs
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio, dropout=d, attn_drop=d, mlp_hidden_drop=d)
+            for _ in range(layers))
+        self.norm = nn.LayerNorm(cfg.width)
         self.positional = positional
+        # Runs written before the shared block used nn.TransformerEncoder names: they still load.
+        self._register_load_state_dict_pre_hook(legacy_encoder_hook)
 
     def forward(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """x [N, L, W], valid [N, L] -> (outputs [N, L, W], pooled [N, W]). Rows must have >= 1 valid."""
         if self.positional:
             x = x + sinusoidal(x.shape[1], x.shape[2], x.device, x.dtype)
-        out = self.encoder(x, src_key_padding_mask=~valid)
+        for block in self.blocks:
+            x = block(x, valid)[0]
+        out = self.norm(x)
         return out, masked_mean(out, valid)
 
 
@@ -103,11 +113,19 @@ class HierarchicalRecipeEncoder(nn.Module):
         return self.cfg.width
 
     def _sentences(self, ids: Tensor, encoder: SequenceEncoder) -> tuple[Tensor, Tensor]:
-        """ids [B, N, L] -> (sentence vectors [B, N, W], valid [B, N]); only non-empty rows are encoded."""
+        """ids [B, N, L] -> (sentence vectors [B, N, W], valid [B, N]); empty rows give zero vectors."""
         b, n, length = ids.shape
         flat = ids.reshape(b * n, length)
         tok_valid = flat != PAD_ID
         row_valid = tok_valid.any(1)
+        if ids.device.type not in GATHER_ROWS_ON:
+            # An empty row attends to its first slot (as _component does), then its output is dropped.
+            safe = tok_valid.clone()
+            safe[:, 0] |= ~row_valid
+            _, pooled = encoder(self.word_embed(flat), safe)
+            pooled = pooled.to(self.word_embed.weight.dtype)
+            out = torch.where(row_valid.unsqueeze(1), pooled, torch.zeros((), dtype=pooled.dtype, device=ids.device))
+            return out.reshape(b, n, -1), row_valid.reshape(b, n)
         out = torch.zeros(b * n, self.cfg.width, device=ids.device, dtype=self.word_embed.weight.dtype)
         rows = row_valid.nonzero().squeeze(1)
         if rows.numel():

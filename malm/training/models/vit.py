@@ -1,5 +1,6 @@
 """Vision Transformer image encoder: [CLS] + patch tokens, pre-norm blocks, learnable position embedding.
 
+The blocks are the shared `transformer.ResidualAttentionBlock` (SDPA attention).
 Module and parameter names follow timm's `VisionTransformer` (`patch_embed.proj`, `cls_token`,
 `pos_embed`, `blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`) so timm weights
 load unchanged and open_clip weights load through a key map (`init_weights.py`).
@@ -15,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from malm.training.config import ImageEncoderConfig
+from malm.training.models.transformer import ResidualAttentionBlock
 
 
 @dataclass
@@ -26,68 +27,6 @@ class ImageFeatures:
     cls: Tensor  # [B, W] final-norm [CLS] token
     tokens: Tensor  # [B, P, W] (or [B, K, W] with keep_idx) final-norm patch tokens
     keep_idx: Tensor | None = None  # [B, K] the visible patch indices tokens correspond to, or None (all)
-
-
-class QuickGELU(nn.Module):
-    # OpenAI CLIP's activation; its weights are trained with it.
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample during training."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-class Attention(nn.Module):
-    def __init__(self, width: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.proj_drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, w = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, w)))
-
-
-class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int, act: str, dropout: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ImageEncoderConfig, drop_path: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.attn = Attention(cfg.width, cfg.heads, cfg.dropout)
-        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.mlp = Mlp(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.act, cfg.dropout)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -110,7 +49,9 @@ class VisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps) if cfg.norm_pre else nn.Identity()
         rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio, act=cfg.act, eps=cfg.layer_norm_eps,
+                                   dropout=cfg.dropout, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self._init_weights()
 
@@ -140,7 +81,7 @@ class VisionTransformer(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = self.norm_pre(torch.cat([cls, x], dim=1))
         for block in self.blocks:
-            x = block(x)
+            x = block(x)[0]
         x = self.norm(x)
         return ImageFeatures(cls=x[:, 0], tokens=x[:, 1:], keep_idx=keep_idx)
 
@@ -158,4 +99,4 @@ def random_keep_idx(batch: int, num_patches: int, mask_ratio: float, device: tor
     keep = max(1, int(round(num_patches * (1.0 - mask_ratio))))
     noise = torch.rand(batch, num_patches, generator=generator, device="cpu")
     idx = noise.argsort(dim=1)[:, :keep].sort(dim=1).values
-    return idx.to(device)
+    return idx.to(device, non_blocking=True)  # a blocking host->GPU copy would wait for the queue

@@ -27,6 +27,9 @@ class DistillObjective(Objective):
         # The teacher copies the student at the first training step, not here: pretrained weights
         # (--image-init) are loaded after the task is built. Saved with the weights, so --resume keeps it.
         self.register_buffer("teacher_ready", torch.zeros((), dtype=torch.bool))
+        # Its host-side copy, so a step never reads the buffer back from the GPU; set again on load.
+        self._ready = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_ready", bool(module.teacher_ready)))
         self.predictor = MaskedPredictor(
             in_width=img.width,
             out_width=img.width,
@@ -42,9 +45,10 @@ class DistillObjective(Objective):
         if keep is None:
             raise MalmError("loss.distill needs loss.mask.enabled: nothing is masked to predict")
         student = state.model.image_encoder
-        if not bool(self.teacher_ready):
+        if not self._ready:
             self.teacher.encoder.load_state_dict(student.state_dict())
             self.teacher_ready.fill_(True)
+            self._ready = True
         mask = PatchMask.from_keep(keep, student.num_patches)
         with torch.no_grad():
             target = gather_patches(self.teacher(state.batch["image"]).tokens, mask.mask_idx)

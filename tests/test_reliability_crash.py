@@ -139,17 +139,19 @@ INDEX_WRITER = """
 """
 
 
-# One add (40 -> 340 recipes) then one remove (-> 40) makes 8 + 8 os.replace calls: the staged index file,
-# the A/B index and store, the staged token arrays, the A/B token arrays, then the manifest (#8 and #16).
+# One add (40 -> 340 recipes) then one remove (-> 40) makes 9 + 9 os.replace calls: the staged index file,
+# the A/B index and store, the staged token arrays, the A/B token arrays, the manifest (#8 and #17), then the
+# model card (README.md, #9 and #18), which is written after the manifest and never decides the version.
 # (point, before/after, recipes the bundle must hold afterwards, completed rounds the writer reported)
 INDEX_KILLS = (
     (2, "before", 40, 0),  # the new index file not yet swapped in
     (4, "after", 40, 0),  # index + store swapped in under their new names, token arrays staged
     (8, "before", 40, 0),  # every new file in place, the manifest not yet: the old version
     (8, "after", 340, 0),  # manifest committed, old files not yet cleaned up: the new version
-    (14, "after", 340, 1),  # inside the remove's commit
-    (16, "after", 40, 1),  # the remove's manifest committed
+    (16, "after", 340, 1),  # inside the remove's commit, its manifest not yet written
+    (17, "after", 40, 1),  # the remove's manifest committed
 )
+MANIFEST_POINTS = {8, 17}
 
 
 @pytest.mark.parametrize(("at", "when", "expected", "rounds"), INDEX_KILLS,
@@ -160,6 +162,7 @@ def test_kill_during_index_save_keeps_a_loadable_index(bundle: Path, tmp_path: P
     shutil.copytree(bundle, root)
     done, where = _kill_at(INDEX_WRITER, str(root), str(DIM), at=at, when=when)
     assert len(done) == rounds, (done, where)
+    assert where.endswith("/manifest.json") == (at in MANIFEST_POINTS), where  # the count is what we think
     # Proof the kill landed inside an update: its staging dir is still there (removed only after the commit).
     assert list(root.glob(".index-staging-*")), where
     n = _loads(root)  # verifies every sha256, then opens index + store

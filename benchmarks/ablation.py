@@ -90,6 +90,9 @@ METHODS = [
         },
         "full-image triplet; global and local matching over decoded hard-negative pairs (leak closed)",
     ),
+    # Issue #14: the same methods on a hybrid ViT (frozen ImageNet EfficientNet-Lite0 stages as the patch stem).
+    Method("ht-hybrid-tiny", "ht-hybrid-tiny", note="H-T on the hybrid ViT (ImageNet stem, 96 px, 36 tokens)"),
+    Method("malm-hybrid-tiny", "malm-hybrid-tiny", note="MALM on the hybrid ViT (full-image triplet)"),
 ]
 
 

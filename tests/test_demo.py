@@ -37,6 +37,13 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     assert manifest["index"]["count"] == 300
     assert len(summary["queries"]) == 2 and all(q["ms"] > 0 for q in summary["queries"])
     assert "image_int8" in summary["export_report"]["variants"]
+    # The default preset is a hybrid (ImageNet stem + tiny ViT), distilled into the student, ImageNet normalisation.
+    assert summary["preset"] == "ht-hybrid-tiny" and manifest["student"]["arch"] == "efficientnet-lite0"
+    assert manifest["preprocess"]["mean"] == [0.485, 0.456, 0.406] and manifest["preprocess"]["size"] == 96
+    assert all(len(q["hits"]) == 5 for q in summary["queries"]) and "query_top5" in summary
+    assert set(summary["cpu_seconds"]) == set(summary["seconds"])
+    page = (out / "report.html").read_text()
+    assert page.count("class='query'") == 2 and "data:image/jpeg;base64," in page and "<svg" in page
 
     # The CoreML package went into the same bundle as the ONNX encoders, and every shipped file is readable.
     assert any(e.get("kind") == "coreml" for e in manifest["encoders"].values())
@@ -46,3 +53,4 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("reusing") >= 4  # data, run, encoders, index
     assert "$ malm train" not in second.stderr
+    assert "report (open it in a browser)" in second.stderr

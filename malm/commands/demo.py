@@ -19,12 +19,14 @@ def demo_command(
     coreml: bool = typer.Option(True, "--coreml/--no-coreml", help="Also convert the student to CoreML"),
     queries: int = typer.Option(DemoConfig.queries, "--queries", help="Held-out test photos to query"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (the log stays on stderr)"),
+    student: str = typer.Option(DemoConfig.student, "--student",
+                                help="efficientnet-lite0 (distilled student) | none (the teacher's own image tower)"),
 ) -> None:
-    """Generate data → train → evaluate → export int8 ONNX (+ CoreML) → index → query → summary."""
+    """Generate data → train → evaluate → export int8 ONNX (+ CoreML) → index → query → summary + report.html."""
     from malm.demo import run_demo
 
     cfg = DemoConfig(out=out, recipes=recipes, seed=seed, preset=preset, epochs=epochs,
-                    distill_epochs=distill_epochs, coreml=coreml, queries=queries)
+                    distill_epochs=distill_epochs, coreml=coreml, queries=queries, student=student)
     summary = run_demo(cfg, log=lambda m: typer.echo(m, err=True))
     if json_out:
         import json

@@ -36,6 +36,23 @@ def _check(cond: bool, msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- model
 
+# Image towers `model.image.backbone` names: "vit" (patchify conv) or a hybrid ViT whose patch tokens are a
+# pretrained CNN's feature map (malm/training/models/hybrid.py).
+HYBRID_BACKBONES = ("hybrid_effnet_lite0",)
+# EfficientNet-Lite0's stages as (stride, out channels); malm.export.student.LITE0_STAGES is the full table
+# (kept here too so that configs validate without torch; a test checks the two agree).
+_LITE0_STRIDE_CHANNELS = ((1, 16), (2, 24), (2, 40), (2, 80), (1, 112), (2, 192), (1, 320))
+
+
+def lite0_stem_stride(stages: int) -> int:
+    """Pixels per token of the first `stages` Lite0 stages (the stem conv has stride 2)."""
+    return 2 * math.prod(s for s, _ in _LITE0_STRIDE_CHANNELS[:stages])
+
+
+def lite0_stem_channels(stages: int) -> int:
+    return _LITE0_STRIDE_CHANNELS[stages - 1][1]
+
+
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
@@ -50,8 +67,20 @@ class ImageEncoderConfig:
     act: str = "gelu"  # "gelu" (timm / ImageNet ViTs) or "quick_gelu" (OpenAI CLIP weights)
     norm_pre: bool = False  # LayerNorm before the blocks, as CLIP's ViT has (ln_pre)
     layer_norm_eps: float = 1e-6  # CLIP checkpoints use 1e-5
+    backbone: str = "vit"  # "vit" | "hybrid_effnet_lite0": ImageNet EfficientNet-Lite0 stages as the patch stem
+    stem_stages: int = 5  # hybrid: Lite0 stages kept (5: stride 16, 112 channels); patch_size = the stride
+    freeze_stem: bool = True  # hybrid: keep the ImageNet stem fixed (else it trains at train.stem_lr)
 
     def __post_init__(self) -> None:
+        _check(self.backbone == "vit" or self.backbone in HYBRID_BACKBONES,
+               f"model.image.backbone must be 'vit' or one of {', '.join(HYBRID_BACKBONES)}, got {self.backbone!r}")
+        if self.backbone in HYBRID_BACKBONES:
+            _check(1 <= self.stem_stages <= len(_LITE0_STRIDE_CHANNELS),
+                   f"model.image.stem_stages must be 1..{len(_LITE0_STRIDE_CHANNELS)}, got {self.stem_stages}")
+            stride = lite0_stem_stride(self.stem_stages)
+            _check(self.patch_size == stride,
+                   f"model.image: a {self.backbone} stem of {self.stem_stages} stages has stride {stride}; "
+                   f"set patch_size to {stride} (got {self.patch_size})")
         _check(self.image_size > 0 and self.patch_size > 0, "model.image: image_size and patch_size must be > 0")
         _check(self.image_size % self.patch_size == 0,
                f"model.image: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -201,6 +230,7 @@ class TrainConfig:
     batch_size: int = 128  # global batch (split evenly across DDP ranks)
     lr: float = 1e-4  # peak learning rate of everything but the image backbone
     image_lr: float = 1e-5  # peak learning rate of the image backbone (ViT)
+    stem_lr: float = 1e-4  # peak learning rate of a hybrid's pretrained CNN stem (when not frozen)
     weight_decay: float = 0.01  # AdamW weight decay (not on norms, biases, embeddings, tokens)
     warmup_steps: int = 0  # linear warm-up steps; 0 means use warmup_fraction
     warmup_fraction: float = 0.02  # warm-up as a fraction of all steps when warmup_steps is 0
@@ -220,7 +250,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
         _check(self.batch_size >= 2, "train.batch_size must be >= 2 (in-batch negatives)")
-        _check(self.lr > 0 and self.image_lr >= 0, "train.lr must be > 0 and train.image_lr >= 0")
+        _check(self.lr > 0 and self.image_lr >= 0 and self.stem_lr >= 0,
+               "train.lr must be > 0, train.image_lr and train.stem_lr >= 0")
         _check(self.weight_decay >= 0 and self.grad_clip >= 0, "train: weight_decay and grad_clip must be >= 0")
         _check(self.warmup_steps >= 0 and 0 <= self.warmup_fraction < 1, "train: bad warm-up")
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")

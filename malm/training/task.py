@@ -80,19 +80,21 @@ class Task(nn.Module):
     def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         """AdamW groups: image backbone at `image_lr`, the rest at `lr`; no decay on norms, biases, embeddings.
 
-        Each group carries `base_lr` (the peak) and `kind` ("image" or "other") for the scheduler and freezing.
+        Each group carries `base_lr` (the peak) and `kind` ("image", "stem" -- a hybrid's pretrained CNN at
+        `stem_lr` -- or "other") for the scheduler and freezing.
         """
         backbone = {id(p) for p in self.model.image_backbone_parameters()}
+        stem = {id(p) for p in self.model.image_stem_parameters()}
         buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            kind = "image" if id(p) in backbone else "other"
+            kind = "stem" if id(p) in stem else "image" if id(p) in backbone else "other"
             no_decay = p.ndim < 2 or name.endswith(("cls_token", "pos_embed", "mask_token")) or "word_embed" in name
             buckets.setdefault((kind, not no_decay), []).append(p)
         groups = []
         for (kind, decay), params in sorted(buckets.items()):
-            base = train.image_lr if kind == "image" else train.lr
+            base = {"image": train.image_lr, "stem": train.stem_lr}.get(kind, train.lr)
             groups.append({"params": params, "lr": base, "base_lr": base, "kind": kind,
                            "weight_decay": train.weight_decay if decay else 0.0})
         return groups

@@ -320,7 +320,7 @@ def train_step(model_ddp: torch.nn.Module, task: Task, optimizer: torch.optim.Op
     from malm.training.data.dataset import device_transform
 
     for g in optimizer.param_groups:
-        g["lr"] = 0.0 if (image_frozen and g["kind"] == "image") else g["base_lr"] * lr_factor
+        g["lr"] = 0.0 if (image_frozen and g["kind"] in ("image", "stem")) else g["base_lr"] * lr_factor
     batch = device_transform(to_device(batch, device), pre)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         losses, report = model_ddp(batch, progress)
@@ -360,6 +360,12 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
 
         report = load_image_init(task.model.image_encoder, opts.image_init)
         say(f"image init from {opts.image_init}: {report.summary()}")
+    if config.model.image.backbone != "vit" and not opts.resume:
+        from malm.training.models.hybrid import load_stem_weights
+
+        n = load_stem_weights(task.model.image_encoder)
+        say(f"image stem: ImageNet EfficientNet-Lite0, {config.model.image.stem_stages} stages ({n} tensors"
+            f"{', frozen' if config.model.image.freeze_stem else ''})")
     task.to(device)
     optimizer = build_optimizer(task, tc, device)
 

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from malm.training.config import ModelConfig
+from malm.training.models.hybrid import build_image_encoder
 from malm.training.models.recipe import HierarchicalRecipeEncoder, RecipeFeatures
-from malm.training.models.vit import ImageFeatures, VisionTransformer
+from malm.training.models.vit import ImageFeatures
 
 
 class RetrievalModel(nn.Module):
@@ -19,7 +20,7 @@ class RetrievalModel(nn.Module):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
-        self.image_encoder = VisionTransformer(config.image)
+        self.image_encoder = build_image_encoder(config.image)  # ViT or hybrid ViT
         self.image_proj = nn.Linear(config.image.width, config.embed_dim)
         self.recipe_encoder = HierarchicalRecipeEncoder(config.recipe, vocab_size, config.embed_dim)
 
@@ -42,3 +43,8 @@ class RetrievalModel(nn.Module):
     def image_backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters that train at `train.image_lr` (and freeze for `freeze_image_epochs`)."""
         return list(self.image_encoder.parameters())
+
+    def image_stem_parameters(self) -> list[nn.Parameter]:
+        """A hybrid's pretrained CNN stem (trains at `train.stem_lr` unless frozen); empty for a plain ViT."""
+        stem = getattr(self.image_encoder, "stem_parameters", None)
+        return stem() if stem is not None else []

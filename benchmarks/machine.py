@@ -14,11 +14,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import malm.cpu_features as _cpu
+
 # Distributions whose versions change the numbers (BLAS, runtimes, index libraries).
 LIBRARIES = ("malm", "numpy", "torch", "onnx", "onnxruntime", "hnswlib", "faiss-cpu", "usearch", "Pillow",
              "threadpoolctl")
-# CPU features that decide which kernels ONNX Runtime / MKL-DNN / OpenBLAS pick (int8 speed hinges on VNNI).
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "neon", "asimddp")
+# CPU features that decide which kernels ONNX Runtime / MKL-DNN / OpenBLAS pick (int8 speed hinges on VNNI):
+# read by the same light module `malm doctor` uses.
+CPU_FLAGS = _cpu.CPU_FLAGS
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -74,8 +77,7 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """Cores, CPU model and features, memory, OS, Python and library versions, load at the start."""
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    cpu = _cpu.cpu_features()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
@@ -90,8 +92,9 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_logical": os.cpu_count(),
         "cpu_usable": usable,
-        "cpu_flags": sorted(f for f in CPU_FLAGS if f in flags),
-        "hypervisor": "hypervisor" in flags,
+        "cpu_flags": sorted(cpu.flags),
+        "cpu_int8_path": cpu.int8_path,
+        "hypervisor": cpu.hypervisor,
         "memory_bytes": _meminfo_bytes("MemTotal"),
         "memory_available_bytes": _meminfo_bytes("MemAvailable"),
         # Other work on the machine inflates every number: a high load here explains noisy results.

@@ -27,7 +27,6 @@ Manifest keys:
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import os
@@ -39,6 +38,7 @@ from typing import Any
 
 from malm import __version__
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
+from malm._lock import try_lock, unlock
 from malm.errors import BundleError, MalmError
 
 FORMAT = "malm-bundle"
@@ -229,15 +229,13 @@ class BundleWriter:
         self._lock_fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.timeout
         while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if try_lock(self._lock_fd):
                 break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
-                    raise BundleError(f"bundle {self.root}: another malm process is writing it (lock held)") from None
-                time.sleep(0.1)
+            if time.monotonic() > deadline:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise BundleError(f"bundle {self.root}: another malm process is writing it (lock held)")
+            time.sleep(0.1)
         self.manifest = read_manifest(self.root) if (self.root / MANIFEST).exists() else new_manifest()
         self._live = set(self.manifest.get("files") or {})
         self._pending, self._fresh = {}, set()
@@ -268,7 +266,7 @@ class BundleWriter:
                 self._pending, self._fresh = {}, set()
         finally:
             if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                unlock(self._lock_fd)
                 os.close(self._lock_fd)
                 self._lock_fd = None
 

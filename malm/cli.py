@@ -61,6 +61,7 @@ def _register() -> None:
 
     for module in (demo, data, train, plot, evaluate, export, index, bundle, query, bench):
         module.register(app)
+    __import__("malm.commands.doctor", fromlist=["register"]).register(app)  # last in --help
     escape_help(app)
 
 

@@ -18,6 +18,9 @@ class Bundle:
     manifest: dict[str, Any]
     preprocess: PreprocessConfig
     dim: int  # embedding dimension shared by the encoders and the index
+    # How the files were checked on open: "full" (every sha256 now), "cached" (sha256 once per file
+    # change, stamped in the user's cache), "off" (not checked).
+    verification: str = "off"
 
     def path(self, rel: str) -> Path:
         """A file named by the manifest, resolved inside the bundle (never outside it)."""
@@ -71,4 +74,5 @@ def open_bundle(root: str | os.PathLike[str], check_hashes: bool | str = True) -
         raise BundleError(f"bundle {root}: manifest 'embedding.dim' is missing or invalid")
     if index.get("dim") != dim:
         raise BundleError(f"bundle {root}: index has dim {index.get('dim')}, the encoders' embedding dim is {dim}")
-    return Bundle(root=root, manifest=manifest, preprocess=cfg, dim=dim)
+    mode = "full" if check_hashes == "full" else "cached" if check_hashes else "off"
+    return Bundle(root=root, manifest=manifest, preprocess=cfg, dim=dim, verification=mode)

@@ -36,9 +36,9 @@ from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, ImageError, MalmError
 from malm.preprocess import preprocess
 from malm.sdk import selfcheck as _selfcheck
-from malm.sdk.backends import create_backend, encoder_file, targets
+from malm.sdk.backends import create_backend, encoder_file, explain_variant, targets
 from malm.sdk.backends.base import ImageBackend
-from malm.sdk.backends.ort import OrtSession
+from malm.sdk.backends.ort import OrtImageBackend, OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
 from malm.sdk.image_io import ImageInput, describe, load_image
 
@@ -172,6 +172,12 @@ class Retriever:
         encoder, result = _selfcheck.choose(snap.bundle, tries, lambda v: create_backend(snap.bundle, backend, v,
                                                                                          threads),
                                             strict=strict_selfcheck)
+        if variant == "auto" and isinstance(encoder, OrtImageBackend):
+            # The self-check built the encoder by name: say why auto chose it, and whether it fell back.
+            pick, why = explain_variant(snap.bundle, "auto", tries[0].device)
+            if encoder.variant != pick:
+                why += f"; {pick} disagreed with the fp32 reference in the self-check on this CPU, so {encoder.variant}"
+            encoder.variant_reason = why
         return cls(snap, encoder, threads, verify, result)
 
     # information ---------------------------------------------------------------------------------
@@ -195,13 +201,30 @@ class Retriever:
         return self._self_check
 
     def info(self) -> dict[str, Any]:
-        """What runs: backend, encoder (its bundle file) and its self-check result on this machine."""
-        snap = self._snap
-        return {"bundle": str(snap.bundle.root), "backend": self._backend.name, "variant": self._backend.variant,
-                "encoder": encoder_file(snap.bundle, self._backend.name, self._backend.variant),
-                "device": self._backend.device, "recipes": len(snap.index), "dim": snap.bundle.dim,
-                "rerank": self.can_rerank,
-                "selfcheck": self._self_check.to_dict() if self._self_check else None}
+        """What this retriever runs with, JSON-ready: backend, provider, encoder and variant (and why), its
+        self-check on this machine, the CPU path, the bundle's verification. `malm doctor --bundle` prints it;
+        sections may be added, keys never renamed."""
+        from malm.cpu_features import cpu_features
+        from malm.sdk.backends import variants_present
+
+        snap, backend = self._snap, self._backend
+        session = getattr(backend, "session", None)
+        manifest = snap.bundle.manifest
+        return {
+            "bundle": str(snap.bundle.root), "backend": backend.name, "variant": backend.variant,
+            "encoder": encoder_file(snap.bundle, backend.name, backend.variant),
+            "device": backend.device, "recipes": len(snap.index), "dim": snap.bundle.dim, "rerank": self.can_rerank,
+            "selfcheck": self._self_check.to_dict() if self._self_check else None,
+            # The execution providers the ONNX session really has, in order (ORT drops any it cannot start).
+            "providers": list(getattr(session, "providers", [backend.device])),
+            "variant_reason": getattr(backend, "variant_reason", f"backend {backend.name} asked for"),
+            "variants_present": variants_present(snap.bundle),
+            "threads": self._threads,
+            "verification": {"mode": snap.bundle.verification, "files": len(manifest.get("files") or {}),
+                             "format_version": manifest.get("format_version"),
+                             "malm_version": manifest.get("malm_version")},
+            "cpu": cpu_features().to_dict(),
+        }
 
     # search ------------------------------------------------------------------------------------------
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:

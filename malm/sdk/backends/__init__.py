@@ -1,8 +1,8 @@
 """Image-encoder backends behind one interface, and the choice between them.
 
 Order of preference for `backend="auto"`: ONNX Runtime (with its TensorRT / CUDA / CoreML execution
-providers when present), then a native TensorRT engine, then CoreML. ONNX Runtime is a base
-dependency, so "auto" resolves to it wherever the SDK is installed.
+providers when present), then a native TensorRT engine, then CoreML. ONNX Runtime comes as the extra
+that fits the device (`malm[cpu]`, `malm[gpu]`, JetPack's wheel); without one, "auto" says which to install.
 """
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ VARIANTS = ("auto", "int8_cpu", "int8", "fp32")
 IMAGE_ENCODERS = {"int8_cpu": "image_int8_cpu", "int8": "image_int8", "fp32": "image_fp32"}
 
 __all__ = ["BACKENDS", "VARIANTS", "EncoderOutput", "ImageBackend", "OrtImageBackend", "OrtSession",
-           "candidates", "choose_variant", "create_backend", "encoder_file", "select_providers", "targets"]
+           "candidates", "choose_variant", "create_backend", "encoder_file", "explain_variant", "select_providers",
+           "targets", "variants_present"]
+
+# Why `variant="auto"` prefers what it does, per first execution provider (shown by `malm doctor`).
+_WHY = {
+    TENSORRT: "TensorRT's explicit int8 needs symmetric (zero-point 0) QDQ: int8; else fp32 built as fp16",
+    CUDA: "the CUDA provider runs QDQ int8 models slowly: fp32",
+    COREML: "the CoreML provider runs QDQ int8 models slowly: fp32",
+}
+_WHY_CPU = "CPU provider: int8_cpu (uint8 activations, the u8×s8 kernels ONNX Runtime's CPU path is fast with)"
 
 
 def auto_order(first_provider: str) -> tuple[str, ...]:
@@ -43,16 +52,31 @@ def auto_order(first_provider: str) -> tuple[str, ...]:
     return ("int8_cpu", "int8", "fp32")
 
 
-def choose_variant(bundle: Bundle, variant: str, first_provider: str) -> str:
-    present = [v for v in IMAGE_ENCODERS if bundle.encoder(IMAGE_ENCODERS[v])]
+def variants_present(bundle: Bundle) -> list[str]:
+    return [v for v in IMAGE_ENCODERS if bundle.encoder(IMAGE_ENCODERS[v])]
+
+
+def explain_variant(bundle: Bundle, variant: str, first_provider: str) -> tuple[str, str]:
+    """(the image-encoder variant to load, why) for a requested `variant` on `first_provider`."""
+    present = variants_present(bundle)
     if not present:
         raise BundleError(f"bundle {bundle.root}: has no ONNX image encoder "
                           f"({', '.join(IMAGE_ENCODERS.values())})")
     if variant == "auto":
-        return next(v for v in auto_order(first_provider) if v in present)
+        order = auto_order(first_provider)
+        chosen = next(v for v in order if v in present)
+        why = _WHY.get(first_provider, _WHY_CPU)
+        missing = order[:order.index(chosen)]
+        if missing:
+            why += f"; the bundle has no {' / '.join(missing)}, so {chosen}"
+        return chosen, f"auto on {first_provider}: {why}"
     if variant not in present:
         raise BundleError(f"bundle {bundle.root}: has no {variant} image encoder (has: {', '.join(present)})")
-    return variant
+    return variant, f"asked for {variant}"
+
+
+def choose_variant(bundle: Bundle, variant: str, first_provider: str) -> str:
+    return explain_variant(bundle, variant, first_provider)[0]
 
 
 def candidates(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> list[str]:
@@ -87,7 +111,7 @@ def targets(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> lis
 
 def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
     providers = select_providers(available_providers())
-    chosen = choose_variant(bundle, variant, providers[0])
+    chosen, why = explain_variant(bundle, variant, providers[0])
     image_entry = bundle.encoder(IMAGE_ENCODERS[chosen]) or {}
     ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen, providers, threads)
     if ort_backend.device != providers[0]:
@@ -97,9 +121,12 @@ def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBack
         actual = choose_variant(bundle, variant, ort_backend.device)
         if actual != chosen:
             chosen, image_entry = actual, bundle.encoder(IMAGE_ENCODERS[actual]) or {}
+            _, why = explain_variant(bundle, variant, ort_backend.device)
             ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen,
                                           ort_backend.session.providers, threads)
             ort_backend.requested_device = providers[0]
+        why += f" (note: {providers[0]} was listed but the session runs on {ort_backend.device})"
+    ort_backend.variant_reason = why
     if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
         raise BundleError(f"bundle {bundle.root}: image encoder {image_entry.get('file')} gives dim {ort_backend.dim}, "
                           f"the index has dim {bundle.dim}")

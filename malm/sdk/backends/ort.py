@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,28 @@ CPU = "CPUExecutionProvider"
 PROVIDER_PREFERENCE: tuple[str, ...] = (TENSORRT, CUDA, COREML, CPU)
 
 
-def available_providers() -> list[str]:
-    import onnxruntime as ort
+INSTALL_HINT = ("install the ONNX Runtime that fits this device: pip install 'malm[cpu]' (x86 / ARM CPU, "
+                "macOS with CoreML), pip install 'malm[gpu]' (NVIDIA CUDA / TensorRT), or on a Jetson NVIDIA's "
+                "JetPack onnxruntime-gpu wheel and plain 'malm'")
 
-    return list(ort.get_available_providers())
+
+def import_onnxruntime() -> ModuleType:
+    """The one place the SDK imports ONNX Runtime: it is an extra, so its absence is a clear error."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise MalmError(f"ONNX Runtime is not installed ({e}); {INSTALL_HINT}") from None
+    if not hasattr(onnxruntime, "InferenceSession"):
+        # onnxruntime and onnxruntime-gpu installed together (or one uninstalled over the other) leave a
+        # namespace with no runtime in it.
+        raise MalmError(f"ONNX Runtime at {getattr(onnxruntime, '__path__', '?')} is broken (no InferenceSession): "
+                        "onnxruntime and onnxruntime-gpu were probably both installed; pip uninstall both, then "
+                        + INSTALL_HINT.replace("install the", "reinstall the"))
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    return list(import_onnxruntime().get_available_providers())
 
 
 def select_providers(available: Sequence[str], preference: Sequence[str] = PROVIDER_PREFERENCE) -> list[str]:
@@ -54,7 +73,7 @@ class OrtSession:
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None,
                  threads: int | None = None, inter_op_threads: int = 1) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.path = Path(path)
         if threads is not None and threads < 1:
@@ -106,6 +125,7 @@ class OrtImageBackend:
         self.variant = variant
         self.device = self.session.providers[0]  # what the session runs on, after any silent fallback
         self.requested_device = self.device  # the provider asked for first (differs after a fallback)
+        self.variant_reason = f"asked for {variant}"  # create_backend says why when it chose
         if "image" not in self.session.input_names or "embedding" not in self.session.output_names:
             raise BundleError(f"model {path}: expected input 'image' and output 'embedding', has inputs "
                               f"{self.session.input_names} outputs {self.session.output_names}")

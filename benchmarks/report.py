@@ -107,6 +107,12 @@ def markdown(r: dict[str, Any]) -> str:
                               *(e["stages_p50_ms"].get(k) for k in ("decode", "preprocess", "encode", "search", "rerank")),
                               e.get("speedup_vs_teacher"), e.get("encode_speedup_vs_teacher")]
                              for e in lat.get("end_to_end", [])]))
+        if lat.get("phone_photos"):
+            parts.append("\nPhone-sized photos (decode → top 10 through `Retriever.search`): every pixel decoded "
+                         "(before) vs JPEG draft decoding (the SDK now).\n")
+            parts.append(_table(["photo", "KiB", "decode", "variant", "threads", "p50 ms", "p95 ms", "decode p50 ms"],
+                                [[e["photo"], round(e["bytes"] / 1024), e["decode"], e["variant"], e["threads"],
+                                  e["p50_ms"], e["p95_ms"], e["decode_p50_ms"]] for e in lat["phone_photos"]]))
 
     parts.append("## 2. Encoder throughput and FLOPs\n")
     enc = s.get("encoder")

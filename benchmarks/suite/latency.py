@@ -81,11 +81,11 @@ def _stages(photo: bytes, cfg: Any, encode: Any, searcher: Searcher, tm: dict[st
     from malm.preprocess import preprocess
     from malm.sdk.image_io import load_image
 
-    pil = load_image(photo, cfg.max_pixels)
+    pil = load_image(photo, cfg.max_pixels, cfg.resize)
     x = preprocess(pil, cfg)[None]
     emb = np.asarray(encode(x)).reshape(1, -1)[0]
     kw = {"min_time": tm["stage_s"], "min_reps": int(tm["stage_reps"])}
-    return {"decode": measure(lambda: load_image(photo, cfg.max_pixels), **kw),
+    return {"decode": measure(lambda: load_image(photo, cfg.max_pixels, cfg.resize), **kw),
             "preprocess": measure(lambda: preprocess(pil, cfg), **kw),
             "encode": measure(lambda: encode(x), **kw),
             "search": measure(lambda: searcher(emb), **kw),
@@ -142,7 +142,7 @@ def _whatif_rows(ctx: Context, scale: Scale, photo: bytes, searcher: Searcher, t
         backend = OrtImageBackend(path, "int8", ["CPUExecutionProvider"], threads)
 
         def query(b: Any = backend) -> list[Any]:
-            return searcher(b.encode(preprocess(load_image(photo, cfg.max_pixels), cfg)[None]).embedding[0])
+            return searcher(b.encode(preprocess(load_image(photo, cfg.max_pixels, cfg.resize), cfg)[None]).embedding[0])
 
         with thread_limit(threads):
             e2e = measure(query, min_time=tm["e2e_s"], min_reps=int(tm["e2e_reps"]))
@@ -167,7 +167,7 @@ def _teacher_row(ctx: Context, scale: Scale, photo: bytes, searcher: Searcher, t
             return model.encode_image(torch.from_numpy(x)).numpy()
 
     def query() -> list[Any]:
-        x = preprocess(load_image(photo, cfg.max_pixels), cfg)[None]
+        x = preprocess(load_image(photo, cfg.max_pixels, cfg.resize), cfg)[None]
         return searcher(encode(x)[0])
 
     with thread_limit(threads):
@@ -210,4 +210,20 @@ def run(ctx: Context) -> dict[str, Any]:
     target_scale = "deployment" if "deployment" in keys else keys[0]
     out["target_scale"] = target_scale
     out["scale_note"] = next(s["description"] for s in out["scales"] if s["key"] == target_scale)
+    out["phone_photos"] = _phone_photo_rows(ctx, photo, target_scale)
     return out
+
+
+def _phone_photo_rows(ctx: Context, photo: bytes, target_scale: str) -> list[dict[str, Any]]:
+    """The real-size rows: 12 MP and 3 MP JPEGs made from the query photo, full vs draft decoding."""
+    from benchmarks.suite.phone_photos import phone_rows
+
+    scale = next(s for s in scales(ctx) if s.key == target_scale)
+    base = Image.open(io.BytesIO(photo))
+    rows: list[dict[str, Any]] = []
+    for threads in ctx.options.threads:
+        try:
+            rows += phone_rows(ctx, scale.bundle, base, threads, _times(ctx))
+        except Exception as e:  # noqa: BLE001 - one failed row must not lose the section
+            ctx.log(f"latency: phone photos {threads}t: not measured ({e})")
+    return rows

@@ -20,7 +20,7 @@ import typer
 from malm.commands._options import split_list
 from malm.errors import MalmError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 
 
 def expand_photos(photos: list[Path]) -> list[tuple[str, Path | None, str | None]]:

@@ -17,16 +17,21 @@ import torch
 from PIL import Image, ImageOps
 
 from malm.errors import ImageError
-from malm.preprocess import PreprocessConfig, normalize, preprocess, resize_shorter, to_rgb
+from malm.preprocess import PreprocessConfig, draft_jpeg, normalize, preprocess, resize_shorter, to_rgb
 from malm.training.data.prepare import PreparedData, SplitData
 
 
 def load_image(path: Path, cfg: PreprocessConfig) -> Image.Image:
-    """Decode an image file to RGB, refusing ones above `cfg.max_pixels` (decompression bombs)."""
+    """Decode an image file to RGB, refusing ones above `cfg.max_pixels` (decompression bombs).
+
+    JPEGs are decoded in draft mode exactly as the SDK does (`malm.sdk.image_io.load_image` with
+    `min_side=cfg.resize`), so the evaluation measures the pixels that ship.
+    """
     try:
         with Image.open(path) as im:
             if im.width * im.height > cfg.max_pixels:
                 raise ImageError(f"{path}: {im.width}x{im.height} image is above the {cfg.max_pixels}-pixel limit")
+            draft_jpeg(im, cfg.resize)
             im.load()
             return to_rgb(im)
     except ImageError:

@@ -99,28 +99,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def draft_request(width: int, height: int, min_side: int) -> tuple[int, int]:
-    """The decode size to ask a JPEG for: the photo's aspect with its shorter side at `min_side`.
+DRAFT_SCALES = (8, 4, 2)  # what libjpeg's DCT-domain scaling offers (Pillow's `draft`)
 
-    Pillow's `draft` then picks the largest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
-    this big, i.e. the smallest decode whose shorter side is still >= `min_side`.
+
+def draft_scale(width: int, height: int, min_side: int) -> int:
+    """The largest JPEG DCT scale (8, 4, 2; 1 = none) that keeps the shorter side >= `min_side` and divides
+    both sides exactly.
+
+    Exactly: libjpeg rounds a scaled side up, so a side that is not a multiple of the scale would map a
+    slightly larger picture onto the decoded pixels and shift the crop by a fraction of a pixel (visible
+    at sharp edges). Camera sizes (4032x3024, 4000x3000, 3264x2448, 1920x1080…) are multiples of 8.
     """
-    short = max(1, min(width, height))
-    return max(1, math.ceil(width * min_side / short)), max(1, math.ceil(height * min_side / short))
+    if min_side <= 0:
+        return 1
+    for scale in DRAFT_SCALES:
+        if width % scale == 0 and height % scale == 0 and min(width, height) // scale >= min_side:
+            return scale
+    return 1
 
 
 def draft_jpeg(image: Image.Image, min_side: int) -> Image.Image:
     """Let libjpeg decode a not-yet-loaded JPEG at 1/2, 1/4 or 1/8 scale (DCT-domain downscaling).
 
     A 12 MP phone photo (4032x3024) needs only a 256-pixel shorter side: decoding it at 1/8 (504x378)
-    is several times faster than decoding all 12 MP and then resizing. The resize that follows in
-    `preprocess` sees a smaller picture of the same scene, so the crop covers the same part of the photo
-    (to within one DCT-scaled pixel at the far edge when a side is not a multiple of the scale).
-    The shorter side is orientation-independent, so this is safe before the EXIF transpose.
-    Any other format, or an image already decoded, is returned unchanged.
+    skips most of the inverse DCT and all the full-size colour conversion and resizing. The picture
+    covers exactly the same scene (`draft_scale` only takes exact divisors), so the crop that follows is the
+    same crop; the pixels differ only by the low-pass filter (an 8x8 DCT block average instead of the
+    resize's wider triangle filter). The shorter side is orientation-independent, so this is safe before
+    the EXIF transpose. Any other format, or an image already decoded, is returned unchanged.
     """
-    if image.format == "JPEG" and min_side > 0:
-        image.draft("RGB", draft_request(image.width, image.height, min_side))
+    if image.format != "JPEG":
+        return image
+    scale = draft_scale(image.width, image.height, min_side)
+    if scale > 1:
+        image.draft("RGB", (image.width // scale, image.height // scale))
     return image
 
 

@@ -165,3 +165,136 @@ def test_lazy_pil_image_that_fails_to_decode(tmp_path: Path) -> None:
     lazy = Image.open(tmp_path / "cut.jpg")  # header is fine; the pixels are not there
     with pytest.raises(ImageError, match="PIL image 64x64 RGB.*cannot be decoded"):
         load_image(lazy)
+
+
+# ---- phone photos: JPEG draft decoding, EXIF with draft, HEIC, unsupported formats -------------------------
+
+REAL = PreprocessConfig()  # the shipped recipe: resize 256, crop 224
+
+
+def dish_jpeg(w: int, h: int, noise: float = 6.0, seed: int = 0, exif: Image.Exif | None = None) -> bytes:
+    """A plate with sharp-edged toppings plus sensor-like noise, JPEG q90: the hard case for a downscale."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (w, h), (200, 190, 170))
+    d = ImageDraw.Draw(im)
+    d.ellipse((w * 0.15, h * 0.1, w * 0.85, h * 0.9), fill=(245, 245, 240), outline=(90, 90, 90), width=max(2, w // 200))
+    for _ in range(40):
+        x, y, r = rng.uniform(0.3, 0.7) * w, rng.uniform(0.25, 0.75) * h, rng.uniform(0.01, 0.05) * w
+        d.ellipse((x - r, y - r * 0.7, x + r, y + r * 0.7), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    a = np.asarray(im, np.int16) + rng.normal(0, noise, (h, w, 3)).astype(np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90, **({"exif": exif} if exif else {}))
+    return buf.getvalue()
+
+
+def uint8_diff(a: np.ndarray, b: np.ndarray, cfg: PreprocessConfig = REAL) -> np.ndarray:
+    """|a - b| of two preprocessed arrays, back in 0..255 pixel levels."""
+    return np.abs(a - b) * np.asarray(cfg.std, np.float32)[:, None, None] * 255
+
+
+def test_draft_scale_takes_exact_divisors_only() -> None:
+    from malm.preprocess import draft_scale
+
+    assert draft_scale(4032, 3024, 256) == 8 and draft_scale(3024, 4032, 256) == 8  # 504x378
+    assert draft_scale(2016, 1512, 256) == 4 and draft_scale(1920, 1080, 256) == 4  # 1080/8 = 135 < 256
+    assert draft_scale(512, 512, 256) == 2 and draft_scale(511, 511, 256) == 1 and draft_scale(640, 480, 256) == 1
+    assert draft_scale(1001, 777, 256) == 1  # 777/2 is not whole: a partial block would shift the crop
+    assert draft_scale(4032, 3024, 0) == 1
+
+
+@pytest.mark.parametrize("size", [(4032, 3024), (2016, 1512), (3024, 4032)])
+def test_draft_decode_matches_the_full_decode(size: tuple[int, int]) -> None:
+    """Parity with the previous path (every pixel decoded, then resized) on a phone-sized photo.
+
+    Same geometry (exact DCT scale), so the only difference is the low-pass filter before the same bilinear
+    resize: libjpeg's 8x8 block mean vs the resize's triangle of width ~2x the full scale factor. Both
+    average the same neighbourhood, so they differ only at detail finer than an output pixel: at the
+    plate's and toppings' sharp edges up to 13-16 levels (of 255), 0.2-0.5 on average (measured). The bound
+    (max 20, mean 1, p99 6) is that plus margin; a one-pixel crop shift, the bug this guards against, gives
+    65+ at the edges and a mean above 1.
+    """
+    w, h = size
+    data = dish_jpeg(w, h)
+    drafted = load_image(data, REAL.max_pixels, min_side=REAL.resize)
+    scale = 8 if min(w, h) >= 8 * 256 else 4
+    assert drafted.size == (w // scale, h // scale)  # decoded small, not 12 MP
+    full = preprocess(load_image(data, REAL.max_pixels), REAL)
+    fast = preprocess(drafted, REAL)
+    d = uint8_diff(full, fast)
+    assert d.max() <= 20 and d.mean() <= 1.0 and np.percentile(d, 99) <= 6, (d.max(), d.mean())
+
+
+def test_draft_keeps_exif_orientation(tmp_path: Path) -> None:
+    """A phone photo stored sideways (EXIF orientation 6), draft-decoded, comes out upright."""
+    upright = Image.open(io.BytesIO(dish_jpeg(1536, 2048, noise=0))).convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    path = tmp_path / "sideways.jpg"
+    path.write_bytes(buf.getvalue())
+    decoded = load_image(path, REAL.max_pixels, min_side=REAL.resize)
+    assert decoded.size == (512, 384)  # stored 2048x1536, drafted at 1/4, not yet turned
+    got = preprocess(decoded, REAL)
+    want = preprocess(upright, REAL)
+    assert uint8_diff(got, want).mean() < 2.0
+    assert uint8_diff(got, preprocess(stored, REAL)).mean() > 10  # not merely similar to the sideways picture
+
+
+def test_non_jpeg_and_small_photos_decode_in_full() -> None:
+    png = io.BytesIO()
+    rgb(1024, 768).save(png, "PNG")
+    assert load_image(png.getvalue(), min_side=256).size == (1024, 768)
+    assert load_image(dish_jpeg(400, 300), min_side=256).size == (400, 300)
+
+
+def _heic(image: Image.Image) -> bytes:
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the heic extra (pillow-heif) is in malm[all]")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buf, quality=95)
+    return buf.getvalue()
+
+
+def test_heic_photo_is_read_with_the_extra(tmp_path: Path) -> None:
+    upright = Image.open(io.BytesIO(dish_jpeg(640, 480, noise=0))).convert("RGB")
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(_heic(upright))
+    image = load_image(path)
+    assert image.size == (640, 480)
+    assert uint8_diff(preprocess(image, REAL), preprocess(upright, REAL)).mean() < 3.0
+
+
+def test_heic_without_the_extra_names_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "IMG_0002.heic"
+    path.write_bytes(_heic(rgb(64, 48)))
+    code = f"""
+import sys; sys.modules['pillow_heif'] = None  # as if the heic extra were not installed
+from malm.sdk.image_io import load_image
+from malm.errors import ImageError
+try:
+    load_image({str(path)!r})
+except ImageError as e:
+    print(e)
+"""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert str(path) in proc.stdout and "pip install 'malm[heic]'" in proc.stdout
+
+
+@pytest.mark.parametrize(("data", "what"), [
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document is not a supported image format"),
+    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "an SVG drawing is not a supported"),
+    (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + b"\x00" * 64, "AVIF is not a supported|cannot be decoded"),
+    (b"hello, not a photo", "not a recognized image format .supported: JPEG, PNG"),
+])
+def test_unsupported_formats_are_named(data: bytes, what: str) -> None:
+    with pytest.raises(ImageError, match=what):
+        load_image(data)

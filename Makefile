@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean check-aarch64
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/malm bench --out benchmarks/results
+
+# linux/aarch64 (a Jetson's CPU) under qemu user-mode emulation: installs the base runtime in an arm64 Debian
+# root and answers `malm query`. Needs root, qemu-user-static and debootstrap; slow, so not in `make test`.
+check-aarch64: $(STAMP)
+	scripts/check_aarch64.sh $(BIN)/python
 
 clean:
 	rm -rf $(VENV) runs

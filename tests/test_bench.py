@@ -34,6 +34,9 @@ def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert all(s["status"] == "ok" for s in sections.values()), {k: (s["status"], s.get("error") or s.get("skipped"))
                                                                for k, s in sections.items()}
     assert results["targets"], "the targets table is written"
+    phone = sections["latency"].get("phone_photos") or []  # the real-size rows: 12 MP and 3 MP, before / after
+    assert sections["latency"]["status"] != "ok" or {(r["photo"][:4], r["decode"]) for r in phone} == {
+        ("12MP", "full"), ("12MP", "draft"), ("3MP ", "full"), ("3MP ", "draft")}
     md = (out / "bench.md").read_text()
     assert md.startswith("# malm benchmarks") and "## Targets" in md and "## 3. Index at scale" in md
 

@@ -203,3 +203,19 @@ def test_static_batch_model_is_fed_one_at_a_time(tmp_path: Path) -> None:
     assert out.embedding.shape == (3, 16) and np.allclose(np.linalg.norm(out.embedding, axis=1), 1, atol=1e-5)
     with pytest.raises(MalmError, match="no 'tokens' output"):
         backend.encode(np.zeros((1, 3, 32, 32), np.float32), tokens=True)
+
+
+def test_variant_reason_per_provider(bundle: Path) -> None:
+    """`malm doctor` / `Retriever.info()` say why an encoder was picked, per execution provider."""
+    from malm.sdk.backends import explain_variant
+
+    b = open_bundle(bundle, check_hashes=False)  # has fp32 and int8, no int8_cpu
+    variant, why = explain_variant(b, "auto", "TensorrtExecutionProvider")
+    assert variant == "int8" and "zero-point 0" in why
+    variant, why = explain_variant(b, "auto", "CUDAExecutionProvider")
+    assert variant == "fp32" and "CUDA provider runs QDQ int8 models slowly" in why
+    variant, why = explain_variant(b, "auto", "CoreMLExecutionProvider")
+    assert variant == "fp32" and "CoreML" in why
+    variant, why = explain_variant(b, "auto", "CPUExecutionProvider")
+    assert variant == "int8" and "the bundle has no int8_cpu, so int8" in why
+    assert explain_variant(b, "fp32", "CPUExecutionProvider") == ("fp32", "asked for fp32")

@@ -55,6 +55,10 @@ for fs in proc sys dev; do
     if ! mountpoint -q "$ROOT/$fs"; then mount --bind "/$fs" "$ROOT/$fs"; mounted+=("$ROOT/$fs"); fi
 done
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# The host's CA bundle (a network that inspects TLS adds its own CA there): pip in the root trusts the same.
+HOST_CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+CA=/etc/ssl/certs/ca-certificates.crt
+if [ -f "$HOST_CA" ]; then cp "$HOST_CA" "$ROOT/etc/ssl/certs/host-ca-bundle.crt"; CA=/etc/ssl/certs/host-ca-bundle.crt; fi
 
 # 3. malm's tracked files and a small bundle + photos made on the host.
 step "copying malm and making a small bundle"
@@ -77,7 +81,7 @@ step "pip install in the aarch64 root: onnxruntime numpy pillow typer rich $HNSW
 if [ "$HNSW" = hnswlib ] && ! chroot "$ROOT" sh -c 'command -v g++' >/dev/null; then
     chroot "$ROOT" apt-get install -y -q g++ python3-dev >&2 || die "cannot install g++ in the root"
 fi
-chroot "$ROOT" sh -ec "
+chroot "$ROOT" env -u PIP_FIND_LINKS PIP_CERT=$CA REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA sh -ec "
     [ -x $WORK/venv/bin/python ] || python3 -m venv $WORK/venv
     $WORK/venv/bin/pip install -q --disable-pip-version-check --only-binary=onnxruntime,numpy,pillow \
         onnxruntime numpy pillow typer rich $HNSW

@@ -48,12 +48,10 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
 fi
 [ "$(chroot "$ROOT" uname -m)" = aarch64 ] || die "the root does not run as aarch64"
 
-mounted=()
-cleanup() { for m in "${mounted[@]}"; do umount "$m" 2>/dev/null || true; done; }
-trap cleanup EXIT
-for fs in proc sys dev; do
-    if ! mountpoint -q "$ROOT/$fs"; then mount --bind "/$fs" "$ROOT/$fs"; mounted+=("$ROOT/$fs"); fi
-done
+# No /proc, /sys or /dev bind mounts: under qemu-user they show the *host's* x86 CPU, and ONNX Runtime's
+# cpuinfo library, parsing the host's /sys/devices/system/cpu as an ARM machine, crashes the process
+# (SIGSEGV, seen with qemu 7.2). Without them ONNX Runtime warns that it cannot read CPU features and
+# runs its generic aarch64 kernels; `malm doctor` reports the features as unknown.
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 # The host's CA bundle (a network that inspects TLS adds its own CA there): pip in the root trusts the same.
 HOST_CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}

@@ -63,6 +63,7 @@ def test_a_broken_int8_encoder_is_caught_and_fallen_back_from(broken_cpu: Path, 
     sc = r.info()["selfcheck"]
     assert sc["status"] == "passed" and sc["encoder"] == "int8"
     assert [x["encoder"] for x in sc["rejected"]] == ["int8_cpu"] and sc["rejected"][0]["cosine"] < 0.95
+    assert "int8_cpu disagreed with the fp32 reference" in r.info()["variant_reason"]  # what `malm doctor` shows
     lines = _warnings(caplog)
     assert len(lines) == 1 and "int8_cpu" in lines[0] and "using int8 instead" in lines[0]
     assert cpu.description() in lines[0] and "mean cosine" in lines[0]

@@ -11,15 +11,16 @@
 # Debian packages qemu-user-static and debootstrap, and network access to deb.debian.org and PyPI.
 # Slow (emulated: ~10-20 min the first time, ~2 min after), so it is not part of `make test`.
 #
-# hnswlib: PyPI has only a source release of hnswlib 0.8.0 (a C++ compiler is needed); set
-# MALM_AARCH64_HNSWLIB=hnswlib to compile it in the emulated root (adds g++, slow), the default installs the
-# chroma-hnswlib wheel (same `hnswlib` module, 0.7.6 API, aarch64 wheels) to check everything else quickly.
+# hnswlib: PyPI has only a source release of hnswlib 0.8.0, so it is compiled in the emulated root (g++ and
+# python3-dev are added: slow). MALM_AARCH64_HNSWLIB=chroma-hnswlib installs that fork's aarch64 wheel instead
+# (same `hnswlib` module), but it cannot load an index saved by hnswlib 0.8.0 ("Index seems to be corrupted
+# or unsupported", seen here), so with it `malm query` fails on a bundle built by malm's hnswlib.
 set -euo pipefail
 
 HOST_PY=${1:-${PYTHON:-python3}}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=${MALM_AARCH64_ROOT:-/var/tmp/malm-aarch64/root}
-HNSW=${MALM_AARCH64_HNSWLIB:-chroma-hnswlib}
+HNSW=${MALM_AARCH64_HNSWLIB:-hnswlib}
 MIRROR=${MALM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORK=/opt/malm-check
 
@@ -60,7 +61,8 @@ if [ -f "$HOST_CA" ]; then cp "$HOST_CA" "$ROOT/etc/ssl/certs/host-ca-bundle.crt
 
 # 3. malm's tracked files and a small bundle + photos made on the host.
 step "copying malm and making a small bundle"
-rm -rf "$ROOT$WORK" && mkdir -p "$ROOT$WORK/src"
+# The venv is kept between runs (installing under emulation is slow); the rest is made fresh.
+rm -rf "$ROOT$WORK/src" "$ROOT$WORK/bundle" "$ROOT$WORK/bundle-src" "$ROOT$WORK/photos" && mkdir -p "$ROOT$WORK/src"
 git -C "$REPO" ls-files -z --cached --others --exclude-standard | (cd "$REPO" && xargs -0 tar cf - 2>/dev/null) \
     | tar xf - -C "$ROOT$WORK/src"
 PYTHONPATH="$REPO:$REPO/tests" "$HOST_PY" - "$ROOT$WORK" <<'EOF'
@@ -77,7 +79,8 @@ EOF
 # 4. The base runtime from PyPI's aarch64 wheels, then malm (its own dependencies already there).
 step "pip install in the aarch64 root: onnxruntime numpy pillow typer rich $HNSW, then malm"
 if [ "$HNSW" = hnswlib ] && ! chroot "$ROOT" sh -c 'command -v g++' >/dev/null; then
-    chroot "$ROOT" apt-get install -y -q g++ python3-dev >&2 || die "cannot install g++ in the root"
+    chroot "$ROOT" sh -c 'apt-get update -q && apt-get install -y -q g++ python3-dev' >&2 \
+        || die "cannot install g++ in the root"
 fi
 chroot "$ROOT" env -u PIP_FIND_LINKS PIP_CERT=$CA REQUESTS_CA_BUNDLE=$CA SSL_CERT_FILE=$CA sh -ec "
     [ -x $WORK/venv/bin/python ] || python3 -m venv $WORK/venv

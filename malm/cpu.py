@@ -1,4 +1,4 @@
-"""The CPU we run on, in words: which int8 kernels ONNX Runtime will pick depends on it (stdlib only).
+"""The CPU we run on, in words, for the int8 gate and the SDK's self-check (reads `malm.cpu_features`).
 
 x86 without VNNI multiplies u8*s8 with VPMADDUBSW, which sums pairs in 16 bits and can saturate; with
 AVX512-VNNI / AVX-VNNI (or AMX) the products accumulate in 32 bits. ARM's kernels widen before summing.
@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import functools
 import platform
-from pathlib import Path
+
+from malm.cpu_features import CpuFeatures, cpu_features
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 
 
 @functools.lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str, frozenset[str]]:
-    """(model name, flags) of the first processor in /proc/cpuinfo; the platform's words elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return platform.processor() or platform.machine(), frozenset()
-    fields: dict[str, str] = {}
-    for line in text.split("\n\n", 1)[0].splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
-    model = fields.get("model name") or fields.get("Model") or platform.processor() or platform.machine()
-    return model, frozenset((fields.get("flags") or fields.get("Features") or "").split())
+def _features() -> CpuFeatures:
+    return cpu_features()
 
 
 def int8_flags() -> list[str]:
     """The CPU features that decide ONNX Runtime's int8 kernels, present on this machine."""
-    return [f for f in INT8_FLAGS if f in _cpuinfo()[1]]
+    return [f for f in INT8_FLAGS if _features().has(f)]
 
 
 def int8_may_saturate() -> bool:
@@ -43,14 +33,11 @@ def int8_may_saturate() -> bool:
 
 def description() -> str:
     """E.g. 'AMD EPYC 7B13, x86_64, int8 features: avx2 (no VNNI)': for reports and warnings."""
-    model, _ = _cpuinfo()
     flags = int8_flags()
-    machine = platform.machine()
     note = " (no VNNI)" if int8_may_saturate() else ""
-    return f"{model}, {machine}, int8 features: {' '.join(flags) or 'none read'}{note}"
+    return f"{_features().model}, {platform.machine()}, int8 features: {' '.join(flags) or 'none read'}{note}"
 
 
 def fingerprint() -> str:
     """What identifies 'this machine' for remembered numeric checks: the CPU and its int8 features."""
-    model, _ = _cpuinfo()
-    return f"{platform.machine()}|{model}|{','.join(int8_flags())}"
+    return f"{platform.machine()}|{_features().model}|{','.join(int8_flags())}"

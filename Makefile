@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean check-aarch64
+.PHONY: demo test lint typecheck bench clean check-aarch64 browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,14 +14,25 @@ $(BIN)/python:
 # [train] range then needs nothing more (an unpinned torch would pull a multi-GB CUDA build).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[all,bench,dev]"
+	$(BIN)/pip install -q -e ".[all,bench,dev,e2e,tensorboard,plot]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/malm demo --out runs/demo
 
-test: $(STAMP)
-	$(BIN)/ruff check malm tests benchmarks
+# The browser tests (the demo's report.html, the cooking-assistant app) drive Debian's chromium headless.
+# As root on Debian/Ubuntu it is installed here; elsewhere install it yourself, or set
+# MALM_SKIP_BROWSER_TESTS=1 to leave those tests out knowingly (pytest prints that they were skipped and why).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$MALM_SKIP_BROWSER_TESTS" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the browser tests (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make test: the browser tests need chromium (sudo apt-get install chromium), or MALM_SKIP_BROWSER_TESTS=1"; \
+	  exit 1; fi
+
+test: $(STAMP) browser
+	$(BIN)/ruff check malm tests benchmarks examples
 	$(BIN)/mypy malm/sdk malm/edge_index
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 

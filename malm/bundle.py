@@ -10,7 +10,7 @@ Layout (paths are relative to the bundle and must stay inside it):
     rerank/*                      what local re-ranking needs
     vocab.json                    the recipe tokenizer's vocabulary
 
-Manifest keys:
+Manifest keys (typed in malm/manifest.py, written only through BundleWriter's setters):
     format, format_version, malm_version, created, updated
     model        the training config (dict) the encoders come from, and its hash
     preprocess   PreprocessConfig.to_dict()
@@ -19,7 +19,9 @@ Manifest keys:
     encoders     {name: {"file": relpath, "kind": "onnx"|"coreml"|"tensorrt-onnx", "role": "image"|"recipe"|"rerank",
                          "precision": "fp32"|"int8"|"fp16"|..., "quality": {...}, ...}}
     index        {"file", "store", "space", "dim", "M", "ef_construction", "ef_search", "count", "max_elements"}
-    rerank       {...} or absent
+    rerank       {"dim", "kind", "weight", "candidates", "tokens", "offsets", "model", "default"} or absent
+    selfcheck    {"inputs", "fp32_embeddings", "count", "min_cosine", "expected", "exported_on"} or absent
+    student      the distilled student's record, when one was exported
     libraries    {name: version} at build time
     quality      {variant: {"im2recipe": {...}, ...}} and export report
 """
@@ -30,7 +32,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path, PurePosixPath
@@ -40,14 +41,20 @@ from malm import __version__
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm._lock import try_lock, unlock
 from malm.errors import BundleError, MalmError
+from malm.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    EmbeddingSection,
+    EncoderEntry,
+    IndexSection,
+    Manifest,
+    PreprocessSection,
+    RerankSection,
+    SelfCheckSection,
+)
 
-FORMAT = "malm-bundle"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-_OBJECT_SECTIONS = ("files", "encoders", "index", "rerank", "preprocess", "embedding", "model", "libraries", "quality",
-                    "selfcheck")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_path(path: Path) -> tuple[str, int]:
@@ -106,25 +113,21 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
             f"bundle {root}: format version {version!r} is not supported by malm {__version__} "
             f"(expects {FORMAT_VERSION}); re-export the bundle with this malm version"
         )
-    # Every section a reader indexes into must be an object: a list or string there would otherwise
-    # surface as an AttributeError deep in the SDK instead of a message naming the bundle.
-    for key in _OBJECT_SECTIONS:
-        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
-            raise BundleError(f"bundle {root}: manifest '{key}' must be an object, got {type(manifest[key]).__name__}")
+    # The shape of every section (malm.manifest); what needs the root (paths inside it) is checked below.
+    Manifest.from_dict(manifest, f"bundle {root}")
     for key in ("files", "encoders"):  # absent or null: empty, so readers can iterate them directly
         if manifest.get(key) is None:
             manifest[key] = {}
-    files = manifest["files"]
-    for rel, entry in files.items():
+    for rel in manifest["files"]:
         safe_relpath(root, rel)
-        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
-                or not _SHA256.fullmatch(entry["sha256"]) or type(entry.get("bytes")) is not int or entry["bytes"] < 0):
-            raise BundleError(f"bundle {root}: manifest entry for {rel!r} needs 'sha256' (64 hex digits) and 'bytes' (>= 0)")
-    for name, entry in (manifest.get("encoders") or {}).items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise BundleError(f"bundle {root}: manifest encoder {name!r} needs a 'file'")
+    for entry in manifest["encoders"].values():
         safe_relpath(root, entry["file"])
     return manifest
+
+
+def load_manifest(root: str | os.PathLike[str]) -> Manifest:
+    """`read_manifest`, typed."""
+    return Manifest.from_dict(read_manifest(root), f"bundle {root}")
 
 
 def verify(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -206,7 +209,7 @@ class BundleWriter:
 
         with BundleWriter(path) as bw:
             bw.add_file(src, "encoders/image_int8.onnx")
-            bw.manifest["encoders"]["image_int8"] = {...}
+            bw.set_encoder("image_int8", EncoderEntry("encoders/image_int8.onnx", "onnx", "image", "int8"))
         # manifest committed on exit without an exception
     """
 
@@ -243,12 +246,56 @@ class BundleWriter:
         self._remove_leftovers()
         return self
 
-    def set_selfcheck(self, section: Any) -> None:
-        """The int8 self-check section (`malm.manifest.SelfCheckSection`); its files must be added first."""
+    # Typed setters: every writer goes through these (never `manifest[...] = ...`), so what lands in
+    # manifest.json has the shape `Manifest.from_dict` accepts and names only files added to the bundle.
+    def sections(self) -> Manifest:
+        """The manifest being written, typed."""
+        return Manifest.from_dict(self.manifest, f"bundle {self.root}")
+
+    def _require_files(self, what: str, rels: list[str]) -> None:
         files = self.manifest.get("files") or {}
-        missing = [rel for rel in (section.inputs, section.fp32_embeddings) if rel not in files]
+        missing = [rel for rel in rels if rel not in files]
         if missing:
-            raise BundleError(f"bundle {self.root}: self-check files {missing} were not added to the bundle")
+            raise BundleError(f"bundle {self.root}: {what} files {missing} were not added to the bundle")
+
+    def set_encoder(self, name: str, entry: EncoderEntry) -> None:
+        self._require_files(f"encoder {name!r}", [entry.file])
+        self.manifest.setdefault("encoders", {})[name] = entry.to_dict()
+
+    def set_index(self, section: IndexSection) -> None:
+        self._require_files("index", [section.file, section.store])
+        self.manifest["index"] = section.to_dict()
+
+    def set_rerank(self, section: RerankSection | None) -> None:
+        """The re-rank section, or None to drop it (its token files are going)."""
+        if section is None:
+            self.manifest.pop("rerank", None)
+            return
+        self._require_files("re-rank", section.files())
+        self.manifest["rerank"] = section.to_dict()
+
+    def set_preprocess(self, section: PreprocessSection) -> None:
+        self.manifest["preprocess"] = section.to_dict()
+
+    def set_embedding(self, section: EmbeddingSection) -> None:
+        self.manifest["embedding"] = section.to_dict()
+
+    def set_model(self, model: dict[str, Any]) -> None:
+        """The training config the encoders come from, its hash and the checkpoint's sha256."""
+        self.manifest["model"] = dict(model)
+
+    def set_student(self, student: dict[str, Any]) -> None:
+        self.manifest["student"] = dict(student)
+
+    def add_libraries(self, versions: dict[str, str]) -> None:
+        self.manifest.setdefault("libraries", {}).update(versions)
+
+    def add_quality(self, variants: dict[str, Any]) -> None:
+        self.manifest.setdefault("quality", {}).update(variants)
+
+    def set_selfcheck(self, section: SelfCheckSection) -> None:
+        """The int8 self-check section; its files must be added first."""
+        self._require_files("self-check", [section.inputs, section.fp32_embeddings])
         self.manifest["selfcheck"] = section.to_dict()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -144,10 +144,10 @@ def add_command(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
 ) -> None:
     """Add recipes to the index, atomically (a crash leaves the previous bundle intact)."""
-    from malm.bundle import read_manifest
+    from malm.bundle import load_manifest
     from malm.edge_index.builder import add_recipes
 
-    manifest = read_manifest(bundle)
+    manifest = load_manifest(bundle)
     if not recipes.is_file():
         raise MalmError(f"recipes {recipes}: file not found (index add reads a JSONL file)")
     records, read = _read_recipes(recipes, "all", strict)
@@ -155,7 +155,7 @@ def add_command(
         from malm.training.embed import torch_recipe_encoder
 
         _check_checkpoint(bundle, checkpoint, tag)
-        encode = torch_recipe_encoder(checkpoint, tag, tokens=bool(manifest.get("rerank")))
+        encode = torch_recipe_encoder(checkpoint, tag, tokens=manifest.rerank is not None)
     else:
         from malm.sdk.bundle_loader import open_bundle
         from malm.sdk.recipe_encoder import OnnxRecipeEncoder

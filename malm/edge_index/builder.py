@@ -17,18 +17,19 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from malm.bundle import BundleWriter, read_manifest, safe_relpath, verify
+from malm.bundle import BundleWriter, load_manifest, read_manifest, safe_relpath, verify
 from malm.edge_index.hnsw import HnswIndex, IndexSettings, normalize_rows
 from malm.edge_index.records import ReadReport, RecipeRecord
 from malm.edge_index.rerank import OFFSETS_FILE, TOKENS_FILE, RerankSettings, TokenStore, write_tokens
 from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, MalmError
+from malm.manifest import EmbeddingSection, EncoderEntry, IndexSection
 
 INDEX_FILES = ("index/recipes.hnsw", "index/recipes.alt.hnsw")
 STORE_FILES = ("index/recipes.sqlite", "index/recipes.alt.sqlite")
@@ -114,8 +115,9 @@ class _Staged:
         # We hold the bundle's write lock: any staging dir still here is from a writer that was killed.
         for stale in bw.root.glob(".index-staging-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        section = bw.manifest.get("index")
-        if fresh is None and not section:  # checked before the staging dir exists: nothing to clean up
+        typed = bw.sections()
+        section = typed.index
+        if fresh is None and section is None:  # checked before the staging dir exists: nothing to clean up
             raise BundleError(f"bundle {self.root}: has no recipe index yet (run `malm index build`)")
         self.tmp = Path(tempfile.mkdtemp(prefix=".index-staging-", dir=bw.root))
         self.old_files: list[str] = []
@@ -124,28 +126,27 @@ class _Staged:
             self.store = RecipeStore.create(self.tmp / "store.sqlite")
             self.tokens: dict[int, np.ndarray] = {}
             self.token_dim: int | None = None
-            self.cur_index = section.get("file") if section else None
-            self.cur_store = section.get("store") if section else None
-            rr = bw.manifest.get("rerank") or {}
-            self.cur_tokens = (rr.get("tokens"), rr.get("offsets")) if rr else None
+            self.cur_index = section.file if section else None
+            self.cur_store = section.store if section else None
+            rr = typed.rerank
+            self.cur_tokens = (rr.tokens, rr.offsets) if rr else None
             for rel in (self.cur_index, self.cur_store, *(self.cur_tokens or ())):
                 if rel:
                     self.old_files.append(rel)
             return
         # Update: copy the store (SQLite edits in place would change the live file's hash).
-        assert section  # an update without a section was refused above
+        assert section is not None  # an update without a section was refused above
         verify(self.root, bw.manifest)
-        settings = IndexSettings.from_dict(section)
-        self.cur_index, self.cur_store = section["file"], section["store"]
+        settings = section.settings
+        self.cur_index, self.cur_store = section.file, section.store
         shutil.copyfile(safe_relpath(self.root, self.cur_store), self.tmp / "store.sqlite")
         self.store = RecipeStore.open(self.tmp / "store.sqlite", writable=True)
         self.index = HnswIndex.load(safe_relpath(self.root, self.cur_index), settings, self.store.labels())
-        rr = bw.manifest.get("rerank")
+        rs = typed.rerank
         self.cur_tokens = None
         self.tokens = {}
         self.token_dim = None
-        if rr:
-            rs = RerankSettings.from_dict(rr)
+        if rs is not None:
             self.cur_tokens = (rs.tokens, rs.offsets)
             ts = TokenStore.load(safe_relpath(self.root, rs.tokens), safe_relpath(self.root, rs.offsets))
             self.token_dim = ts.dim
@@ -180,28 +181,27 @@ class _Staged:
         new_store = _other(STORE_FILES, self.cur_store)
         settings = self.index.save(self.tmp / "index.hnsw")
         self.store.close()
-        emb = bw.manifest.get("embedding") or {}
-        if emb.get("dim") not in (None, settings.dim):
+        typed = bw.sections()
+        emb = typed.embedding
+        if emb is not None and emb.dim != settings.dim:
             raise BundleError(f"bundle {self.root}: recipe embeddings have dim {settings.dim}, "
-                              f"the bundle's encoders have dim {emb['dim']}")
+                              f"the bundle's encoders have dim {emb.dim}")
         bw.add_file(self.tmp / "index.hnsw", new_index, move=True)
         bw.add_file(self.tmp / "store.sqlite", new_store, move=True)
-        bw.manifest["embedding"] = {"dim": settings.dim, "metric": "cosine", **{k: v for k, v in emb.items()
-                                                                               if k not in ("dim", "metric")}}
-        bw.manifest["index"] = {**(bw.manifest.get("index") or {}), **extra_index, **settings.to_dict(),
-                                "file": new_index, "store": new_store}
+        bw.set_embedding(replace(emb, metric="cosine") if emb else EmbeddingSection(settings.dim))
+        old_index = typed.index.extra if typed.index else {}
+        bw.set_index(IndexSection(new_index, new_store, settings, {**old_index, **extra_index}))
         keep = {new_index, new_store}
         if self.token_dim is not None:
             new_tok, new_off = _other(TOKEN_FILES, self.cur_tokens)
             paths = write_tokens(self.tmp, self.tokens, settings.next_label, self.token_dim)
             bw.add_file(paths[0], new_tok, move=True)
             bw.add_file(paths[1], new_off, move=True)
-            old = dict(bw.manifest.get("rerank") or {})
-            rs = RerankSettings.from_dict({**old, "dim": self.token_dim, "tokens": new_tok, "offsets": new_off})
-            bw.manifest["rerank"] = {**old, **rs.to_dict()}
+            old = typed.rerank or RerankSettings(dim=self.token_dim)
+            bw.set_rerank(replace(old, dim=self.token_dim, tokens=new_tok, offsets=new_off))
             keep |= {new_tok, new_off}
         else:
-            bw.manifest.pop("rerank", None)  # its token files are about to go
+            bw.set_rerank(None)  # its token files are about to go
         for rel in self.old_files:
             if rel not in keep:
                 bw.forget(rel)
@@ -272,10 +272,10 @@ def add_recipes(bundle: str | os.PathLike[str], records: Iterable[RecipeRecord],
     root = Path(bundle)
     out = IndexReport(read=report or ReadReport())
     recs = list(records)
-    manifest = read_manifest(root)
-    store_rel = (manifest.get("index") or {}).get("store")
-    if not store_rel:
+    section = load_manifest(root).index
+    if section is None:
         raise BundleError(f"bundle {root}: has no recipe index yet (run `malm index build`)")
+    store_rel = section.store
     # Encode before taking the write lock: it is the slow part and touches nothing in the bundle.
     try:
         with RecipeStore.open(safe_relpath(root, store_rel)) as s:
@@ -335,10 +335,9 @@ def shipped_matching_head(bundle: Path) -> str | None:
     """The bundle's matching-head ONNX written by `malm export --tokens`, if any (and listed in the manifest)."""
     if not (bundle / "manifest.json").is_file():
         return None
-    manifest = read_manifest(bundle)
-    entry = (manifest.get("encoders") or {}).get("matching_head") or {}
-    rel = entry.get("file") if isinstance(entry, dict) else None
-    return str(rel) if rel and rel in (manifest.get("files") or {}) else None
+    manifest = load_manifest(bundle)
+    entry = manifest.encoders.get("matching_head")
+    return entry.file if entry and entry.file in manifest.files else None
 
 
 def use_matching_head(bundle: Path, given: Path | None = None, shipped: str | None = None) -> None:
@@ -350,6 +349,9 @@ def use_matching_head(bundle: Path, given: Path | None = None, shipped: str | No
         if given is not None:
             model = GIVEN_MATCHING_HEAD
             bw.add_file(given, model)
-            bw.manifest["encoders"]["matching_head"] = {"file": model, "kind": "onnx", "role": "rerank",
-                                                        "precision": "fp32"}
-        bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head", "model": model}
+            bw.set_encoder("matching_head", EncoderEntry(model, "onnx", "rerank", "fp32"))
+        rerank = bw.sections().rerank
+        if rerank is None:
+            raise BundleError(f"bundle {bundle}: a matching head needs the index's re-rank tokens "
+                              "(build the index with a recipe encoder that outputs tokens)")
+        bw.set_rerank(replace(rerank, kind="matching_head", model=model))

@@ -13,7 +13,7 @@ import struct
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +22,12 @@ import numpy as np
 
 from malm._atomic import atomic_path
 from malm.errors import BundleError, MalmError
+from malm.manifest import SPACES, IndexSettings  # noqa: F401  (the manifest's `index` settings, re-exported)
 from malm.vectors import EPS, l2_normalize
 
-SPACES = ("ip", "cosine", "l2")
 # Below this many allowed recipes a filtered query scans them exactly: hnswlib's filtered graph
 # walk degrades (and can fail to find k) when most of the graph is filtered out.
 EXACT_FILTER_MAX = 2048
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """What hnswlib needs to be told again at load time (stored in the manifest `index` section)."""
-
-    dim: int  # embedding dimension
-    space: str = "ip"  # inner product over L2-normalized vectors = cosine similarity
-    M: int = 32  # graph degree: recall and memory grow with it
-    ef_construction: int = 200  # build-time beam width
-    ef_search: int = 128  # query-time beam width (hnswlib forgets it on save: reset after load)
-    count: int = 0  # live (not deleted) recipes
-    max_elements: int = 0  # capacity of the loaded index (grown by resize)
-    next_label: int = 0  # next unused label; labels are never reused
-
-    def __post_init__(self) -> None:
-        if self.dim <= 0:
-            raise ValueError(f"index: dim must be > 0, got {self.dim}")
-        if self.space not in SPACES:
-            raise ValueError(f"index: space must be one of {SPACES}, got {self.space!r}")
-        if self.M < 2 or self.ef_construction < 1 or self.ef_search < 1:
-            raise ValueError(f"index: need M >= 2, ef_construction >= 1, ef_search >= 1 (got {self.M}, "
-                             f"{self.ef_construction}, {self.ef_search})")
-        if self.count < 0 or self.max_elements < 0 or self.next_label < 0:
-            raise ValueError("index: count, max_elements and next_label must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IndexSettings:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
 
 
 class RWLock:

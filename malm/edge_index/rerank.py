@@ -18,49 +18,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from malm._atomic import atomic_path
 from malm.errors import BundleError, MalmError
+from malm.manifest import OFFSETS_FILE, RERANK_KINDS, TOKENS_FILE, RerankSettings  # noqa: F401  (re-exported)
 
-TOKENS_FILE = "rerank/recipe_tokens.npy"
-OFFSETS_FILE = "rerank/recipe_offsets.npy"
-KINDS = ("late_interaction", "matching_head")
-
-
-@dataclass(frozen=True)
-class RerankSettings:
-    """The manifest's `rerank` section."""
-
-    dim: int  # recipe token width (must equal the image tokens' width for late interaction)
-    kind: str = "late_interaction"  # or "matching_head" (then `model` names its ONNX file)
-    weight: float = 0.5  # fusion weight of the local score
-    candidates: int = 50  # how many global candidates are re-scored
-    tokens: str = TOKENS_FILE
-    offsets: str = OFFSETS_FILE
-    model: str | None = None
-    default: bool = False  # switched on by default only where a measurement showed a gain
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"rerank: kind must be one of {KINDS}, got {self.kind!r}")
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"rerank: weight must be in [0, 1], got {self.weight}")
-        if self.candidates < 1 or self.dim < 1:
-            raise ValueError("rerank: candidates and dim must be >= 1")
-        if self.kind == "matching_head" and not self.model:
-            raise ValueError("rerank: kind 'matching_head' needs 'model' (the ONNX file)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RerankSettings:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+KINDS = RERANK_KINDS
 
 
 class TokenStore:

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from malm import __version__
-from malm.bundle import MANIFEST, BundleWriter, read_manifest, require_same_checkpoint
+from malm.bundle import MANIFEST, BundleWriter, load_manifest, require_same_checkpoint
 from malm.errors import MalmError
 from malm.export import int8_gate, steps
 from malm.export.context import Artifacts, ExportContext, Log, Progress, no_progress
 from malm.export.registry import TARGETS, ExportOptions, require
+from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
 from malm.preprocess import PreprocessConfig
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "coremltools", "numpy", "tensorrt")
@@ -96,18 +97,18 @@ def write_bundle(bundle: Path, ctx: ExportContext, artifacts: Artifacts, report:
         vocab = teacher.run / "vocab.json"
         if vocab.is_file():
             bw.add_file(vocab, "vocab.json")
-        m = bw.manifest
-        m["model"] = {"name": config.name, "config": config.to_dict(), "hash": config.hash(),
-                      "checkpoint_sha256": teacher.sha256, "tag": teacher.tag, "encoder_hash": ctx.model_hash}
-        m["preprocess"] = ctx.student.preprocess.to_dict()
-        m["embedding"] = {"dim": teacher.embed_dim, "metric": "cosine"}
-        m.setdefault("libraries", {}).update(library_versions())
+        bw.set_model({"name": config.name, "config": config.to_dict(), "hash": config.hash(),
+                      "checkpoint_sha256": teacher.sha256, "tag": teacher.tag, "encoder_hash": ctx.model_hash})
+        bw.set_preprocess(PreprocessSection.from_dict(ctx.student.preprocess.to_dict()))
+        bw.set_embedding(EmbeddingSection(teacher.embed_dim))
+        bw.add_libraries(library_versions())
         if ctx.student.manifest:
-            m["student"] = ctx.student.manifest
-        m.setdefault("encoders", {}).update(artifacts.encoders)
+            bw.set_student(ctx.student.manifest)
+        for name, entry in artifacts.encoders.items():
+            bw.set_encoder(name, EncoderEntry.from_dict(entry, f"export into {bundle}", name))
         if selfcheck:
             bw.set_selfcheck(selfcheck)
-        m.setdefault("quality", {}).update(report["variants"])
+        bw.add_quality(report["variants"])
         merged = merge_report(bw.root, report, teacher.sha256)
         bw.write_json("report.json", merged)
         bw.write_text("report.md", to_markdown(merged))  # staged: a kill leaves the old bundle valid
@@ -127,8 +128,8 @@ def check_bundle(bundle: Path, pp: PreprocessConfig, teacher_hash: str) -> None:
     """One bundle = one model and one preprocessing; refuse to mix in encoders that disagree."""
     if not (bundle / MANIFEST).exists():
         return
-    m = read_manifest(bundle)
-    old_pp = m.get("preprocess")
+    section = load_manifest(bundle).preprocess
+    old_pp = section.to_dict() if section else None
     if old_pp and PreprocessConfig.from_dict(old_pp) != pp:
         raise MalmError(f"--bundle {bundle} was exported with preprocessing {old_pp}, this export needs "
                         f"{pp.to_dict()} (a different --image-size?); use a new bundle directory")

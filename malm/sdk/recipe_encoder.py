@@ -26,10 +26,10 @@ class OnnxRecipeEncoder:
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         entry = bundle.encoder("recipe_fp32")
-        if not entry or "vocab.json" not in (bundle.manifest.get("files") or {}):
+        if not entry or not bundle.listed("vocab.json"):
             raise BundleError(f"bundle {bundle.root}: has no ONNX recipe encoder + vocab.json to encode recipes "
                               "on the device; pass --checkpoint to encode with the trained model")
-        self.session = OrtSession(bundle.path(str(entry["file"])), threads=threads)
+        self.session = OrtSession(bundle.path(entry.file), threads=threads)
         if set(INPUTS) - set(self.session.input_names) or "embedding" not in self.session.output_names:
             raise BundleError(f"bundle {bundle.root}: recipe encoder has inputs {self.session.input_names}, "
                               f"outputs {self.session.output_names}; expected {INPUTS} -> embedding")

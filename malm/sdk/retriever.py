@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from malm.edge_index import builder as _builder
-from malm.edge_index.hnsw import HnswIndex, IndexSettings
+from malm.edge_index.hnsw import HnswIndex
 from malm.edge_index.records import RecipeRecord
 from malm.edge_index.rerank import (
     LateInteractionScorer,
@@ -109,23 +109,14 @@ class _Snapshot:
 
 def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None) -> _Snapshot:
     bundle = open_bundle(root, check_hashes)
-    section = bundle.index
-    try:
-        settings = IndexSettings.from_dict(section)
-    except (TypeError, ValueError) as e:
-        raise BundleError(f"bundle {root}: bad index settings in the manifest ({e})") from None
-    store = RecipeStore.open(bundle.path(section["store"]))
-    index = HnswIndex.load(bundle.path(section["file"]), settings, store.labels())
+    section = bundle.index  # typed and validated by open_bundle (malm.manifest.IndexSection)
+    store = RecipeStore.open(bundle.path(section.store))
+    index = HnswIndex.load(bundle.path(section.file), section.settings, store.labels())
     rerank = None
-    rr = bundle.manifest.get("rerank")
-    if rr:
-        try:
-            rs = RerankSettings.from_dict(rr)
-        except (TypeError, ValueError) as e:
-            raise BundleError(f"bundle {root}: bad rerank section in the manifest ({e})") from None
-        files = bundle.manifest.get("files") or {}
-        for rel in (rs.tokens, rs.offsets, *([rs.model] if rs.model else [])):
-            if rel not in files:
+    rs = bundle.sections.rerank
+    if rs is not None:
+        for rel in rs.files():
+            if not bundle.listed(rel):
                 raise BundleError(f"bundle {root}: re-rank file {rel!r} is not listed (and hashed) in the manifest")
         tokens = TokenStore.load(bundle.path(rs.tokens), bundle.path(rs.offsets))
         scorer: LocalScorer

@@ -60,8 +60,7 @@ class SelfCheck:
 
 
 def _section(bundle: Bundle) -> SelfCheckSection | None:
-    sc = bundle.manifest.get("selfcheck")
-    return None if sc is None else SelfCheckSection.from_dict(sc, f"bundle {bundle.root}")
+    return bundle.sections.selfcheck
 
 
 @dataclass(frozen=True)

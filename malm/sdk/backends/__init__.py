@@ -96,7 +96,7 @@ def encoder_file(bundle: Bundle, backend: str, variant: str) -> str | None:
     """The bundle file a backend runs for `variant` (what its self-check result is remembered for)."""
     name = {"tensorrt": "image_tensorrt", "coreml": "image_coreml"}.get(backend) or IMAGE_ENCODERS.get(variant, "")
     entry = bundle.encoder(name)
-    return str(entry["file"]) if entry and "file" in entry else None
+    return entry.file if entry else None
 
 
 def targets(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> list[tuple[str, str, str, str | None]]:
@@ -109,26 +109,30 @@ def targets(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> lis
     return [(variant, backend, backend, encoder_file(bundle, backend, variant))]
 
 
+def _image_file(bundle: Bundle, variant: str) -> str:
+    entry = bundle.encoder(IMAGE_ENCODERS[variant])
+    return str(entry.file if entry else None)  # choose_variant picks a variant the bundle has
+
+
 def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
     providers = select_providers(available_providers())
     chosen, why = explain_variant(bundle, variant, providers[0])
-    image_entry = bundle.encoder(IMAGE_ENCODERS[chosen]) or {}
-    ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen, providers, threads)
+    rel = _image_file(bundle, chosen)
+    ort_backend = OrtImageBackend(bundle.path(rel), chosen, providers, threads)
     if ort_backend.device != providers[0]:
         # ONNX Runtime falls back silently when a provider fails to start (no CUDA libraries, a TensorRT
         # mismatch): the session's own list says what runs. "auto" then takes that provider's variant.
         ort_backend.requested_device = providers[0]
         actual = choose_variant(bundle, variant, ort_backend.device)
         if actual != chosen:
-            chosen, image_entry = actual, bundle.encoder(IMAGE_ENCODERS[actual]) or {}
+            chosen, rel = actual, _image_file(bundle, actual)
             _, why = explain_variant(bundle, variant, ort_backend.device)
-            ort_backend = OrtImageBackend(bundle.path(str(image_entry.get("file"))), chosen,
-                                          ort_backend.session.providers, threads)
+            ort_backend = OrtImageBackend(bundle.path(rel), chosen, ort_backend.session.providers, threads)
             ort_backend.requested_device = providers[0]
         why += f" (note: {providers[0]} was listed but the session runs on {ort_backend.device})"
     ort_backend.variant_reason = why
     if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
-        raise BundleError(f"bundle {bundle.root}: image encoder {image_entry.get('file')} gives dim {ort_backend.dim}, "
+        raise BundleError(f"bundle {bundle.root}: image encoder {rel} gives dim {ort_backend.dim}, "
                           f"the index has dim {bundle.dim}")
     return ort_backend
 
@@ -140,8 +144,8 @@ def _tensorrt(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend
     trt_entry = bundle.encoder("image_tensorrt")
     if not trt_entry:
         raise BundleError(f"bundle {bundle.root}: has no TensorRT-ready ONNX (export with --target tensorrt)")
-    rel = str(trt_entry["file"])
-    return TensorRTBackend(bundle.path(rel), bundle.file_hash(rel), str(trt_entry.get("precision", "fp16")))
+    rel = trt_entry.file
+    return TensorRTBackend(bundle.path(rel), bundle.file_hash(rel), trt_entry.precision or "fp16")
 
 
 def _coreml(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
@@ -151,7 +155,7 @@ def _coreml(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
     entry = bundle.encoder("image_coreml")
     if not entry:
         raise BundleError(f"bundle {bundle.root}: has no CoreML model (export with --target coreml)")
-    return CoreMLBackend(bundle.path(str(entry["file"])), bundle.preprocess, str(entry.get("precision", "fp16")))
+    return CoreMLBackend(bundle.path(entry.file), bundle.preprocess, entry.precision or "fp16")
 
 
 # name -> factory(bundle, variant, threads). A new backend: a module here implementing `ImageBackend` (its

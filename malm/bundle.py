@@ -493,7 +493,7 @@ def require_same_checkpoint(root: str | os.PathLike[str], sha256: str, source: s
     root = Path(root)
     if not (root / MANIFEST).is_file():
         return
-    exported = (read_manifest(root).get("model") or {}).get("checkpoint_sha256")
+    exported = (load_manifest(root).model or {}).get("checkpoint_sha256")
     if exported and exported != sha256:
         raise MalmError(f"bundle {root}: its encoders were exported from other weights than {source} "
                         f"(sha256 {exported[:12]}… vs {sha256[:12]}…); {advice}")

@@ -39,6 +39,7 @@ def build(root: Path, size: int, dim: int) -> Path:
     from malm.export.distill import StudentFeatures
     from malm.export.quantize import VARIANTS, calibration_batches, quantize_int8
     from malm.export.student import StudentConfig, StudentImageEncoder
+    from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
     from malm.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
@@ -61,11 +62,10 @@ def build(root: Path, size: int, dim: int) -> Path:
             bw.add_file(path, rel)
             if rel.startswith("encoders/"):
                 name = Path(rel).stem
-                bw.manifest["encoders"][name] = {"file": rel, "kind": "onnx", "role": "image",
-                                                 "precision": "fp32" if name == "image_fp32" else "int8"}
+                bw.set_encoder(name, EncoderEntry(rel, "onnx", "image", "fp32" if name == "image_fp32" else "int8"))
         bw.set_selfcheck(sc)
-        bw.manifest["preprocess"] = pp.to_dict()
-        bw.manifest["embedding"] = {"dim": dim, "metric": "cosine"}
+        bw.set_preprocess(PreprocessSection.from_dict(pp.to_dict()))
+        bw.set_embedding(EmbeddingSection(dim))
     rng = np.random.default_rng(0)
     recs = [RecipeRecord(id=f"r{i}", title=f"recipe {i}", ingredients=("salt",), instructions=("cook.",))
             for i in range(1000)]

@@ -74,7 +74,7 @@ def run(ctx: Context) -> dict[str, Any]:
 def _load_breakdown(bundle: Path) -> dict[str, float]:
     """Where `Retriever.load` spends its time (in this process, imports already done): one timing each."""
     from malm.bundle import read_manifest, verify
-    from malm.edge_index.hnsw import HnswIndex, IndexSettings
+    from malm.edge_index.hnsw import HnswIndex
     from malm.edge_index.store import RecipeStore
     from malm.sdk.backends import create_backend
     from malm.sdk.bundle_loader import open_bundle
@@ -85,11 +85,11 @@ def _load_breakdown(bundle: Path) -> dict[str, float]:
     out["verify_sha256"] = time.perf_counter() - t0
     b = open_bundle(bundle, check_hashes=False)
     t0 = time.perf_counter()
-    store = RecipeStore.open(b.path(b.index["store"]))
+    store = RecipeStore.open(b.path(b.index.store))
     labels = store.labels()
     out["store_open_and_labels"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    HnswIndex.load(b.path(b.index["file"]), IndexSettings.from_dict(b.index), labels)
+    HnswIndex.load(b.path(b.index.file), b.index.settings, labels)
     out["hnsw_load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     create_backend(b)

@@ -98,6 +98,7 @@ def obtain(ctx: Context, recipes: int) -> DeploymentBundle:
     from malm.export.distill import StudentFeatures
     from malm.export.quantize import quantize_int8
     from malm.export.student import StudentConfig, StudentImageEncoder
+    from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
     from malm.training.config import load_preset
 
     cfg = load_preset("malm")
@@ -149,17 +150,14 @@ def obtain(ctx: Context, recipes: int) -> DeploymentBundle:
         bw.add_file(int8, "encoders/image_int8.onnx", move=True)
         if cinfo is not None:
             bw.add_file(int8_cpu, "encoders/image_int8_cpu.onnx", move=True)
-        m = bw.manifest
-        m["model"] = {"name": "benchmark-deployment-size", "note": "untrained weights: for speed and size only"}
-        m["preprocess"] = pp.to_dict()
-        m["embedding"] = {"dim": dim, "metric": "cosine"}
-        m.setdefault("encoders", {}).update({
-            "image_fp32": {"file": "encoders/image_fp32.onnx", "kind": "onnx", "role": "image", "precision": "fp32"},
-            "image_int8": {"file": "encoders/image_int8.onnx", "kind": "onnx", "role": "image", "precision": "int8",
-                           "quantization": qinfo}})
+        bw.set_model({"name": "benchmark-deployment-size", "note": "untrained weights: for speed and size only"})
+        bw.set_preprocess(PreprocessSection.from_dict(pp.to_dict()))
+        bw.set_embedding(EmbeddingSection(dim))
+        bw.set_encoder("image_fp32", EncoderEntry("encoders/image_fp32.onnx", "onnx", "image", "fp32"))
+        bw.set_encoder("image_int8", EncoderEntry("encoders/image_int8.onnx", "onnx", "image", "int8", qinfo))
         if cinfo is not None:
-            m["encoders"]["image_int8_cpu"] = {"file": "encoders/image_int8_cpu.onnx", "kind": "onnx", "role": "image",
-                                               "precision": "int8", "quantization": cinfo, "prefer": "cpu"}
+            bw.set_encoder("image_int8_cpu", EncoderEntry("encoders/image_int8_cpu.onnx", "onnx", "image", "int8", cinfo,
+                                                          {"prefer": "cpu"}))
     shutil.rmtree(tmp, ignore_errors=True)
     ctx.log(f"deployment bundle: indexing {recipes:,} synthetic recipes ({dim}-d clustered vectors)")
     info["index_build_s"] = round(build_index_bundle(ctx, root, recipes, dim, ctx.options.seed + 7), 1)

@@ -49,13 +49,13 @@ class Searcher:
     """The bundle's index + recipe store, opened with the same classes the SDK uses."""
 
     def __init__(self, bundle: Path) -> None:
-        from malm.edge_index.hnsw import HnswIndex, IndexSettings
+        from malm.edge_index.hnsw import HnswIndex
         from malm.edge_index.store import RecipeStore
         from malm.sdk.bundle_loader import open_bundle
 
         b = open_bundle(bundle, check_hashes=False)
-        self.store = RecipeStore.open(b.path(b.index["store"]))
-        self.index = HnswIndex.load(b.path(b.index["file"]), IndexSettings.from_dict(b.index), self.store.labels())
+        self.store = RecipeStore.open(b.path(b.index.store))
+        self.index = HnswIndex.load(b.path(b.index.file), b.index.settings, self.store.labels())
 
     def __call__(self, embedding: np.ndarray) -> list[Any]:
         found = self.index.search(embedding.reshape(1, -1), K)[0]

@@ -72,7 +72,7 @@ def _scale(ctx: Context, scale: Scale, threads: int, peak: float | None) -> list
         entry = bundle.encoder(f"image_{variant}")
         if not entry:
             continue
-        path = bundle.path(str(entry["file"]))
+        path = bundle.path(entry.file)
         backend = OrtImageBackend(path, variant, ["CPUExecutionProvider"], threads)
         try:
             fl = onnx_flops(path, size)

@@ -148,3 +148,20 @@ def test_measure(retriever: Retriever, tmp_path: Path) -> None:
     assert m.medr == 1.0 and m.latency_ms_p50 > 0
     with pytest.raises(MalmError, match="as many"):
         measure(retriever, paths, truth[:2])
+
+
+def test_context_manager_closes_and_refuses_later_calls(bundle: Path, tmp_path: Path) -> None:
+    (path,) = save_photos(tmp_path, [3])
+    with Retriever.load(bundle, threads=1) as r:
+        assert r.search(str(path), k=1)[0].recipe_id == "rec0003"
+        store = r._snap.store
+    with pytest.raises(MalmError, match="closed"):
+        r.search(str(path), k=1)
+    with pytest.raises(MalmError, match="closed"):
+        r.embed([str(path)])
+    with pytest.raises(MalmError, match="closed"):
+        r.remove_recipes(["rec0001"])
+    with pytest.raises(Exception, match="closed"):  # the SQLite connection itself was released
+        store._conn.execute("SELECT 1")
+    r.close()  # idempotent
+    assert r.info()["variant"]  # still describes what it ran

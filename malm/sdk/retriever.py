@@ -37,7 +37,7 @@ from malm.errors import BundleError, ImageError, MalmError
 from malm.preprocess import preprocess
 from malm.sdk import selfcheck as _selfcheck
 from malm.sdk.backends import create_backend, encoder_file, explain_variant, targets
-from malm.sdk.backends.base import ImageBackend
+from malm.sdk.backends.base import EncoderOutput, ImageBackend
 from malm.sdk.backends.ort import OrtImageBackend, OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
 from malm.sdk.image_io import ImageInput, describe, load_image
@@ -139,6 +139,7 @@ class Retriever:
         self._threads = threads
         self._check_hashes = check_hashes
         self._write_lock = threading.RLock()
+        self._closed = False
 
     @classmethod
     def load(cls, bundle: str | os.PathLike[str], backend: str = "auto", variant: str = "auto",
@@ -217,10 +218,35 @@ class Retriever:
             "cpu": cpu_features().to_dict(),
         }
 
+    # lifetime ----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the recipe store's SQLite connection and the encoder session; idempotent.
+
+        Call it (or use `with Retriever.load(...) as r:`) when no search is running any more; a closed
+        retriever refuses further calls with a clear error instead of failing deep inside SQLite.
+        """
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._snap.store.close()
+            self._backend = _ClosedBackend(self._backend)
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open_snapshot(self) -> _Snapshot:
+        if self._closed:
+            raise MalmError(f"retriever for {self._snap.bundle.root} is closed; load the bundle again")
+        return self._snap
+
     # search ------------------------------------------------------------------------------------------
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
         """L2-normalized embeddings [N, D] of decoded images (raises `ImageError` on the first bad one)."""
-        cfg = self._snap.bundle.preprocess
+        cfg = self._open_snapshot().bundle.preprocess
         batch = np.stack([preprocess(load_image(im, cfg.max_pixels, cfg.resize), cfg) for im in images])
         return self._backend.encode(batch).embedding
 
@@ -237,7 +263,7 @@ class Retriever:
         """One result per image, in order: its hits, or the `MalmError` saying why it could not be read."""
         if k < 1:
             raise MalmError(f"k must be >= 1, got {k}")
-        snap = self._snap  # one consistent view for the whole call
+        snap = self._open_snapshot()  # one consistent view for the whole call
         if rerank:
             self._check_rerank(snap)
         excluded: set[int] = set()
@@ -318,6 +344,7 @@ class Retriever:
             except RecordError as e:
                 raise MalmError(f"recipe #{n}: {e}") from None
         with self._write_lock:
+            self._open_snapshot()
             if encode_fn is None:
                 from malm.sdk.recipe_encoder import OnnxRecipeEncoder
 
@@ -328,15 +355,28 @@ class Retriever:
 
     def remove_recipes(self, ids: Iterable[str]) -> _builder.IndexReport:
         with self._write_lock:
-            report = _builder.remove_recipes(self._snap.bundle.root, ids)
+            report = _builder.remove_recipes(self._open_snapshot().bundle.root, ids)
             self._reload()
         return report
 
     def reload(self) -> None:
         """Pick up changes another process made to the bundle."""
         with self._write_lock:
+            self._open_snapshot()
             self._reload()
 
     def _reload(self) -> None:
         new = _load_snapshot(self._snap.bundle.root, self._check_hashes, self._threads)
         self._snap = new  # one reference assignment: searches see the old or the new snapshot
+
+
+class _ClosedBackend:
+    """Stands in for a closed retriever's encoder: keeps its description (name, variant, device, for
+    `info()`), drops the session so ONNX Runtime can free it."""
+
+    def __init__(self, backend: ImageBackend) -> None:
+        self.name, self.variant, self.device = backend.name, backend.variant, backend.device
+        self.has_tokens = False
+
+    def encode(self, images: np.ndarray, tokens: bool = False) -> EncoderOutput:
+        raise MalmError("this retriever is closed; load the bundle again")

@@ -1,5 +1,5 @@
-"""`pip install .` with no extras, into a fresh venv: the on-device runtime works with the base dependencies
-only (no torch, no onnx), as a device gets it. The other tests run inside the full environment, where a
+"""`pip install .` with no extras, into a fresh venv: a query names the runtime extra to install; with
+`[cpu]` (the README's x86 row) the on-device runtime answers with no torch and no onnx, as a device gets it. The other tests run inside the full environment, where a
 stray torch import in the SDK would go unnoticed.
 
 Slow (a venv and the base wheels: ~1-2 min on a quiet machine, ~5 min on the loaded 2-core one); needs the
@@ -38,19 +38,29 @@ def test_base_install_in_a_fresh_venv_answers_queries_without_torch(tmp_path: Pa
     listed = subprocess.run([str(py), "-m", "pip", "list", "--format", "json"], env=env, capture_output=True,
                             text=True, check=True).stdout
     names = {p["name"].lower() for p in json.loads(listed)}
-    assert {"malm", "numpy", "onnxruntime", "hnswlib", "pillow", "typer"} <= names, names
+    assert {"malm", "numpy", "hnswlib", "pillow", "typer"} <= names, names
     assert not (TRAIN_ONLY & names), TRAIN_ONLY & names
+    # The base has no ONNX Runtime (it is the per-device extra): a query says which extra to install.
+    assert "onnxruntime" not in names and "onnxruntime-gpu" not in names, names
 
     # Run from a folder outside the checkout, so the installed package is the one imported.
     run_dir = tmp_path / "elsewhere"
     run_dir.mkdir()
+    bundle = make_bundle(tmp_path / "bundle", 20)
+    photos = save_photos(tmp_path / "photos", range(3, 5))
+    bare = subprocess.run([str(malm), "query", str(photos[0]), "--bundle", str(bundle)], env=env, cwd=run_dir,
+                          capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and "malm[cpu]" in bare.stderr and "Traceback" not in bare.stderr, bare.stderr
+
+    # The x86 CPU install of the README's device table.
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{wheel}[cpu]"], env=env, timeout=900,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     where = subprocess.run([str(py), "-c", "import malm, sys; print(malm.__file__); "
                             "import malm.sdk, malm.edge_index; assert 'torch' not in sys.modules"],
                            env=env, cwd=run_dir, capture_output=True, text=True)
     assert where.returncode == 0 and str(venv) in where.stdout, where.stdout + where.stderr
 
-    bundle = make_bundle(tmp_path / "bundle", 20)
-    photos = save_photos(tmp_path / "photos", range(3, 5))
     q = subprocess.run([str(malm), "query", str(photos[0]), str(photos[1]), "--bundle", str(bundle), "-k", "2",
                         "--json"], env=env, cwd=run_dir, capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr[-3000:]

@@ -29,7 +29,7 @@ from malm.errors import MalmError
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path
-    recipes: int = 3000  # benchmark size: ~350 test pairs; the whole demo fits 10 minutes on 2 cores
+    recipes: int = 3000  # benchmark size: ~350 test pairs (~30 CPU-minutes in all with the defaults, README)
     seed: int = 0
     preset: str = "ht-hybrid-tiny"  # ImageNet EfficientNet-Lite0 stem + tiny ViT: the best measured in budget
     epochs: int | None = None  # None: the preset's own

@@ -113,16 +113,10 @@ def interleaved_p50(models: dict[str, Path], size: int, threads: int, runs: int,
 
     sessions = {k: _session(p, threads, level) for k, p in models.items()}
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    for s in sessions.values():
-        for _ in range(5):
-            s.run(["embedding"], {"image": x})
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(["embedding"], {"image": x})
-            times[k].append(time.perf_counter() - t0)
-    return {k: round(float(np.median(v)) * 1000, 3) for k, v in times.items()}
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: reach the package
+    from benchmarks.int8_cpu import p50_round_robin
+
+    return p50_round_robin(sessions, x, runs, warmup=5)
 
 
 def investigate(data: Path | None, size: int, calib_images: int, runs: int) -> dict[str, Any]:

@@ -60,9 +60,11 @@ def photo_like(root: Path, n: int, size: int, seed: int) -> list[Path]:
     return paths
 
 
-def p50_round_robin(sessions: dict[str, Any], x: np.ndarray, runs: int) -> dict[str, float]:
+def p50_round_robin(sessions: dict[str, Any], x: np.ndarray, runs: int, warmup: int = 1) -> dict[str, float]:
+    """Median ms per session, timed in turn (one round over every model per run) so load drifts hit all alike."""
     for s in sessions.values():
-        s.run(["embedding"], {"image": x})
+        for _ in range(warmup):
+            s.run(["embedding"], {"image": x})
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(runs):
         for k, s in sessions.items():

@@ -113,7 +113,7 @@ def teacher_recipe_bank(model: nn.Module, prepared: Any, split: str, limit: int,
 
 def cache_key(teacher_hash: str, student_cfg: StudentConfig, cfg: DistillConfig) -> str:
     blob = json.dumps({"teacher": teacher_hash, "student": student_cfg.to_dict(), "distill": asdict(cfg),
-                       "version": 1}, sort_keys=True)
+                       "version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -157,8 +157,6 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
             meta_path = cache_dir / f"student-{key}.json"
             history = json.loads(meta_path.read_text()).get("history", []) if meta_path.is_file() else []
             return DistillResult(cached, history, True, key, cache_dir / f"student-{key}.safetensors", 0.0)
-    from malm.training.data import RecipeImageDataset
-
     log = progress or (lambda _msg: None)
     started = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -167,7 +165,7 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
     try:
         teacher.eval()
         student = StudentImageEncoder(student_cfg, pretrained=pretrained)
-        dataset = RecipeImageDataset(prepared, "train", teacher_pp, train=True)
+        dataset, first_block = _training_images(teacher, student, prepared, teacher_pp, student_cfg, pretrained, log)
         if len(dataset) == 0:
             raise MalmError("distillation needs training images, but the data's train split has none")
         bank = teacher_recipe_bank(teacher, prepared, "train", cfg.recipe_bank, seed=cfg.seed)
@@ -176,7 +174,8 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
         heads = [p for n, p in student.named_parameters() if not n.startswith("backbone.")]
         groups = [{"params": heads, "lr": cfg.lr}]
         if cfg.backbone_lr > 0:
-            groups.append({"params": list(student.backbone.parameters()), "lr": cfg.backbone_lr})
+            groups.append({"params": [p for p in student.backbone.parameters() if p.requires_grad],
+                           "lr": cfg.backbone_lr})
         else:
             student.backbone.requires_grad_(False)
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -184,7 +183,8 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, total) / max(total, 1))))
         history: list[dict[str, float]] = []
         with bar("distilling the student", total) as advance:
-            _train_epochs(cfg, student, teacher, loader, bank, opt, sched, student_cfg, history, log, advance)
+            _train_epochs(cfg, student, teacher, loader, bank, opt, sched, student_cfg, history, log, advance,
+                          first_block)
         student.eval()
     finally:
         torch.set_num_threads(threads)
@@ -200,11 +200,52 @@ def distill(teacher: nn.Module, prepared: Any, teacher_pp: PreprocessConfig, stu
     return DistillResult(student, history, False, key, path, seconds)
 
 
+def shared_stem_blocks(teacher: nn.Module, student_cfg: StudentConfig, teacher_pp: PreprocessConfig) -> int:
+    """How many of the student's first backbone blocks are the teacher's frozen hybrid stem (0: none).
+
+    A hybrid teacher's frozen stem is the first `stem_stages` stages of the same ImageNet EfficientNet-Lite0
+    the student starts from, on the same input (same size and normalization): those blocks stay frozen in
+    the student too, and both read one cached feature map per photo instead of running the stem each step.
+    """
+    from malm.export.student import LITE0_STAGES
+    from malm.training.models.hybrid import HybridViT
+
+    encoder = getattr(teacher, "image_encoder", None)
+    if not isinstance(encoder, HybridViT) or not encoder.cfg.freeze_stem:
+        return 0
+    if student_cfg.image_size != teacher_pp.size or tuple(student_cfg.mean) != tuple(teacher_pp.mean) \
+            or tuple(student_cfg.std) != tuple(teacher_pp.std):
+        return 0
+    return sum(repeats for *_, repeats in LITE0_STAGES[: encoder.cfg.stem_stages])
+
+
+def _training_images(teacher: nn.Module, student: StudentImageEncoder, prepared: Any, teacher_pp: PreprocessConfig,
+                     student_cfg: StudentConfig, pretrained: bool, log: Callable[[str], None]) -> tuple[Any, int]:
+    """The training photos as the loop reads them, and the first student block that trains on them."""
+    from malm.training.data import RecipeImageDataset
+
+    first_block = shared_stem_blocks(teacher, student_cfg, teacher_pp) if pretrained else 0
+    if not first_block:
+        return RecipeImageDataset(prepared, "train", teacher_pp, train=True), 0
+    from malm.training.data.image_cache import prepare_images
+    from malm.training.data.stem_cache import prepare_stem_features
+
+    images = prepare_images(prepared, teacher_pp, log=log).split("train")
+    dataset = RecipeImageDataset(prepared, "train", teacher_pp, train=True, images=images)
+    stem = teacher.image_encoder.patch_embed  # type: ignore[union-attr]
+    dataset.use_stem_features(prepare_stem_features(images, stem, teacher_pp, prepared.cache_dir, log=log))
+    student.freeze_first_blocks(first_block)
+    log(f"student: its first {first_block} blocks are the teacher's frozen ImageNet stem: kept frozen, "
+        "both read the cached stem features")
+    return dataset, first_block
+
+
 def _train_epochs(cfg: DistillConfig, student: StudentImageEncoder, teacher: nn.Module, loader: Any,
                   bank: torch.Tensor, opt: Any, sched: Any, student_cfg: StudentConfig,
                   history: list[dict[str, float]], log: Callable[[str], None],
-                  advance: Callable[[int], None]) -> int:
-    """The distillation loop; appends one row per epoch to `history`; returns the steps taken."""
+                  advance: Callable[[int], None], first_block: int = 0) -> int:
+    """The distillation loop; appends one row per epoch to `history`; returns the steps taken. With
+    `first_block` > 0 the batch's "image" is the shared stem's feature map (`_training_images`)."""
     cos_loss, rel_loss, tok_loss = EmbeddingCosineLoss(), RelationalRankingLoss(cfg.temperature), TokenCosineLoss()
     step = 0
     for epoch in range(cfg.epochs):
@@ -220,7 +261,10 @@ def _train_epochs(cfg: DistillConfig, student: StudentImageEncoder, teacher: nn.
                 t_emb = teacher.project_image(feats.cls)
                 own = teacher.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
                 recipes = torch.cat([own, bank]) if len(bank) else own
-            s_emb, s_tok = student.features(_to_student_size(images, student_cfg.image_size))
+            if first_block:
+                s_emb, s_tok = student.features_from_block(images, first_block)
+            else:
+                s_emb, s_tok = student.features(_to_student_size(images, student_cfg.image_size))
             losses = {"cosine": cos_loss(s_emb, t_emb)}
             if cfg.relational_weight > 0:
                 losses["relational"] = cfg.relational_weight * rel_loss(s_emb, t_emb, recipes)

@@ -184,7 +184,31 @@ class StudentImageEncoder(nn.Module):
         self.token_proj = nn.Conv2d(HEAD_CHANNELS, cfg.token_dim, 1) if cfg.token_dim else None
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        fmap = self.backbone(images * self.in_scale + self.in_shift)
+        return self._head(self.backbone(images * self.in_scale + self.in_shift))
+
+    def features_from_block(self, fmap: torch.Tensor, first_block: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`features` from the input of backbone block `first_block` on: distillation from a hybrid teacher
+        whose frozen stem *is* this backbone's first blocks feeds their cached output here."""
+        x = fmap
+        for block in self.backbone._blocks[first_block:]:
+            x = block(x)
+        return self._head(F.relu6(self.backbone._bn1(self.backbone._conv_head(x))))
+
+    def freeze_first_blocks(self, first_block: int) -> None:
+        """Keep the ImageNet stem conv and blocks [0, first_block) fixed (no gradient, BatchNorm statistics kept)."""
+        frozen = [self.backbone._conv_stem, self.backbone._bn0, *self.backbone._blocks[:first_block]]
+        for module in frozen:
+            module.requires_grad_(False)
+            module.eval()
+        self._frozen_modules = frozen
+
+    def train(self, mode: bool = True) -> StudentImageEncoder:
+        super().train(mode)
+        for module in getattr(self, "_frozen_modules", ()):
+            module.eval()
+        return self
+
+    def _head(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         pooled = fmap.mean(dim=(2, 3))
         emb = F.normalize(self.proj(self.dropout(pooled)), dim=-1)
         tokens = None

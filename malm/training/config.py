@@ -209,6 +209,10 @@ class LossConfig:
     triplet_weight: float = 1.0  # weight of the bidirectional image<->recipe triplet loss
     triplet_margin: float = 0.3  # fixed margin on cosine distance (H-T: 0.3); see dynamic_margin
     hard_negative: bool = False  # hardest in-batch negative instead of the average over violating ones
+    # The retrieval loss on the global embeddings, weighted by triplet_weight: "triplet" (H-T, TNLBT, MALM)
+    # or "infonce" (CLIP's symmetric InfoNCE at infonce_temperature; objectives/contrastive.py).
+    retrieval: str = "triplet"
+    infonce_temperature: float = 0.05
     recipe_ssl_weight: float = 1.0  # H-T's self-supervised loss between title / ingredients / instructions
     dynamic_margin: DynamicMarginConfig = field(default_factory=DynamicMarginConfig)
     cross_decoder: CrossDecoderConfig = field(default_factory=CrossDecoderConfig)
@@ -219,6 +223,11 @@ class LossConfig:
     def __post_init__(self) -> None:
         _check(self.triplet_weight >= 0 and self.recipe_ssl_weight >= 0, "loss: weights must be >= 0")
         _check(self.triplet_margin >= 0, "loss.triplet_margin must be >= 0")
+        _check(self.retrieval in ("triplet", "infonce"),
+               f"loss.retrieval must be 'triplet' or 'infonce', got {self.retrieval!r}")
+        _check(self.infonce_temperature > 0, "loss.infonce_temperature must be > 0")
+        _check(self.retrieval == "triplet" or not self.dynamic_margin.enabled,
+               "loss.dynamic_margin changes the triplet's margin; it needs loss.retrieval='triplet'")
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -245,6 +254,9 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl training lines (losses are read from the device only then)
     state_every: int = 1  # epochs between saves of the resumable state (optimizer, RNG); always at the last
     image_cache: bool = True  # decode + resize every photo once into a uint8 memmap; crop/flip/normalize per batch
+    # A frozen hybrid stem runs once per training photo (as is and mirrored) instead of once per step; items
+    # are crops of its feature map (malm/training/data/stem_cache.py). Needs image_cache; ignored otherwise.
+    stem_cache: bool = True
     compile: bool = False  # torch.compile the image encoder (CUDA; slow to start, faster steps)
 
     def __post_init__(self) -> None:

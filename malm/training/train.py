@@ -253,6 +253,34 @@ def _load_data(opts: TrainOptions, config: ExperimentConfig, info: dist_util.Dis
     return prepared, train_set, val_set
 
 
+def _use_stem_cache(task: Task, train_set: Dataset, prepared: Any, config: ExperimentConfig,
+                    info: dist_util.DistInfo, say: Any) -> bool:
+    """With a frozen hybrid stem and the image cache: training items become crops of the stem's feature maps,
+    computed once (`data/stem_cache.py`); rank 0 builds them, the others then reuse them. The maps are keyed
+    by the stem's weights, so a resumed run finds the same ones."""
+    from malm.training.data.stem_cache import prepare_stem_features
+    from malm.training.models.hybrid import HybridViT
+
+    encoder = task.model.image_encoder
+    base = getattr(train_set, "dataset", train_set)  # under a sentence-feature wrapper
+    if not (config.train.stem_cache and isinstance(encoder, HybridViT) and config.model.image.freeze_stem
+            and getattr(base, "images", None) is not None):
+        return False
+
+    def build() -> Any:
+        return prepare_stem_features(base.images, encoder.patch_embed, config.preprocess(), prepared.cache_dir,
+                                     log=say)
+
+    if info.is_main:
+        feats = build()
+        dist_util.barrier()
+    else:
+        dist_util.barrier()
+        feats = build()
+    base.use_stem_features(feats)
+    return True
+
+
 def build_optimizer(task: Task, tc: Any, device: torch.device) -> torch.optim.Optimizer:
     # The fused CUDA kernel updates every parameter in one launch and reads no step count on the host.
     return torch.optim.AdamW(task.param_groups(tc), lr=tc.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
@@ -414,6 +442,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
         # find_unused_parameters: objectives may leave some parameters out of a step (e.g. the mask token).
         model_ddp = torch.nn.parallel.DistributedDataParallel(
             task, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    _use_stem_cache(task, train_set, prepared, config, info, say)
     workers = tc.num_workers
     loader = DataLoader(SeededItems(train_set, tc.seed), batch_size=sampler.per_rank, sampler=sampler,
                         num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
@@ -426,7 +455,8 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     say(f"training {config.name}: {n_train} pairs, {steps_per_epoch} steps/epoch × {tc.epochs} epochs, "
         f"global batch {tc.batch_size} on {info.world_size} × {device.type}"
-        + (", bf16" if amp else "") + (", image cache" if tc.image_cache else ""))
+        + (", bf16" if amp else "") + (", image cache" if tc.image_cache else "")
+        + (", stem features cached" if getattr(getattr(train_set, "dataset", train_set), "stem", None) else ""))
 
     bar = _Progress(enabled=opts.progress_bar and info.is_main, total=total_steps, done=step)
     started = time.perf_counter()

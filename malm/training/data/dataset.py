@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from malm.errors import ImageError
+from malm.errors import ImageError, MalmError
 from malm.preprocess import PreprocessConfig, draft_jpeg, normalize, preprocess, resize_shorter, to_rgb
 from malm.training.data.prepare import PreparedData, SplitData
 
@@ -119,7 +119,9 @@ class RecipeImageDataset(torch.utils.data.Dataset):
     Train: a random photo of the recipe, random crop + flip. Eval: the first photo, `malm.preprocess.preprocess`.
     With `images` (an `image_cache.SplitImages` of this split) photos come from the uint8 cache: eval items
     are normalized as before (same pixels); train items are the uint8 crop [S, S, 3] plus a `flip` flag,
-    and `device_transform` finishes them on the batch's device.
+    and `device_transform` finishes them on the batch's device. With `stem` as well (a frozen hybrid stem's
+    `stem_cache.StemFeatures` of this split's cached photos), a train item's "image" is the feature map of
+    the crop instead: float32 [C, g, g], the same draws (photo, crop, flip) on the stem's stride grid.
     """
 
     def __init__(self, prepared: PreparedData, split: str | SplitData, preprocess: PreprocessConfig,
@@ -128,7 +130,13 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         self.preprocess = preprocess
         self.train = train
         self.images = images
+        self.stem: Any = None  # set by `use_stem_features`
         self.indices = self.data.paired_indices()  # row in the split of each item
+
+    def use_stem_features(self, stem: Any) -> None:
+        if self.images is None or not self.train:
+            raise MalmError("stem features need the training split's image cache (train.image_cache)")
+        self.stem = stem
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -138,7 +146,13 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         if not self.train:
             return {"image": torch.from_numpy(normalize(center_crop(self.images.pixels(i), cfg.size), cfg))}
         # The same RNG draws, in the same order, as the decoding path: photo, crop position, flip.
-        square = self.images.pixels(i, int(torch.randint(0, n, (1,)).item()))
+        k = int(torch.randint(0, n, (1,)).item())
+        if self.stem is not None:
+            grid, side = cfg.size // self.stem.stride, self.stem.map_side
+            top, left = crop_offsets(side, side, grid)
+            flip = bool(torch.rand(1).item() < 0.5)
+            return {"image": torch.from_numpy(self.stem.crop(self.images.photo_row(i, k), top, left, grid, flip))}
+        square = self.images.pixels(i, k)
         top, left = crop_offsets(square.shape[0], square.shape[1], cfg.size)
         crop = np.ascontiguousarray(square[top : top + cfg.size, left : left + cfg.size])
         return {"image": torch.from_numpy(crop), "flip": torch.tensor(bool(torch.rand(1).item() < 0.5))}

@@ -81,10 +81,14 @@ class SplitImages:
     def count(self, row: int) -> int:
         return int(self.offsets[row + 1] - self.offsets[row])
 
-    def pixels(self, row: int, k: int = 0) -> np.ndarray:
+    def photo_row(self, row: int, k: int = 0) -> int:
+        """The row of pixels.npy holding photo `k` of recipe row `row`."""
         if not 0 <= k < self.count(row):
             raise MalmError(f"image cache {self.root}: recipe row {row} has {self.count(row)} cached photos, not {k + 1}")
-        return self.pixels_all[int(self.offsets[row]) + k]
+        return int(self.offsets[row]) + k
+
+    def pixels(self, row: int, k: int = 0) -> np.ndarray:
+        return self.pixels_all[self.photo_row(row, k)]
 
 
 class ImageCache:

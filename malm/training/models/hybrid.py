@@ -85,6 +85,12 @@ class EffNetLite0Stem(nn.Module):
         return x
 
     def forward(self, images: Tensor) -> Tensor:
+        """Images [B, 3, H, W], or (a frozen stem only) its own feature map [B, C, h, w] as the training loop's
+        stem-feature cache gives it (`malm.training.data.stem_cache`): C is the stem's channel count, never 3."""
+        if images.shape[1] == self.proj.in_channels:
+            if not self.frozen:
+                raise MalmError("a stem feature map was given to a stem that trains (model.image.freeze_stem=false)")
+            return self.proj(images).flatten(2).transpose(1, 2)
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
         if self.frozen and not exporting:  # the memo is Python state: never part of an exported graph
             fmap = self._frozen_fmap(images)

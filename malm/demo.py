@@ -2,7 +2,8 @@
 
     malm demo --out runs/demo
 
-generate the procedural benchmark → train `ht-hybrid-tiny` (ImageNet EfficientNet-Lite0 stem + tiny ViT)
+generate the procedural benchmark → train `ht-infonce-hybrid-tiny` (frozen ImageNet EfficientNet-Lite0 stem + tiny
+ViT, H-T's recipe transformer, CLIP's InfoNCE)
 → evaluate (Recipe1M protocol) → export the image encoder as int8 ONNX (and CoreML) into a bundle (the
 EfficientNet-Lite0 student distilled from the teacher, or with --student none the teacher itself) → index
 the recipes → query held-out test photos → summary.json and report.html (`malm.demo_report`). Each step
@@ -31,7 +32,9 @@ class DemoConfig:
     out: Path
     recipes: int = 3000  # benchmark size: ~350 test pairs (~30 CPU-minutes in all with the defaults, README)
     seed: int = 0
-    preset: str = "ht-hybrid-tiny"  # ImageNet EfficientNet-Lite0 stem + tiny ViT: the best measured in budget
+    # Frozen ImageNet EfficientNet-Lite0 stem + tiny ViT, trained with InfoNCE: the best measured in budget
+    # (docs/ablation.md); its stem runs once per photo (train.stem_cache), and the student reuses it.
+    preset: str = "ht-infonce-hybrid-tiny"
     epochs: int | None = None  # None: the preset's own
     distill_epochs: int = 4
     coreml: bool = True

@@ -1,6 +1,7 @@
 """The training objectives, one module each, and `build_objectives`: the config → the list the task runs.
 
     triplet.py        TripletObjective (H-T), DynamicMarginTriplet (TNLBT's margin schedule)
+    contrastive.py    ContrastiveRetrieval (CLIP's symmetric InfoNCE; loss.retrieval = "infonce")
     recipe_ssl.py     RecipeSSLObjective (H-T)
     cross_decoder.py  CrossDecoderObjective (TNLBT)
     matching.py       MatchingObjective (MALM)
@@ -19,6 +20,7 @@ from malm.errors import MalmError
 from malm.training.config import ExperimentConfig
 from malm.training.models.retrieval import RetrievalModel
 from malm.training.objectives.base import Objective, TaskState, image_tokens
+from malm.training.objectives.contrastive import ContrastiveRetrieval
 from malm.training.objectives.cross_decoder import CrossDecoderObjective
 from malm.training.objectives.distill import DistillObjective
 from malm.training.objectives.matching import MatchingObjective
@@ -26,7 +28,7 @@ from malm.training.objectives.recipe_ssl import RecipeSSLObjective
 from malm.training.objectives.triplet import DynamicMarginTriplet, TripletObjective
 
 __all__ = [
-    "CrossDecoderObjective", "DistillObjective", "DynamicMarginTriplet", "MatchingObjective", "Objective",
+    "ContrastiveRetrieval", "CrossDecoderObjective", "DistillObjective", "DynamicMarginTriplet", "MatchingObjective", "Objective",
     "RecipeSSLObjective", "TaskState", "TripletObjective", "build_objectives", "image_tokens",
 ]
 
@@ -39,7 +41,9 @@ def build_objectives(config: ExperimentConfig, model: RetrievalModel) -> list[Ob
             "predicted at the masked patches); for the no-mask ablation set loss.distill.enabled=false too"
         )
     objectives: list[Objective] = []
-    if loss.triplet_weight > 0:
+    if loss.triplet_weight > 0 and loss.retrieval == "infonce":
+        objectives.append(ContrastiveRetrieval(loss))
+    elif loss.triplet_weight > 0:
         objectives.append(DynamicMarginTriplet(loss) if loss.dynamic_margin.enabled else TripletObjective(loss))
     if loss.recipe_ssl_weight > 0:
         objectives.append(RecipeSSLObjective(loss, config.model.recipe.width))

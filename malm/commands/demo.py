@@ -16,7 +16,7 @@ def demo_command(
     preset: str = typer.Option(DemoConfig.preset, "--preset", help="Training preset"),
     epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default: the preset's)"),
     distill_epochs: int = typer.Option(DemoConfig.distill_epochs, "--distill-epochs", help="Student distillation epochs"),
-    coreml: bool = typer.Option(True, "--coreml/--no-coreml", help="Also convert the student to CoreML"),
+    coreml: bool = typer.Option(True, "--coreml/--no-coreml", help="Also convert the image encoder to CoreML"),
     queries: int = typer.Option(DemoConfig.queries, "--queries", help="Held-out test photos to query"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (the log stays on stderr)"),
     student: str = typer.Option(DemoConfig.student, "--student",

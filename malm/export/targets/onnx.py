@@ -73,11 +73,16 @@ def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> A
     if len(calib) < want:
         out.notes.append(f"int8 calibration asked for {want} images; the training split has {len(calib)}")
     fp32 = ctx.tmp / "image_fp32.onnx"
+    scope = int8_scope(ctx)
+    if scope == "linear":
+        ctx.log("int8: the hybrid tower ships itself: its transformer's linear layers in int8, the convolutional "
+                "stem in float (in int8 it costs too much accuracy, see quantize.non_linear_nodes)")
     for filename, rel, name, message, extra in _INT8_VARIANTS:
         path = ctx.tmp / filename
         ctx.log(message.format(n=len(calib)))
         with ctx.progress(f"calibrating {filename}", len(calib)) as advance:
-            info = quantize_int8(fp32, path, calib, ctx.student.preprocess, **VARIANTS[name], on_image=advance)
+            info = quantize_int8(fp32, path, calib, ctx.student.preprocess, **VARIANTS[name], scope=scope,
+                                 on_image=advance)
         ox.set_metadata(path, ctx.meta_for(role="image", precision="int8", **extra))
         emb8 = ox.run_image(ox.session(path, threads=2), ctx.data.eval_images)
         row = ctx.quality(emb8, path)
@@ -89,6 +94,14 @@ def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> A
         out.add(path, rel, name, ctx.onnx_entry(path, rel, "onnx", "int8", tokens=ctx.options.tokens,
                                                 quantization={**info, **qdq_properties(path)}, **prefer), row)
     return out
+
+
+def int8_scope(ctx: ExportContext) -> str:
+    """"linear" when the exported encoder is a hybrid teacher's own tower (`--student none`), else "all"."""
+    from malm.training.models.hybrid import HybridViT
+
+    own_tower = ctx.student.manifest is None
+    return "linear" if own_tower and isinstance(getattr(ctx.teacher.model, "image_encoder", None), HybridViT) else "all"
 
 
 def _matching_head(ctx: ExportContext) -> Artifacts:

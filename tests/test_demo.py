@@ -37,8 +37,10 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     assert manifest["index"]["count"] == 300
     assert len(summary["queries"]) == 2 and all(q["ms"] > 0 for q in summary["queries"])
     assert "image_int8" in summary["export_report"]["variants"]
-    # The default preset is a hybrid (ImageNet stem + tiny ViT), distilled into the student, ImageNet normalisation.
-    assert summary["preset"] == "ht-infonce-hybrid-tiny" and manifest["student"]["arch"] == "efficientnet-lite0"
+    # The default preset is a hybrid (ImageNet stem + tiny ViT) that ships its own tower (no student), its int8
+    # models with the linear layers quantized and the stem in float; ImageNet normalisation.
+    assert summary["preset"] == "ht-infonce-hybrid-tiny" and "student" not in manifest
+    assert "linear layers only" in manifest["encoders"]["image_int8"]["quantization"]["scope"]
     assert manifest["preprocess"]["mean"] == [0.485, 0.456, 0.406] and manifest["preprocess"]["size"] == 96
     assert all(len(q["hits"]) == 5 for q in summary["queries"]) and "query_top5" in summary
     assert set(summary["cpu_seconds"]) == set(summary["seconds"])

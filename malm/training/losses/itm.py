@@ -56,9 +56,11 @@ def sample_negatives(sim: Tensor, exclude: Tensor, temperature: float,
         own = torch.eye(sim.shape[0], sim.shape[1], dtype=torch.bool, device=sim.device)
         fallback = torch.zeros_like(logits).masked_fill(own, float("-inf"))
         weights = torch.softmax(torch.where(empty, fallback, logits), dim=1)
-        # Sample on the CPU with the given generator: reproducible per rank, and B x C is tiny.
-        picked = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1)
-    return picked.to(sim.device)
+        if generator is not None and weights.device != generator.device:
+            # A device generator seeded from the CPU one: reproducible, and no host sync on the weights.
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            generator = torch.Generator(weights.device).manual_seed(seed)
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
 def pair_indices(sim: Tensor, exclude: Tensor, temperature: float,

@@ -11,7 +11,13 @@ import torch
 
 from malm.errors import MalmError
 from malm.training.config import load_preset
-from malm.training.losses.itm import ITM_CHANCE_LOSS, itm_loss, near_duplicates, pair_indices, sample_negatives
+from malm.training.losses.itm import (
+    ITM_CHANCE_LOSS,
+    itm_loss,
+    near_duplicates,
+    pair_indices,
+    sample_negatives,
+)
 from malm.training.models.matching import MatchingModule, MatchingScorer, export_matching_onnx
 from malm.training.task import Task
 

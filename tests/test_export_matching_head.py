@@ -18,13 +18,14 @@ from malm.training.config import load_preset
 from malm.training.models.matching import MatchingModule, MatchingScorer
 
 
-def _run_with_state(root: Path) -> tuple[Path, MatchingModule, object]:
-    """A run directory whose last.state holds a matching head, keyed as the training task saves it."""
+def _run_with_state(root: Path, itm: bool = True) -> tuple[Path, MatchingModule, object]:
+    """A run directory whose last.state holds a matching head, keyed as the training task saves it; with
+    `itm=False`, a head as runs before loss.matching.mode (or mode "paper") saved it: no ITM layer."""
     cfg = load_preset("malm-tiny")
     mc = cfg.loss.matching
     torch.manual_seed(0)
     head = MatchingModule(cfg.model.image.width, cfg.model.recipe.width, dim=cfg.model.recipe.width,
-                          depth=mc.layers, heads=mc.heads).eval()
+                          depth=mc.layers, heads=mc.heads, itm_head=itm).eval()
     root.mkdir(parents=True)
     tensors = {f"task.objectives.2.matching.{k}": v.contiguous() for k, v in head.state_dict().items()}
     tensors["task.image_encoder.other"] = torch.zeros(2)  # unrelated task state is ignored
@@ -34,13 +35,16 @@ def _run_with_state(root: Path) -> tuple[Path, MatchingModule, object]:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_exported_head_takes_patch_tokens_and_the_sdk_scores_like_torch(tmp_path: Path) -> None:
-    run, head, cfg = _run_with_state(tmp_path / "run")
+@pytest.mark.parametrize("itm", [True, False], ids=["itm", "old-cosine"])
+def test_exported_head_takes_patch_tokens_and_the_sdk_scores_like_torch(tmp_path: Path, itm: bool) -> None:
+    run, head, cfg = _run_with_state(tmp_path / "run", itm)
     trained = load_trained_head(run, cfg)
     assert trained is not None and trained.step == 7
+    assert (trained.module.itm is not None) == itm  # read from the weights: old states keep their cosine head
     out = tmp_path / "matching_head.onnx"
     entry = export_head(trained, out, {"model_hash": "abc"})
     assert entry["global_token"] == "mean" and entry["image_tokens"] == "patches" and entry["parity_max_abs"] < 1e-4
+    assert entry["score"] == ("itm_probability" if itm else "cosine")
 
     width = cfg.model.recipe.width
     scorer = MatchingHeadScorer(OrtSession(out, ["CPUExecutionProvider"], threads=1), width)
@@ -58,6 +62,8 @@ def test_exported_head_takes_patch_tokens_and_the_sdk_scores_like_torch(tmp_path
             mask[i, :len(r)] = True
         want = MatchingScorer(head, "mean")(img, pad, mask).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+    if itm:  # the ITM head's matched probability is what --rerank fuses
+        assert ((got > 0) & (got < 1)).all()
 
 
 def test_no_head_without_matching_loss_or_state(tmp_path: Path) -> None:

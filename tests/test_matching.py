@@ -156,6 +156,7 @@ def test_pair_negatives_decode_the_hardest_negative_pairs() -> None:
             "model.image.heads": 2,
             "model.recipe.width": 16,
             "loss.matching.heads": 2,
+            "loss.matching.mode": "paper",
             "loss.matching.pair_negatives": 2,
         }  # fmt: skip
     )

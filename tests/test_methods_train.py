@@ -59,7 +59,7 @@ def test_malm_tiny_trains_with_all_its_losses_and_an_ema_teacher(data: Path, tmp
     assert res.exit_code == 0, res.output
     train = _train_lines(out)
     assert [x["step"] for x in train] == [1, 2, 3, 4]
-    for key in ("triplet_loss", "recipe_ssl_loss", "match_global_loss", "match_local_loss", "distill_loss"):
+    for key in ("triplet_loss", "recipe_ssl_loss", "match_itm_loss", "match_local_loss", "distill_loss"):
         assert all(np.isfinite(x[key]) and x[key] > 0 for x in train), key
     # The resumable state holds the teacher; after 4 EMA updates (decay 0.5) it is close to, not equal to,
     # the student, and it is not the student's initial weights either.
@@ -100,11 +100,11 @@ def test_ablation_switches_are_config_keys(data: Path, tmp_path: Path) -> None:
                   "--set", "loss.mask.ratio=0.5"])  # fmt: skip
     assert res.exit_code == 0, res.output
     keys = set(_train_lines(out)[0])
-    assert "match_global_loss" in keys and "match_local_loss" not in keys and "distill_loss" not in keys
+    assert "match_itm_loss" in keys and "match_local_loss" not in keys and "distill_loss" not in keys
     assert json.loads((out / "config.json").read_text())["loss"]["mask"]["ratio"] == 0.5
     # pair negatives: the global matching loss over decoded (image, negative recipe) pairs
     res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(tmp_path / "pairs"),
-                  "--set", "loss.matching.pair_negatives=2"])  # fmt: skip
+                  "--set", "loss.matching.mode=paper", "--set", "loss.matching.pair_negatives=2"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert all(np.isfinite(x["match_global_loss"]) for x in _train_lines(tmp_path / "pairs"))
     # distillation without masking has nothing to predict: a clear error, not a silent no-op
@@ -152,7 +152,7 @@ def test_ddp_two_process_gloo_run_with_the_new_losses(data: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     train = _train_lines(out)
     assert [x["step"] for x in train] == [1, 2]
-    for key in ("triplet_loss", "caption_loss", "match_global_loss", "match_local_loss", "distill_loss"):
+    for key in ("triplet_loss", "caption_loss", "match_itm_loss", "match_local_loss", "distill_loss"):
         assert all(np.isfinite(x[key]) and x[key] > 0 for x in train), key
     # Both ranks start from the same weights, train (the weights moved), and stay identical: DDP averaged
     # the gradients of the two ranks' different halves of each batch.

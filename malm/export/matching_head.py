@@ -44,9 +44,6 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
     from malm.training.models.matching import MatchingModule
 
     mc = config.loss.matching
-    # Built exactly as the training objective builds it (objectives.MatchingObjective).
-    module = MatchingModule(image_width=config.model.image.width, recipe_width=config.model.recipe.width,
-                            dim=config.model.recipe.width, depth=mc.layers, heads=mc.heads)
     state: dict[str, Any] = {}
     try:
         with safe_open(str(path), "pt") as f:
@@ -58,6 +55,12 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
         raise MalmError(f"{path}: cannot be read ({e})") from None
     if not state:
         return None
+    # Built exactly as the training objective builds it (objectives.MatchingObjective). Whether it has the
+    # ITM head is read from the weights: a run trained before loss.matching.mode existed has none (its
+    # config loads as "itm" by default) and keeps its cosine score.
+    module = MatchingModule(image_width=config.model.image.width, recipe_width=config.model.recipe.width,
+                            dim=config.model.recipe.width, depth=mc.layers, heads=mc.heads,
+                            itm_head=any(k.startswith("itm.") for k in state))
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise MalmError(f"{path}: matching head weights do not fit the config (missing {missing[:3]}, "
@@ -70,6 +73,12 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
         except (ValueError, TypeError, json.JSONDecodeError):
             step = None
     return TrainedHead(module.eval(), step, str(path))
+
+
+def score_kind(module: Any) -> str:
+    """What the exported `score` is: "itm_probability" (the matched probability of the ITM head) or "cosine"
+    (a mode "paper" head, or one trained before the ITM head existed)."""
+    return "itm_probability" if getattr(module, "itm", None) is not None else "cosine"
 
 
 def export_head(head: TrainedHead, out: Path, metadata: dict[str, str], image_tokens: int = 4,
@@ -87,7 +96,8 @@ def export_head(head: TrainedHead, out: Path, metadata: dict[str, str], image_to
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation noise
             export_matching_onnx(head.module, str(raw), global_token=GLOBAL_TOKEN)
-        set_metadata(raw, {**metadata, "role": "rerank", "global_token": GLOBAL_TOKEN, "image_tokens": "patches"})
+        set_metadata(raw, {**metadata, "role": "rerank", "global_token": GLOBAL_TOKEN, "image_tokens": "patches",
+                           "score": score_kind(head.module)})
         with atomic_path(out) as dst:
             dst.write_bytes(raw.read_bytes())
     # Parity on random tokens of other sizes than the export example (the dynamic axes).
@@ -106,6 +116,6 @@ def export_head(head: TrainedHead, out: Path, metadata: dict[str, str], image_to
     err = float(np.abs(got - want).max())
     if not err < 1e-4:
         raise MalmError(f"ONNX export of the matching head failed its parity check (max |diff| {err:.2e})")
-    return {"file": BUNDLE_PATH, "kind": "onnx", "role": "rerank", "precision": "fp32",
+    return {"file": BUNDLE_PATH, "kind": "onnx", "role": "rerank", "precision": "fp32", "score": score_kind(head.module),
             "global_token": GLOBAL_TOKEN, "image_tokens": "patches", "parity_max_abs": err,
             "state_step": head.step, "source": Path(head.source).name}

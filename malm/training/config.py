@@ -152,15 +152,25 @@ class CrossDecoderConfig:
         _check(self.layers >= 1 and self.heads >= 1 and self.weight >= 0, "loss.cross_decoder: bad layers/heads/weight")
 
 
+MATCHING_MODES = ("itm", "paper")
+TRIPLET_REDUCTIONS = ("all", "violating")
+
+
 @dataclass(frozen=True)
 class MatchingConfig:
     enabled: bool = False  # MALM: image-text matching decoders psi / psi'
+    # "itm": image-grounded matching (ALBEF / T-Food): every image is also decoded with a sampled hard-negative
+    # recipe and every recipe with a sampled hard-negative image; a matched / not-matched head on the fused
+    # features (cross-entropy, global_weight) and the per-patch score contrasted against the same patch in the
+    # negative pairs (local_weight). "paper": MALM's positive-only InfoNCE terms (eqs. 6-9), each sample decoded
+    # with its own partner only -- solvable without the image (docs/ablation.md), kept for the record.
+    mode: str = "itm"
     layers: int = 1  # decoder depth (the paper says 1 in the method, 4 in its implementation details)
     heads: int = 4  # decoder attention heads
     global_weight: float = 1.0  # weight of the global InfoNCE ([CLS] vs mean attended recipe)
     local_weight: float = 1.0  # weight of the per-patch InfoNCE
-    temperature: float = 0.07  # InfoNCE temperature
-    # 0: the paper's global InfoNCE (negatives = other pairs' features, each decoded with its own partner).
+    temperature: float = 0.07  # InfoNCE temperature; "itm": also of the softmax hard negatives are sampled from
+    # mode "paper" only -- 0: the paper's global InfoNCE (negatives = other pairs' features, each decoded with its own partner).
     # k > 0: also decode each image with its k hardest in-batch recipes (and each recipe with its k hardest
     # images) and contrast the pair scores, so the matching score itself must tell pairs apart.
     pair_negatives: int = 0
@@ -170,6 +180,10 @@ class MatchingConfig:
 
     def __post_init__(self) -> None:
         _check(self.layers >= 1 and self.heads >= 1, "loss.matching: layers and heads must be >= 1")
+        _check(self.mode in MATCHING_MODES, f"loss.matching.mode must be one of {MATCHING_MODES}, got {self.mode!r}")
+        _check(self.mode == "paper" or (self.pair_negatives == 0 and not self.local_pairs),
+               "loss.matching.pair_negatives / local_pairs are options of mode 'paper' (top-k decoded negatives); "
+               "mode 'itm' samples its own hard negatives")
         _check(self.pair_negatives >= 0, "loss.matching.pair_negatives must be >= 0")
         _check(not self.local_pairs or self.pair_negatives > 0,
                "loss.matching.local_pairs needs loss.matching.pair_negatives > 0 (the negative pairs it scores)")
@@ -208,11 +222,18 @@ class SelfDistillConfig:
 class LossConfig:
     triplet_weight: float = 1.0  # weight of the bidirectional image<->recipe triplet loss
     triplet_margin: float = 0.3  # fixed margin on cosine distance (H-T: 0.3); see dynamic_margin
-    hard_negative: bool = False  # hardest in-batch negative instead of the average over violating ones
     # The retrieval loss on the global embeddings, weighted by triplet_weight: "triplet" (H-T, TNLBT, MALM)
     # or "infonce" (CLIP's symmetric InfoNCE at infonce_temperature; objectives/contrastive.py).
     retrieval: str = "triplet"
     infonce_temperature: float = 0.05
+    hard_negative: bool = False  # hardest in-batch negative instead of the average (triplet_reduction)
+    # How the triplet costs are averaged: "all" = over all B x B entries, the diagonal's zeros included (H-T,
+    # amzn/image-to-recipe-transformers src/utils/loss.py); "violating" = over the triplets that still violate
+    # the margin (AdaMine, T-Food). The default is the older behaviour, so saved configs keep their meaning.
+    triplet_reduction: str = "violating"
+    # Every loss but the triplet is multiplied by min(1, epoch / aux_warmup_epochs): a linear ramp from 0, so
+    # early (clipped) updates belong to the retrieval loss. 0 = full weight from the first step.
+    aux_warmup_epochs: float = 0.0
     recipe_ssl_weight: float = 1.0  # H-T's self-supervised loss between title / ingredients / instructions
     dynamic_margin: DynamicMarginConfig = field(default_factory=DynamicMarginConfig)
     cross_decoder: CrossDecoderConfig = field(default_factory=CrossDecoderConfig)
@@ -228,6 +249,15 @@ class LossConfig:
         _check(self.infonce_temperature > 0, "loss.infonce_temperature must be > 0")
         _check(self.retrieval == "triplet" or not self.dynamic_margin.enabled,
                "loss.dynamic_margin changes the triplet's margin; it needs loss.retrieval='triplet'")
+        _check(self.triplet_reduction in TRIPLET_REDUCTIONS,
+               f"loss.triplet_reduction must be one of {TRIPLET_REDUCTIONS}, got {self.triplet_reduction!r}")
+        _check(self.aux_warmup_epochs >= 0, "loss.aux_warmup_epochs must be >= 0")
+
+    def aux_ramp(self, epoch: float) -> float:
+        """The auxiliary losses' weight factor at `epoch` (fractional epochs done): linear from 0 to 1."""
+        if self.aux_warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, max(0.0, epoch / self.aux_warmup_epochs))
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -258,6 +288,9 @@ class TrainConfig:
     # are crops of its feature map (malm/training/data/stem_cache.py). Needs image_cache; ignored otherwise.
     stem_cache: bool = True
     compile: bool = False  # torch.compile the image encoder (CUDA; slow to start, faster steps)
+    # Recipes of the training split without photos (Recipe1M: most of them), this many per step, encoded beside
+    # the paired batch for the recipe self-supervision only (as H-T does). 0 = paired recipes only.
+    recipe_only_batch: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -270,6 +303,7 @@ class TrainConfig:
         _check(self.freeze_image_epochs >= 0 and self.num_workers >= 0, "train: negative counts")
         _check(self.eval_every >= 1 and self.eval_size >= 2 and self.log_every >= 1, "train: bad eval/log settings")
         _check(self.state_every >= 1, "train.state_every must be >= 1")
+        _check(self.recipe_only_batch >= 0, "train.recipe_only_batch must be >= 0")
 
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Warm-up then cosine to `min_lr_ratio`, as a multiple of the peak lr; `step` counts from 0."""

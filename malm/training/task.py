@@ -11,6 +11,11 @@ training progress). The objectives (`malm.training.objectives`, one module each)
 by `build_objectives`; each reads the state and returns named tensors: keys ending in `_loss` are already
 weighted and summed into the total, the rest are logged. `after_step` runs after each optimizer step
 (EMA teachers).
+
+Randomness of the task itself (which patches are masked, which hard negatives are sampled) comes from its own
+CPU generator, seeded from (train.seed, rank, step) by `seed_step`: every DDP rank draws different masks
+(the global RNG is seeded identically on every rank) and a resumed run draws what the uninterrupted one would.
+Every loss but the triplet is scaled by `loss.aux_ramp` (a linear ramp over `loss.aux_warmup_epochs`).
 """
 
 from __future__ import annotations
@@ -28,18 +33,33 @@ from malm.training.models.vit import random_keep_idx
 from malm.training.objectives import TaskState, build_objectives
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A distinct 63-bit seed per (seed, rank, step)."""
+    return ((seed * 1_000_003 + rank * 7_919 + 1) * 2_654_435_761 + step) & (2**63 - 1)
+
+
 class Task(nn.Module):
     def __init__(self, config: ExperimentConfig, vocab_size: int) -> None:
         super().__init__()
         self.config = config
         self.model = RetrievalModel(config.model, vocab_size)
         self.objectives = nn.ModuleList(build_objectives(config, self.model))
+        self.rank = 0
+        self.generator = torch.Generator()
+        self.seed_step(0)
+
+    def seed_step(self, step: int, rank: int | None = None) -> None:
+        """Seed the task's generator for `step` on this rank (the train loop calls it before every step)."""
+        if rank is not None:
+            self.rank = rank
+        self.generator.manual_seed(step_seed(self.config.train.seed, self.rank, step))
 
     def keep_idx(self, batch_size: int, device: torch.device) -> Tensor | None:
         """Visible patches for mask augmentation (MALM), or None to encode the whole image."""
         if not (self.training and self.config.loss.mask.enabled):
             return None
-        return random_keep_idx(batch_size, self.model.image_encoder.num_patches, self.config.loss.mask.ratio, device)
+        return random_keep_idx(batch_size, self.model.image_encoder.num_patches, self.config.loss.mask.ratio, device,
+                               generator=self.generator)
 
     def forward(self, batch: dict[str, Tensor], progress: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         return self.training_forward(batch, progress)
@@ -58,14 +78,19 @@ class Task(nn.Module):
         state = TaskState(batch=batch, progress=progress, model=self.model, image=image, recipe=recipe,
                           image_emb=image_emb, recipe_emb=recipe_emb,
                           all_image_emb=all_gather_with_grad(image_emb),
-                          all_recipe_emb=all_gather_with_grad(recipe_emb))
+                          all_recipe_emb=all_gather_with_grad(recipe_emb), generator=self.generator)
         losses: dict[str, Tensor] = {}
         report: dict[str, Tensor] = {}  # detached, on the device: the train loop reads them every log_every steps
+        ramp = self.config.loss.aux_ramp(progress * self.config.train.epochs)
         for objective in self.objectives:
             for key, value in objective(state).items():
                 if key.endswith("_loss"):
-                    losses[key] = value
+                    # Auxiliaries ramp in; the retrieval (triplet) loss has its full weight from step 0.
+                    # The report keeps the unramped value, so curves show the loss itself.
+                    losses[key] = value if key == "triplet_loss" or ramp == 1.0 else value * ramp
                 report[key] = value.detach()
+        if ramp != 1.0:
+            report["aux_ramp"] = torch.tensor(ramp)
         return losses, report
 
     @staticmethod

@@ -166,7 +166,14 @@ def build_datasets(prepared: Any, config: ExperimentConfig, images: Any = None) 
 
     pre = config.preprocess()
     split_images = (lambda name: images.split(name)) if images is not None else (lambda name: None)
-    train: Dataset = RecipeImageDataset(prepared, "train", pre, train=True, images=split_images("train"))
+    families = None
+    if config.loss.matching.enabled and config.loss.matching.mode == "itm":
+        from malm.training.data.families import split_families
+
+        # Hard negatives must not be near-duplicates of the positive: the benchmark's families, when known.
+        families = split_families(prepared, "train")
+    train: Dataset = RecipeImageDataset(prepared, "train", pre, train=True, images=split_images("train"),
+                                        families=families)
     val: Dataset | None = RecipeImageDataset(prepared, "val", pre, train=False, images=split_images("val"))
     if config.model.recipe.sentence_features == "minilm":
         from malm.training.models.minilm import with_sentence_features
@@ -279,6 +286,21 @@ def _use_stem_cache(task: Task, train_set: Dataset, prepared: Any, config: Exper
         feats = build()
     base.use_stem_features(feats)
     return True
+def _recipe_only(prepared: Any, config: ExperimentConfig, say: Any) -> Any:
+    """The image-less training recipes for `train.recipe_only_batch`, or None when off or there are none."""
+    tc = config.train
+    if tc.recipe_only_batch <= 0:
+        return None
+    if config.loss.recipe_ssl_weight <= 0:
+        raise MalmError("train.recipe_only_batch feeds the recipe self-supervision only; loss.recipe_ssl_weight is 0")
+    if config.model.recipe.sentence_features != "learned":
+        raise MalmError("train.recipe_only_batch needs model.recipe.sentence_features 'learned' (recipe-only "
+                        "batches carry token ids, not MiniLM sentence vectors)")
+    from malm.training.data.dataset import RecipeOnlyBatches
+
+    pool = RecipeOnlyBatches(prepared, "train")
+    say(f"recipe-only batches: {tc.recipe_only_batch} per step from {len(pool)} training recipes without photos")
+    return pool if len(pool) else None
 
 
 def build_optimizer(task: Task, tc: Any, device: torch.device) -> torch.optim.Optimizer:
@@ -450,6 +472,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
                         generator=torch.Generator().manual_seed(tc.seed),
                         # Workers live across epochs: no restart stall at each epoch's start.
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    recipe_only = _recipe_only(prepared, config, say)
     amp = tc.amp and device.type == "cuda"
     pre = config.preprocess()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -469,6 +492,9 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
             image_frozen = epoch < tc.freeze_image_epochs
             task.train()
             for batch in window.timed(loader):
+                task.seed_step(step, info.rank)  # masks / hard negatives: per rank, reproducible on resume
+                if recipe_only is not None:
+                    batch = batch | recipe_only.batch(max(1, tc.recipe_only_batch // info.world_size), task.generator)
                 total, report = train_step(model_ddp, task, optimizer, params, batch, pre,
                                            tc.lr_factor(step, total_steps), image_frozen, step / max(1, total_steps),
                                            amp, tc.grad_clip, device)

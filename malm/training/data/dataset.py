@@ -125,13 +125,15 @@ class RecipeImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, prepared: PreparedData, split: str | SplitData, preprocess: PreprocessConfig,
-                 train: bool, images: Any = None) -> None:
+                 train: bool, images: Any = None, families: np.ndarray | None = None) -> None:
         self.data = _split(prepared, split)
         self.preprocess = preprocess
         self.train = train
         self.images = images
         self.stem: Any = None  # set by `use_stem_features`
         self.indices = self.data.paired_indices()  # row in the split of each item
+        # Each recipe row's near-duplicate family (data/families.py), added to items as `family` when known.
+        self.families = families
 
     def use_stem_features(self, stem: Any) -> None:
         if self.images is None or not self.train:
@@ -159,6 +161,12 @@ class RecipeImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.indices[k])
+        item = self._item(i)
+        if self.families is not None:
+            item["family"] = torch.tensor(int(self.families[i]), dtype=torch.int64)
+        return item
+
+    def _item(self, i: int) -> dict[str, Any]:
         if self.images is not None:
             return _text_item(self.data, i) | self._cached(i)
         paths = self.data.image_paths(i)
@@ -170,3 +178,25 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         item = _text_item(self.data, i)
         item["image"] = torch.from_numpy(pixels)
         return item
+
+
+class RecipeOnlyBatches:
+    """Batches of a split's recipes *without* photos, for the recipe self-supervision (`train.recipe_only_batch`).
+
+    `batch(n, generator)` draws n of them (with replacement, from the given generator: the train loop seeds it
+    per rank and step, so a resumed run draws the same) as `ro_title`, `ro_ingredients`, `ro_instructions`.
+    """
+
+    def __init__(self, prepared: PreparedData, split: str | SplitData) -> None:
+        self.data = _split(prepared, split)
+        self.rows = np.flatnonzero(np.asarray(self.data.num_images) == 0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if not len(self.rows):
+            return {}
+        picks = torch.randint(0, len(self.rows), (n,), generator=generator).tolist()
+        items = [_text_item(self.data, int(self.rows[k])) for k in picks]
+        return {f"ro_{key}": torch.stack([it[key] for it in items]) for key in ("title", "ingredients", "instructions")}

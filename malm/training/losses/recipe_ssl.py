@@ -20,11 +20,11 @@ COMPONENTS = ("title", "ingredients", "instructions")
 
 
 class RecipeSelfSupervisedLoss(nn.Module):
-    def __init__(self, width: int, margin: float = 0.3) -> None:
+    def __init__(self, width: int, margin: float = 0.3, reduction: str = "violating") -> None:
         super().__init__()
         self.pairs = list(itertools.permutations(COMPONENTS, 2))
         self.heads = nn.ModuleDict({f"{a}_to_{b}": nn.Linear(width, width) for a, b in self.pairs})
-        self.triplet = TripletLoss(margin=margin)
+        self.triplet = TripletLoss(margin=margin, reduction=reduction)
 
     def forward(self, components: dict[str, Tensor]) -> Tensor:
         """components: {"title", "ingredients", "instructions"} -> [B, W] pooled vectors of one recipe batch."""

@@ -9,6 +9,9 @@ recipe features); the local pairs are (attended patch p, Σ_s A[p, s] · attende
 The paper describes a 1-layer decoder in its method section and 4 layers × 4 heads in its implementation
 details, so depth and heads are arguments; the presets say which they pick.
 
+With `itm_head=True` (loss.matching.mode "itm") a linear matched / not-matched head reads the fused global
+pair (attended [CLS] ‖ mean attended recipe) and `score` is its matched probability -- what re-ranking uses.
+
 The blocks are the shared `transformer.ResidualAttentionBlock`: SDPA everywhere except the last decoder
 layer's cross-attention, whose weights the local loss reads (written out, so it exports to ONNX as plain
 MatMul/Softmax).
@@ -87,12 +90,15 @@ class MatchingModule(nn.Module):
         depth: int = 1,
         heads: int = 4,
         mlp_ratio: float = 4.0,
+        itm_head: bool = False,
     ) -> None:
         super().__init__()
         self.image_in = nn.Linear(image_width, dim)
         self.recipe_in = nn.Linear(recipe_width, dim)
         self.psi = Decoder(dim, depth, heads, mlp_ratio)
         self.psi_prime = Decoder(dim, depth, heads, mlp_ratio)
+        # Logits (not matched, matched) of the fused global pair; None: the paper's cosine score only.
+        self.itm = nn.Linear(2 * dim, 2) if itm_head else None
 
     def forward(
         self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor
@@ -113,12 +119,23 @@ class MatchingModule(nn.Module):
         attended_recipe, _ = self.psi_prime(rec, attended_image, query_mask=recipe_mask)
         return MatchingOutput(attended_image, attended_recipe, attn[:, 1:], recipe_mask)
 
+    def itm_logits(self, out: MatchingOutput) -> torch.Tensor:
+        """[B, 2] (not matched, matched) logits of the decoded pairs."""
+        if self.itm is None:
+            raise MalmError("this matching module has no ITM head (loss.matching.mode 'paper')")
+        g, h = out.global_pair()
+        return self.itm(torch.cat([g, h], dim=-1))
+
     def score(
         self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Pairwise matching score [B] of image b with recipe b: cosine of the global pair (what the
-        global InfoNCE trains). The SDK's optional re-ranking scores top-k candidates with it."""
-        g, h = self.forward(image_tokens, recipe_tokens, recipe_mask).global_pair()
+        """Pairwise matching score [B] of image b with recipe b. With the ITM head: the probability that the
+        pair matches (in [0, 1]); without (mode "paper"): the cosine of the global pair, what its InfoNCE
+        trains. The SDK's optional re-ranking scores top-k candidates with it."""
+        out = self.forward(image_tokens, recipe_tokens, recipe_mask)
+        if self.itm is not None:
+            return torch.softmax(self.itm_logits(out).float(), dim=-1)[:, 1]
+        g, h = out.global_pair()
         return (F.normalize(g, dim=-1) * F.normalize(h, dim=-1)).sum(-1)
 
 
@@ -152,7 +169,8 @@ class MatchingScorer(nn.Module):
 def export_matching_onnx(matching: MatchingModule, path: str, opset: int = 17, global_token: str = "given") -> None:
     """Write the re-ranking head alone: inputs `image_tokens` [N, P', Wi] float32 (P' = 1+P with
     global_token="given", P patches with "mean"), `recipe_tokens` [N, S, Wr] float32, `recipe_mask` [N, S]
-    bool; output `score` [N] (cosine, higher = better match). N, P' and S are dynamic. The caller owns the
+    bool; output `score` [N] (the ITM head's matched probability, or the cosine of a "paper" head; higher =
+    better match). N, P' and S are dynamic. The caller owns the
     atomic write (export to a temp path, then rename)."""
     scorer = MatchingScorer(matching, global_token).eval()
     p = next(matching.parameters())

@@ -34,6 +34,8 @@ class TaskState:
     all_image_emb: Tensor  # [world*B, D] gathered over ranks with gradient (== image_emb without DDP)
     all_recipe_emb: Tensor  # [world*B, D]
     shared: dict[str, Any] = field(default_factory=dict)  # objectives may cache things for later objectives
+    # CPU generator for objectives' own sampling (hard negatives), seeded per rank and step by the task.
+    generator: torch.Generator | None = None
 
 
 class Objective(nn.Module):

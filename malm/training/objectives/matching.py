@@ -1,4 +1,12 @@
-"""MALM's matching decoder ψ / ψ′: global and per-patch InfoNCE (or decoded hard-negative pairs)."""
+"""MALM's matching decoder ψ / ψ′.
+
+mode "itm" (default): image-grounded matching with sampled hard negatives (`losses/itm.py`): 3B decoded
+pairs in one call, a matched / not-matched head (`match_itm_loss`, chance = ITM_CHANCE_LOSS ~ 0.6365), and
+each patch's score in its pair contrasted against the same patch in the two negative pairs that share its
+image or its recipe (`match_local_loss`, chance ln 2). Sampling uses `state.generator` (per rank, per step).
+mode "paper": the paper's global and per-patch InfoNCE over positive pairs (optionally top-k decoded
+negatives, `pair_negatives` / `local_pairs`), kept for the record: it is met without the image.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from torch import Tensor
 
 from malm.training.config import ExperimentConfig
 from malm.training.losses.infonce import GlobalMatchingLoss, LocalMatchingLoss, PairMatchingLoss
+from malm.training.losses.itm import itm_loss, near_duplicates, pair_indices
 from malm.training.models.matching import MatchingModule, MatchingOutput
 from malm.training.objectives.base import Objective, TaskState, gather_and_rank, image_tokens
 
@@ -20,18 +29,45 @@ class MatchingObjective(Objective):
         self.local_weight = mc.local_weight
         self.pair_negatives = mc.pair_negatives
         self.local_pairs = mc.local_pairs
+        self.mode = mc.mode
+        self.temperature = mc.temperature
         self.matching = MatchingModule(
             image_width=config.model.image.width,
             recipe_width=config.model.recipe.width,
             dim=config.model.recipe.width,
             depth=mc.layers,
             heads=mc.heads,
+            itm_head=mc.mode == "itm",
         )
         self.global_loss = GlobalMatchingLoss(mc.temperature)
         self.local_loss = LocalMatchingLoss(mc.temperature)
         self.pair_loss = PairMatchingLoss(mc.temperature)
 
     def forward(self, state: TaskState) -> dict[str, Tensor]:
+        if self.mode == "itm":
+            return self.forward_itm(state)
+        return self.forward_paper(state)
+
+    def forward_itm(self, state: TaskState) -> dict[str, Tensor]:
+        r = state.recipe
+        tokens = image_tokens(state)
+        b = tokens.shape[0]
+        # Negatives from this rank's batch, by the separate (global) embeddings, near-duplicates excluded.
+        sim = state.image_emb.detach() @ state.recipe_emb.detach().t()
+        img_idx, rec_idx, _, _ = pair_indices(sim, near_duplicates(state.batch), self.temperature, state.generator)
+        # One decoder pass over B positive and 2B negative pairs (same weights, same cross-attention).
+        out = self.matching(tokens[img_idx], r.tokens[rec_idx], r.token_mask[rec_idx])
+        loss, acc = itm_loss(self.matching.itm_logits(out), positives=b)
+        result = {"match_itm_loss": self.global_weight * loss, "match_itm_acc": acc}
+        if self.local_weight > 0:
+            # Patch p's score in its own pair vs in (image i, negative recipe) and in (negative image, recipe i).
+            v, u = out.local_pair()
+            s = F.cosine_similarity(v.float(), u.float(), dim=-1)  # [3B, P]
+            pos, neg_r, neg_i = s[:b].reshape(-1), s[b:2 * b].reshape(-1, 1), s[2 * b:].reshape(-1, 1)
+            result["match_local_loss"] = self.local_weight * self.pair_loss(pos, neg_r, neg_i)
+        return result
+
+    def forward_paper(self, state: TaskState) -> dict[str, Tensor]:
         r = state.recipe
         tokens = image_tokens(state)
         b = tokens.shape[0]

@@ -17,7 +17,8 @@ class TripletObjective(Objective):
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.loss = TripletLoss(margin=cfg.triplet_margin, hard_negative=cfg.hard_negative)
+        self.loss = TripletLoss(margin=cfg.triplet_margin, hard_negative=cfg.hard_negative,
+                                reduction=cfg.triplet_reduction)
 
     def margin(self, progress: float) -> float:
         """The margin at this point of training (fixed for H-T; TNLBT's dynamic margins change this)."""

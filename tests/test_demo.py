@@ -44,8 +44,11 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     assert manifest["preprocess"]["mean"] == [0.485, 0.456, 0.406] and manifest["preprocess"]["size"] == 96
     assert all(len(q["hits"]) == 5 for q in summary["queries"]) and "query_top5" in summary
     assert set(summary["cpu_seconds"]) == set(summary["seconds"])
+    whole = summary["whole_index"]  # every test photo against the whole index, as a user's query is
+    assert whole["candidates"] == 300 and whole["photos"] >= 2 and 0 <= whole["top1_percent"] <= whole["top5_percent"] <= 100
     page = (out / "report.html").read_text()
     assert page.count("class='query'") == 2 and "data:image/jpeg;base64," in page and "<svg" in page
+    assert "id='whole-index'" in page
 
     # The CoreML package went into the same bundle as the ONNX encoders, and every shipped file is readable.
     assert any(e.get("kind") == "coreml" for e in manifest["encoders"].values())

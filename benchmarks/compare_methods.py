@@ -29,7 +29,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.ablation import Method  # noqa: E402  (one method record for both comparisons)
 from malm._atomic import write_text_atomic  # noqa: E402
 from malm.errors import MalmError  # noqa: E402
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    preset: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
 
 
 METHODS = [

@@ -252,7 +252,7 @@ def test_non_jpeg_and_small_photos_decode_in_full() -> None:
 
 
 def _heic(image: Image.Image) -> bytes:
-    pillow_heif = pytest.importorskip("pillow_heif", reason="the heic extra (pillow-heif) is in malm[all]")
+    pillow_heif = pytest.importorskip("pillow_heif", reason="HEIC photos need the optional malm[heic] extra (pillow-heif), not installed here; make test installs it")
     buf = io.BytesIO()
     pillow_heif.from_pillow(image).save(buf, quality=95)
     return buf.getvalue()

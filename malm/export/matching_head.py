@@ -60,7 +60,8 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
     # config loads as "itm" by default) and keeps its cosine score.
     module = MatchingModule(image_width=config.model.image.width, recipe_width=config.model.recipe.width,
                             dim=config.model.recipe.width, depth=mc.layers, heads=mc.heads,
-                            itm_head=any(k.startswith("itm.") for k in state))
+                            itm_head=any(k.startswith("itm.") for k in state),
+                            late_dim=int(state["late.image_in.weight"].shape[0]) if "late.image_in.weight" in state else 0)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise MalmError(f"{path}: matching head weights do not fit the config (missing {missing[:3]}, "
@@ -76,8 +77,11 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
 
 
 def score_kind(module: Any) -> str:
-    """What the exported `score` is: "itm_probability" (the matched probability of the ITM head) or "cosine"
-    (a mode "paper" head, or one trained before the ITM head existed)."""
+    """What the exported `score` is: "late_interaction" (the trained token-level score, loss.matching.local_score
+    "late"), "itm_probability" (the matched probability of the ITM head) or "cosine" (a mode "paper" head, or
+    one trained before the ITM head existed)."""
+    if getattr(module, "late", None) is not None:
+        return "late_interaction"
     return "itm_probability" if getattr(module, "itm", None) is not None else "cosine"
 
 

@@ -69,16 +69,18 @@ class Task(nn.Module):
         keep = self.keep_idx(images.shape[0], images.device)
         image = self.model.image_features(images, keep)
         recipe = self.model.recipe_features(batch["title"], batch["ingredients"], batch["instructions"])
-        cls = image.cls
+        cls, full_image = image.cls, None
         if keep is not None and self.config.loss.mask.full_image_triplet:
             # The global embedding as at test time (whole image); the masked pass feeds matching/distillation.
-            cls = self.model.image_features(images).cls
+            full_image = self.model.image_features(images)
+            cls = full_image.cls
         image_emb = self.model.project_image(cls)
         recipe_emb = F.normalize(recipe.embedding.float(), dim=-1)
         state = TaskState(batch=batch, progress=progress, model=self.model, image=image, recipe=recipe,
                           image_emb=image_emb, recipe_emb=recipe_emb,
                           all_image_emb=all_gather_with_grad(image_emb),
-                          all_recipe_emb=all_gather_with_grad(recipe_emb), generator=self.generator)
+                          all_recipe_emb=all_gather_with_grad(recipe_emb), generator=self.generator,
+                          full_image=full_image)
         losses: dict[str, Tensor] = {}
         report: dict[str, Tensor] = {}  # detached, on the device: the train loop reads them every log_every steps
         ramp = self.config.loss.aux_ramp(progress * self.config.train.epochs)

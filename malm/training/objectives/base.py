@@ -36,6 +36,17 @@ class TaskState:
     shared: dict[str, Any] = field(default_factory=dict)  # objectives may cache things for later objectives
     # CPU generator for objectives' own sampling (hard negatives), seeded per rank and step by the task.
     generator: torch.Generator | None = None
+    # Whole-image features when `image` is a masked pass and the task also encoded the whole image
+    # (loss.mask.full_image_triplet); None otherwise. See `whole_image`.
+    full_image: ImageFeatures | None = None
+
+
+def whole_image(state: TaskState) -> ImageFeatures | None:
+    """The whole-image features of this step (what the encoder sees at test time), or None when the step only
+    encoded a masked view."""
+    if state.image.keep_idx is None:
+        return state.image
+    return state.full_image
 
 
 class Objective(nn.Module):

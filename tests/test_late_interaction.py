@@ -1,0 +1,120 @@
+"""The late-interaction local score (loss.matching.local_score "late"): the score itself, its export as the
+re-ranking head, and the leak regression (noise images must leave its in-batch InfoNCE at chance)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from malm.errors import MalmError
+from malm.export.matching_head import score_kind
+from malm.training.config import load_preset
+from malm.training.losses.itm import near_duplicates
+from malm.training.models.matching import LateInteraction, MatchingModule, MatchingScorer, export_matching_onnx
+from malm.training.task import Task
+from tests.test_itm import SMALL, WORDS, _batch
+
+
+def test_score_is_the_mean_of_both_best_match_directions() -> None:
+    torch.manual_seed(0)
+    late = LateInteraction(image_width=6, recipe_width=5, dim=4)
+    patches, rec = torch.randn(2, 3, 6), torch.randn(2, 4, 5)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    with torch.no_grad():
+        got = late.pair_scores(patches, rec, mask)
+        for n in range(2):
+            v = torch.nn.functional.normalize(late.image_in(patches[n]), dim=-1)
+            u = torch.nn.functional.normalize(late.recipe_in(rec[n][mask[n]]), dim=-1)
+            sims = v @ u.t()  # [P, valid S]
+            want = 0.5 * (sims.max(1).values.mean() + sims.max(0).values.mean())
+            torch.testing.assert_close(got[n], want)
+
+
+def test_padded_tokens_do_not_change_the_score_and_all_pairs_has_the_pair_scores_on_its_diagonal() -> None:
+    torch.manual_seed(0)
+    late = LateInteraction(image_width=6, recipe_width=5, dim=4)
+    patches, rec = torch.randn(3, 4, 6), torch.randn(3, 5, 5)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 2:] = False
+    with torch.no_grad():
+        before = late.pair_scores(patches, rec, mask)
+        rec[1, 2:] = 100.0  # padding: whatever it holds must not count
+        after = late.pair_scores(patches, rec, mask)
+        every = late.all_pairs(patches, rec, mask)
+    torch.testing.assert_close(before, after)
+    torch.testing.assert_close(torch.diagonal(every), after)
+    assert (every.abs() <= 1.0 + 1e-6).all()
+
+
+def test_config_allows_late_only_in_itm_mode() -> None:
+    cfg = load_preset("malm-tiny").with_overrides({"loss.matching.local_score": "late"})
+    assert cfg.loss.matching.local_score == "late"
+    with pytest.raises(MalmError, match="local_score 'late'"):
+        load_preset("malm-tiny").with_overrides({"loss.matching.local_score": "late", "loss.matching.mode": "paper"})
+    with pytest.raises(MalmError, match="local_score must be one of"):
+        load_preset("malm-tiny").with_overrides({"loss.matching.local_score": "colbert"})
+
+
+def test_head_with_late_score_exports_it(tmp_path) -> None:
+    """`score` (what --rerank uses) is the late-interaction score over the patches; the ONNX head agrees."""
+    torch.manual_seed(0)
+    m = MatchingModule(image_width=12, recipe_width=10, dim=16, itm_head=True, late_dim=8).eval()
+    assert score_kind(m) == "late_interaction"
+    img, rec = torch.randn(3, 5, 12), torch.randn(3, 4, 10)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[2, 2:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(m.score(img, rec, mask), m.late.pair_scores(img[:, 1:], rec, mask))
+        ref = MatchingScorer(m, "mean")(img[:, 1:], rec, mask).numpy()
+    import onnxruntime as ort
+
+    path = tmp_path / "head.onnx"
+    export_matching_onnx(m, str(path), global_token="mean")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(["score"], {"image_tokens": img[:, 1:].numpy(), "recipe_tokens": rec.numpy(),
+                               "recipe_mask": mask.numpy()})[0]  # fmt: skip
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ leak regression
+
+
+def _train_late(noise: bool, steps: int = 100, b: int = 16) -> tuple[float, float]:
+    """Mean late local loss and its chance value over the last 20 of `steps` steps. Chance: a score that
+    cannot tell the allowed candidates apart gives each row ln(number of allowed candidates) in both directions
+    (near-duplicates are excluded from the softmax, so the count differs per row)."""
+    cfg = load_preset("malm-tiny").with_overrides({**SMALL, "loss.matching.local_score": "late",
+                                                   "loss.matching.global_weight": 0.0})
+    torch.manual_seed(0)
+    task = Task(cfg, vocab_size=128).train()
+    opt = torch.optim.AdamW(task.parameters(), lr=2e-3)
+    words = torch.randint(0, WORDS, (64,), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    tail: list[tuple[float, float]] = []
+    for step in range(steps):
+        task.seed_step(step)
+        rows = torch.randperm(len(words), generator=g)[:b]
+        batch = _batch(words, rows, noise, g)
+        losses, report = task(batch, step / steps)
+        opt.zero_grad()
+        Task.total(losses).backward()
+        opt.step()
+        if step >= steps - 20:
+            allowed = (~near_duplicates(batch)).sum(1) + 1  # the positive + the allowed negatives
+            tail.append((float(report["match_local_loss"]), float(allowed.float().log().mean())))
+    return float(np.mean([t[0] for t in tail])), float(np.mean([t[1] for t in tail]))
+
+
+def test_late_local_loss_with_noise_images_stays_at_chance() -> None:
+    loss, chance = _train_late(noise=True)
+    assert chance > 1.0  # the check means something: several candidates per row
+    assert abs(loss - chance) < 0.1, (loss, chance)
+
+
+def test_late_local_loss_with_informative_images_drops_below_chance() -> None:
+    loss, chance = _train_late(noise=False)
+    assert loss < chance - 0.5, (loss, chance)
+    assert chance < math.log(16)

@@ -13,7 +13,12 @@ from malm.errors import MalmError
 from malm.export.matching_head import score_kind
 from malm.training.config import load_preset
 from malm.training.losses.itm import near_duplicates
-from malm.training.models.matching import LateInteraction, MatchingModule, MatchingScorer, export_matching_onnx
+from malm.training.models.matching import (
+    LateInteraction,
+    MatchingModule,
+    MatchingScorer,
+    export_matching_onnx,
+)
 from malm.training.task import Task
 from tests.test_itm import SMALL, WORDS, _batch
 

@@ -19,6 +19,7 @@ MatMul/Softmax).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,10 +91,15 @@ class LateInteraction(nn.Module):
     content, and all B x C pairs cost one einsum.
     """
 
-    def __init__(self, image_width: int, recipe_width: int, dim: int) -> None:
+    def __init__(self, image_width: int, recipe_width: int, dim: int, temperature: float = 0.07) -> None:
         super().__init__()
         self.image_in = nn.Linear(image_width, dim)
         self.recipe_in = nn.Linear(recipe_width, dim)
+        # The InfoNCE temperature is learned (as FILIP and CLIP do), from `temperature`; the score ignores it.
+        self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def inverse_temperature(self) -> torch.Tensor:
+        return self.log_inv_temperature.clamp(max=math.log(100.0)).exp()
 
     @staticmethod
     def _reduce(sims: torch.Tensor, recipe_mask: torch.Tensor) -> torch.Tensor:
@@ -132,6 +138,7 @@ class MatchingModule(nn.Module):
         mlp_ratio: float = 4.0,
         itm_head: bool = False,
         late_dim: int = 0,
+        late_temperature: float = 0.07,
     ) -> None:
         super().__init__()
         self.image_in = nn.Linear(image_width, dim)
@@ -141,7 +148,7 @@ class MatchingModule(nn.Module):
         # Logits (not matched, matched) of the fused global pair; None: the paper's cosine score only.
         self.itm = nn.Linear(2 * dim, 2) if itm_head else None
         # The token-level local score (loss.matching.local_score "late"); None: the decoder's local pairs.
-        self.late = LateInteraction(image_width, recipe_width, late_dim) if late_dim > 0 else None
+        self.late = LateInteraction(image_width, recipe_width, late_dim, late_temperature) if late_dim > 0 else None
 
     def forward(
         self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor

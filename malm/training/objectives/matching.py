@@ -40,6 +40,7 @@ class MatchingObjective(Objective):
             heads=mc.heads,
             itm_head=mc.mode == "itm",
             late_dim=config.model.embed_dim if mc.local_score == "late" else 0,
+            late_temperature=mc.temperature,
         )
         self.global_loss = GlobalMatchingLoss(mc.temperature)
         self.local_loss = LocalMatchingLoss(mc.temperature)
@@ -83,10 +84,11 @@ class MatchingObjective(Objective):
         b = scores.shape[0]
         target = torch.arange(b, device=scores.device)
         exclude = near_duplicates(state.batch) & ~torch.eye(b, dtype=torch.bool, device=scores.device)
-        logits = (scores / self.temperature).masked_fill(exclude, float("-inf"))
+        logits = (scores * self.matching.late.inverse_temperature()).masked_fill(exclude, float("-inf"))
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         acc = (logits.detach().argmax(1) == target).float().mean()
-        return {"match_local_loss": self.local_weight * loss, "match_late_acc": acc}
+        return {"match_local_loss": self.local_weight * loss, "match_late_acc": acc,
+                "match_late_temperature": 1.0 / self.matching.late.inverse_temperature().detach()}
 
     def forward_paper(self, state: TaskState) -> dict[str, Tensor]:
         r = state.recipe

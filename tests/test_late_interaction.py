@@ -54,11 +54,15 @@ def test_padded_tokens_do_not_change_the_score_and_all_pairs_has_the_pair_scores
     assert (every.abs() <= 1.0 + 1e-6).all()
 
 
-def test_config_allows_late_only_in_itm_mode() -> None:
-    cfg = load_preset("malm-tiny").with_overrides({"loss.matching.local_score": "late"})
-    assert cfg.loss.matching.local_score == "late"
-    with pytest.raises(MalmError, match="local_score 'late'"):
-        load_preset("malm-tiny").with_overrides({"loss.matching.local_score": "late", "loss.matching.mode": "paper"})
+def test_malm_presets_use_late_and_paper_mode_keeps_its_own_local_loss() -> None:
+    for name in ("malm-tiny", "malm", "malm-hybrid-tiny"):
+        cfg = load_preset(name)
+        assert (cfg.loss.matching.mode, cfg.loss.matching.local_score) == ("itm", "late"), name
+        assert cfg.loss.mask.full_image_triplet, name
+    tiny = load_preset("malm-tiny").with_overrides({**SMALL, "loss.mask.enabled": True})
+    assert Task(tiny, vocab_size=64).objectives[1].matching.late is not None
+    paper = tiny.with_overrides({"loss.matching.mode": "paper"})
+    assert Task(paper, vocab_size=64).objectives[1].matching.late is None
     with pytest.raises(MalmError, match="local_score must be one of"):
         load_preset("malm-tiny").with_overrides({"loss.matching.local_score": "colbert"})
 

@@ -178,7 +178,8 @@ class MatchingConfig:
     # With pair_negatives > 0: the local loss too contrasts each patch's score in its own pair against the
     # same patch's score in the k decoded negative pairs (the per-patch InfoNCE has the same leak otherwise).
     local_pairs: bool = False
-    # mode "itm" only -- how the local (per-patch) score is made. "decoder": patch p's attended feature vs its
+    # Read in mode "itm" only (mode "paper" keeps its own decoded per-patch InfoNCE, so switching a malm preset
+    # to "paper" gives the paper's method whatever this says) -- how the local (per-patch) score is made. "decoder": patch p's attended feature vs its
     # attention-weighted recipe summary in the decoded pair, contrasted against the same patch in the two
     # sampled negative pairs. "late": token-level late interaction (FILIP): patches and recipe tokens projected
     # and L2-normalized, score = mean of (each patch's best cosine over the recipe's tokens) and (each recipe
@@ -190,8 +191,6 @@ class MatchingConfig:
         _check(self.layers >= 1 and self.heads >= 1, "loss.matching: layers and heads must be >= 1")
         _check(self.local_score in LOCAL_SCORES,
                f"loss.matching.local_score must be one of {LOCAL_SCORES}, got {self.local_score!r}")
-        _check(self.mode == "itm" or self.local_score == "decoder",
-               "loss.matching.local_score 'late' is an option of mode 'itm'")
         _check(self.mode in MATCHING_MODES, f"loss.matching.mode must be one of {MATCHING_MODES}, got {self.mode!r}")
         _check(self.mode == "paper" or (self.pair_negatives == 0 and not self.local_pairs),
                "loss.matching.pair_negatives / local_pairs are options of mode 'paper' (top-k decoded negatives); "

@@ -39,7 +39,7 @@ class MatchingObjective(Objective):
             depth=mc.layers,
             heads=mc.heads,
             itm_head=mc.mode == "itm",
-            late_dim=config.model.embed_dim if mc.local_score == "late" else 0,
+            late_dim=config.model.embed_dim if mc.mode == "itm" and mc.local_score == "late" else 0,
             late_temperature=mc.temperature,
         )
         self.global_loss = GlobalMatchingLoss(mc.temperature)

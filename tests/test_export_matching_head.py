@@ -18,14 +18,15 @@ from malm.training.config import load_preset
 from malm.training.models.matching import MatchingModule, MatchingScorer
 
 
-def _run_with_state(root: Path, itm: bool = True) -> tuple[Path, MatchingModule, object]:
+def _run_with_state(root: Path, itm: bool = True, late: bool = False) -> tuple[Path, MatchingModule, object]:
     """A run directory whose last.state holds a matching head, keyed as the training task saves it; with
-    `itm=False`, a head as runs before loss.matching.mode (or mode "paper") saved it: no ITM layer."""
+    `itm=False`, a head as runs before loss.matching.mode (or mode "paper") saved it: no ITM layer; with
+    `late`, the late-interaction local score the malm presets train (loss.matching.local_score "late")."""
     cfg = load_preset("malm-tiny")
     mc = cfg.loss.matching
     torch.manual_seed(0)
     head = MatchingModule(cfg.model.image.width, cfg.model.recipe.width, dim=cfg.model.recipe.width,
-                          depth=mc.layers, heads=mc.heads, itm_head=itm).eval()
+                          depth=mc.layers, heads=mc.heads, itm_head=itm, late_dim=cfg.model.embed_dim if late else 0).eval()
     root.mkdir(parents=True)
     tensors = {f"task.objectives.2.matching.{k}": v.contiguous() for k, v in head.state_dict().items()}
     tensors["task.image_encoder.other"] = torch.zeros(2)  # unrelated task state is ignored
@@ -35,16 +36,18 @@ def _run_with_state(root: Path, itm: bool = True) -> tuple[Path, MatchingModule,
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("itm", [True, False], ids=["itm", "old-cosine"])
-def test_exported_head_takes_patch_tokens_and_the_sdk_scores_like_torch(tmp_path: Path, itm: bool) -> None:
-    run, head, cfg = _run_with_state(tmp_path / "run", itm)
+@pytest.mark.parametrize(("itm", "late"), [(True, True), (True, False), (False, False)],
+                         ids=["late", "itm", "old-cosine"])
+def test_exported_head_takes_patch_tokens_and_the_sdk_scores_like_torch(tmp_path: Path, itm: bool, late: bool) -> None:
+    run, head, cfg = _run_with_state(tmp_path / "run", itm, late)
     trained = load_trained_head(run, cfg)
     assert trained is not None and trained.step == 7
     assert (trained.module.itm is not None) == itm  # read from the weights: old states keep their cosine head
     out = tmp_path / "matching_head.onnx"
     entry = export_head(trained, out, {"model_hash": "abc"})
     assert entry["global_token"] == "mean" and entry["image_tokens"] == "patches" and entry["parity_max_abs"] < 1e-4
-    assert entry["score"] == ("itm_probability" if itm else "cosine")
+    assert (trained.module.late is not None) == late
+    assert entry["score"] == ("late_interaction" if late else "itm_probability" if itm else "cosine")
 
     width = cfg.model.recipe.width
     scorer = MatchingHeadScorer(OrtSession(out, ["CPUExecutionProvider"], threads=1), width)
@@ -62,7 +65,7 @@ def test_exported_head_takes_patch_tokens_and_the_sdk_scores_like_torch(tmp_path
             mask[i, :len(r)] = True
         want = MatchingScorer(head, "mean")(img, pad, mask).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
-    if itm:  # the ITM head's matched probability is what --rerank fuses
+    if itm and not late:  # the ITM head's matched probability is what --rerank fuses
         assert ((got > 0) & (got < 1)).all()
 
 

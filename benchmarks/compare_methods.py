@@ -416,14 +416,17 @@ def report(args: argparse.Namespace, methods: list[Method]) -> dict[str, Any] | 
     rr = [(r["method"], r["seed"], r["test"]["rerank"]) for r in runs if "rerank" in r["test"]]
     if rr:
         lines += ["", f"Re-ranking the global top-{args.candidates} with the run's matching head (torch, the model's "
-                  "own tokens; fusion weight w chosen on one 1k val subset; test = the same 10 1k subsets):", "",
-                  "| method | seed | head score | w | R@1 global | R@1 re-ranked | gain | R@5 re-ranked | "
-                  "head cost / query (ONNX, 1 thread, p50) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "own tokens; fusion weight w chosen on one 1k val subset, queries as given; test = the same 10 "
+                  "1k subsets):", "",
+                  "| method | seed | head score | w (val queries) | R@1 global | R@1 re-ranked | gain | "
+                  "R@5 global → re-ranked | medR global → re-ranked | head cost / query (ONNX, 1 thread, p50) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, seed, x in rr:
             t = x["test"]
-            lines.append(f"| {name} | {seed} | {x.get('score', '')} | {x['weight_chosen_on_val']} | "
-                         f"{t['global']['R@1']:.2f} | {t['reranked']['R@1']:.2f} | {x['R@1_gain_points']:+.2f} | "
-                         f"{t['reranked']['R@5']:.2f} | {x['cost']['p50_ms']:.1f} ms |")
+            lines.append(f"| {name} | {seed} | {x.get('score', '')} | {x['weight_chosen_on_val']} "
+                         f"({x.get('val_queries', 300)}) | {t['global']['R@1']:.2f} | {t['reranked']['R@1']:.2f} | "
+                         f"{x['R@1_gain_points']:+.2f} | {t['global']['R@5']:.1f} → {t['reranked']['R@5']:.1f} | "
+                         f"{t['global']['medR']:.1f} → {t['reranked']['medR']:.1f} | {x['cost']['p50_ms']:.1f} ms |")
         for name in dict.fromkeys(n for n, _, _ in rr):
             gains = [x["R@1_gain_points"] for n, _, x in rr if n == name]
             lines.append(f"\n{name}: re-ranking gain {_ms(gains)} R@1 points over {len(gains)} seed(s)")

@@ -61,7 +61,8 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
     module = MatchingModule(image_width=config.model.image.width, recipe_width=config.model.recipe.width,
                             dim=config.model.recipe.width, depth=mc.layers, heads=mc.heads,
                             itm_head=any(k.startswith("itm.") for k in state),
-                            late_dim=int(state["late.image_in.weight"].shape[0]) if "late.image_in.weight" in state else 0)
+                            late_dim=int(state["late.image_in.weight"].shape[0]) if "late.image_in.weight" in state
+                            else 0)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise MalmError(f"{path}: matching head weights do not fit the config (missing {missing[:3]}, "

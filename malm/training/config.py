@@ -178,10 +178,10 @@ class MatchingConfig:
     # With pair_negatives > 0: the local loss too contrasts each patch's score in its own pair against the
     # same patch's score in the k decoded negative pairs (the per-patch InfoNCE has the same leak otherwise).
     local_pairs: bool = False
-    # Read in mode "itm" only (mode "paper" keeps its own decoded per-patch InfoNCE, so switching a malm preset
-    # to "paper" gives the paper's method whatever this says) -- how the local (per-patch) score is made. "decoder": patch p's attended feature vs its
-    # attention-weighted recipe summary in the decoded pair, contrasted against the same patch in the two
-    # sampled negative pairs. "late": token-level late interaction (FILIP): patches and recipe tokens projected
+    # How the local (per-patch) score is made; read in mode "itm" only (mode "paper" keeps its own decoded
+    # per-patch InfoNCE, so switching a malm preset to "paper" gives the paper's method whatever this says).
+    # "decoder": patch p's attended feature vs its attention-weighted recipe summary in the decoded pair,
+    # contrasted against the same patch in the two sampled negative pairs. "late": token-level late interaction (FILIP): patches and recipe tokens projected
     # and L2-normalized, score = mean of (each patch's best cosine over the recipe's tokens) and (each recipe
     # token's best cosine over the patches), contrasted over every in-batch recipe / image (near-duplicates
     # excluded). No cross-attention, so no pair can copy its partner; it is also what `--rerank` scores with.

@@ -4,7 +4,8 @@ mode "itm" (default): image-grounded matching with sampled hard negatives (`loss
 pairs in one call, a matched / not-matched head (`match_itm_loss`, chance = ITM_CHANCE_LOSS ~ 0.6365), and
 each patch's score in its pair contrasted against the same patch in the two negative pairs that share its
 image or its recipe (`match_local_loss`, chance ln 2) -- or, with `local_score = "late"`, the token-level
-late-interaction score of every in-batch pair contrasted over the batch (`late_local`). Sampling uses `state.generator` (per rank, per step).
+late-interaction score of every in-batch pair contrasted over the batch (`late_local`, chance ln of the
+allowed candidates). Sampling uses `state.generator` (per rank, per step).
 mode "paper": the paper's global and per-patch InfoNCE over positive pairs (optionally top-k decoded
 negatives, `pair_negatives` / `local_pairs`), kept for the record: it is met without the image.
 """

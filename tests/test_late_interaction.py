@@ -127,3 +127,25 @@ def test_late_local_loss_with_informative_images_drops_below_chance() -> None:
     loss, chance = _train_late(noise=False)
     assert loss < chance - 0.5, (loss, chance)
     assert chance < math.log(16)
+
+
+def test_late_score_trains_on_the_whole_image_when_the_task_encodes_it(monkeypatch) -> None:
+    """With the 75% mask, the late score reads the whole-image pass (what re-ranking sees at test time) when
+    loss.mask.full_image_triplet is on, and the visible patches of the masked view when it is off."""
+    seen: list[int] = []
+    original = LateInteraction.all_pairs
+
+    def spy(self, patches, recipe_tokens, recipe_mask):  # noqa: ANN001, ANN202
+        seen.append(patches.shape[1])
+        return original(self, patches, recipe_tokens, recipe_mask)
+
+    monkeypatch.setattr(LateInteraction, "all_pairs", spy)
+    g = torch.Generator().manual_seed(0)
+    words = torch.randint(0, WORDS, (64,), generator=g)
+    batch = _batch(words, torch.arange(8), noise=False, g=g)
+    for full in (True, False):
+        cfg = load_preset("malm-tiny").with_overrides({**SMALL, "loss.mask.enabled": True,
+                                                       "loss.mask.full_image_triplet": full})
+        Task(cfg, vocab_size=128).train()(batch, 0.5)
+    patches = (16 // 4) ** 2
+    assert seen == [patches, round(patches * 0.25)]

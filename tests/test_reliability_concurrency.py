@@ -113,16 +113,20 @@ def test_memory_is_stable_over_many_queries(bundle: Path) -> None:
             r.search(photos[i % 4], k=5)
         gc.collect()
         mid, _ = tracemalloc.get_traced_memory()
-        rss_mid = _rss_bytes()
-        for i in range(1500):
-            r.search(photos[i % 4], k=5)
-        gc.collect()
+        rss = [_rss_bytes()]
+        for _half in range(2):
+            for i in range(750):
+                r.search(photos[i % 4], k=5)
+            gc.collect()
+            rss.append(_rss_bytes())
         end, _ = tracemalloc.get_traced_memory()
-        rss_end = _rss_bytes()
     finally:
         tracemalloc.stop()
     # Python-level growth over 1500 more queries: a leak of even 50 bytes a query would show as 75 kB.
     assert end - mid < 64 * 1024, (mid, end)
     # Native memory (what tracemalloc cannot see: ONNX Runtime, hnswlib, image decoders): README claims flat
-    # RSS. 2 MiB over 1500 queries is ~1.4 kB a query; allocator noise stays well below.
-    assert rss_end - rss_mid < 2 * 1024 * 1024, (rss_mid, rss_end)
+    # RSS. A leak grows RSS in both halves of the 1500 queries; the allocator can take one step of a few MiB
+    # once in a large test process (seen in CI: +2.4 MiB in one window, at 0.9 GB RSS). So: at least one of
+    # the two 750-query halves grows by less than 1 MiB -- a leak of ~1.4 kB a query fails both.
+    growth = [b - a for a, b in zip(rss, rss[1:], strict=False)]
+    assert min(growth) < 1024 * 1024, (rss, growth)

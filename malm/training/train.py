@@ -286,6 +286,8 @@ def _use_stem_cache(task: Task, train_set: Dataset, prepared: Any, config: Exper
         feats = build()
     base.use_stem_features(feats)
     return True
+
+
 def _recipe_only(prepared: Any, config: ExperimentConfig, say: Any) -> Any:
     """The image-less training recipes for `train.recipe_only_batch`, or None when off or there are none."""
     tc = config.train
@@ -464,7 +466,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
         # find_unused_parameters: objectives may leave some parameters out of a step (e.g. the mask token).
         model_ddp = torch.nn.parallel.DistributedDataParallel(
             task, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    _use_stem_cache(task, train_set, prepared, config, info, say)
+    stem_cached = _use_stem_cache(task, train_set, prepared, config, info, say)
     workers = tc.num_workers
     loader = DataLoader(SeededItems(train_set, tc.seed), batch_size=sampler.per_rank, sampler=sampler,
                         num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
@@ -479,7 +481,7 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
     say(f"training {config.name}: {n_train} pairs, {steps_per_epoch} steps/epoch × {tc.epochs} epochs, "
         f"global batch {tc.batch_size} on {info.world_size} × {device.type}"
         + (", bf16" if amp else "") + (", image cache" if tc.image_cache else "")
-        + (", stem features cached" if getattr(getattr(train_set, "dataset", train_set), "stem", None) else ""))
+        + (", stem features cached" if stem_cached else ""))
 
     bar = _Progress(enabled=opts.progress_bar and info.is_main, total=total_steps, done=step)
     started = time.perf_counter()

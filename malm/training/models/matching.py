@@ -109,19 +109,19 @@ class LateInteraction(nn.Module):
         recipe_side = (sims.amax(-2) * valid[..., 0, :]).sum(-1) / valid[..., 0, :].sum(-1).clamp_min(1.0)
         return 0.5 * (image_side + recipe_side)
 
+    def _project(self, patches: torch.Tensor, recipe_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (F.normalize(self.image_in(patches).float(), dim=-1),
+                F.normalize(self.recipe_in(recipe_tokens).float(), dim=-1))
+
     def all_pairs(self, patches: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor) -> torch.Tensor:
         """Scores [B, C] of every image (patches [B, P, Wi]) with every recipe ([C, S, Wr], mask [C, S])."""
-        v = F.normalize(self.image_in(patches).float(), dim=-1)
-        u = F.normalize(self.recipe_in(recipe_tokens).float(), dim=-1)
-        sims = torch.einsum("bpd,csd->bcps", v, u)
-        return self._reduce(sims, recipe_mask.bool()[None, :, None, :])
+        v, u = self._project(patches, recipe_tokens)
+        return self._reduce(torch.einsum("bpd,csd->bcps", v, u), recipe_mask.bool()[None, :, None, :])
 
     def pair_scores(self, patches: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor) -> torch.Tensor:
         """Scores [N] of image n (patches [N, P, Wi]) with recipe n ([N, S, Wr], mask [N, S])."""
-        v = F.normalize(self.image_in(patches).float(), dim=-1)
-        u = F.normalize(self.recipe_in(recipe_tokens).float(), dim=-1)
-        sims = torch.einsum("npd,nsd->nps", v, u)
-        return self._reduce(sims, recipe_mask.bool()[:, None, :])
+        v, u = self._project(patches, recipe_tokens)
+        return self._reduce(torch.einsum("npd,nsd->nps", v, u), recipe_mask.bool()[:, None, :])
 
 
 class MatchingModule(nn.Module):

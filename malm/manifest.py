@@ -126,6 +126,13 @@ class RerankSettings:
     offsets: str = OFFSETS_FILE
     model: str | None = None
     default: bool = False  # switched on by default only where a measurement showed a gain
+    # False: the bundle keeps the re-ranking data, but `rerank=True` is refused, with `disabled_reason` (e.g.
+    # the export's validation showed no gain at any weight). Absent in older bundles: enabled.
+    enabled: bool = True
+    disabled_reason: str | None = None
+    # How `weight` was chosen: validation queries through the bundle itself (malm/export/rerank_calibration.py),
+    # with top-1/top-5 before and after; None for a bundle whose weight was never measured.
+    calibration: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
 
     def __post_init__(self) -> None:
@@ -162,6 +169,12 @@ class RerankSettings:
                 raise BundleError(f"{where}: bad rerank section in the manifest ('{key}' must be a file name)")
         if "weight" in d and not _is_num(d["weight"]):
             raise BundleError(f"{where}: bad rerank section in the manifest ('weight' must be a number)")
+        if "enabled" in d and not isinstance(d["enabled"], bool):
+            raise BundleError(f"{where}: bad rerank section in the manifest ('enabled' must be true or false)")
+        if d.get("disabled_reason") is not None and not isinstance(d["disabled_reason"], str):
+            raise BundleError(f"{where}: bad rerank section in the manifest ('disabled_reason' must be a string)")
+        if d.get("calibration") is not None and not isinstance(d["calibration"], Mapping):
+            raise BundleError(f"{where}: bad rerank section in the manifest ('calibration' must be an object)")
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:

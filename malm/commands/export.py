@@ -24,7 +24,9 @@ def export(
     data: Path = typer.Option(..., "--data", help="benchmark / Recipe1M data: train images distil and calibrate, "
                                                   "test images measure quality"),
     bundle: Path = typer.Option(..., "--bundle", help="output bundle directory (created or updated)"),
-    student: Literal["efficientnet-lite0", "none"] = typer.Option("efficientnet-lite0", "--student", help="Edge student (none: the teacher's own image encoder)"),
+    student: Literal["efficientnet-lite0", "none"] | None = typer.Option(
+        None, "--student", help="Edge student (none: the teacher's own image encoder) [default: the own tower, "
+                                "unless it has >= 10M parameters or --distill-epochs/--image-size ask for a student]"),
     int8: bool = typer.Option(False, "--int8", help="add an int8 QDQ model (onnx, tensorrt)"),
     calib_images: int | None = typer.Option(None, "--calib-images", help="int8 calibration images [default: 500]"),
     distill_epochs: int | None = typer.Option(None, "--distill-epochs", help="student distillation epochs [default: 10]"),
@@ -33,7 +35,11 @@ def export(
     tag: Literal["best", "last"] = typer.Option("best", "--tag", help="checkpoint tag"),
     recipe_encoder: bool | None = typer.Option(None, "--recipe-encoder/--no-recipe-encoder",
                                                help="also export the recipe encoder (onnx) [default: yes]"),
-    tokens: bool = typer.Option(False, "--tokens", help="also output (and distil) patch tokens for re-ranking"),
+    tokens: bool | None = typer.Option(None, "--tokens/--no-tokens",
+                                       help="also output (and distil) patch tokens and ship the matching head for "
+                                            "re-ranking; its fusion weight is chosen on validation photos through "
+                                            "the bundle (re-ranking ships off when it does not help) [default: on "
+                                            "when the run trained a matching head and its own tower ships]"),
     eval_images: int | None = typer.Option(None, "--eval-images", help="test images for the report [default: 1000]"),
     accept_int8_drop: bool = typer.Option(False, "--accept-int8-drop",
                                           help="ship int8 models that fail the int8 gate (mean cosine to fp32 "

@@ -74,6 +74,15 @@ def query_command(
         raise MalmError(f"-k must be >= 1, got {k}")
     retriever = Retriever.load(bundle, backend=backend, variant=variant, threads=threads,
                                strict_selfcheck=strict_selfcheck)
+    rerank_note = retriever.rerank_note if rerank else None
+    if rerank_note:
+        # Asked for, but this bundle cannot or should not re-rank (e.g. its export measured no gain): say why
+        # and answer with the global search rather than fail.
+        from rich.console import Console
+
+        Console(stderr=True).print(f"--rerank: {rerank_note}; answering without re-ranking", markup=False,
+                                   highlight=False)
+        rerank = False
     items = expand_photos(photos)
     readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]
     answers = retriever.search_batch([str(path) for _, path in readable], k=k, rerank=rerank,
@@ -91,7 +100,9 @@ def query_command(
     if json_out:
         info = retriever.info()
         payload = {"results": [{k_: v for k_, v in r.items() if k_ != "_hits"} for r in results],
-                   "encoder": {k_: info[k_] for k_ in ("backend", "variant", "encoder", "device", "selfcheck")}}
+                   "encoder": {k_: info[k_] for k_ in ("backend", "variant", "encoder", "device", "selfcheck")},
+                   "rerank": {"used": rerank, "weight": info["rerank_weight"] if rerank else None,
+                              "note": rerank_note}}
         typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
         from rich.console import Console

@@ -52,6 +52,11 @@ def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = 
     teacher = steps.load_teacher(Path(req.checkpoint), opts.tag)
     say(f"teacher: {teacher.run} ({opts.tag}, {teacher.config.name}), embedding dim {teacher.embed_dim}, "
         f"input {teacher.preprocess.size}px")
+    opts = steps.resolve_options(teacher, opts, say)  # the student and re-ranking that fit this run
+    if opts.tokens and opts.target == "onnx":
+        from malm.export.matching_head import head_source
+
+        head_source(teacher.run, opts.tag)  # a head of another step than the encoders: refused before any work
     pp = steps.deploy_preprocess(teacher, opts)
     check_bundle(req.bundle, pp, teacher.sha256)
     prepared = steps.prepare_data(teacher, Path(req.data_dir))
@@ -71,6 +76,11 @@ def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = 
         if gate:
             report["int8_gate"] = gate
         write_bundle(req.bundle, ctx, artifacts, report, selfcheck)
+    if opts.tokens and "matching_head" in artifacts.encoders:
+        # Calibrate the fusion weight through the bundle just written (its ONNX files, its index).
+        calibration = steps.index_and_calibrate(teacher.run, opts.tag, Path(req.data_dir), req.bundle, say, progress)
+        if calibration is not None:
+            report["rerank"] = calibration
     report["bundle"] = str(req.bundle)
     if student.manifest:
         report["student_key"] = student.manifest["distill_key"]

@@ -76,7 +76,9 @@ class ExportOptions:
     """What the user asked for. `None` means 'not given' so validation can tell a default from a choice."""
 
     target: str
-    student: str = "efficientnet-lite0"  # the edge student, or "none" to export the teacher's own image encoder
+    # the edge student, or "none" to export the teacher's own image encoder; None: chosen for the run
+    # (steps.resolve_options: the own tower unless a student pays, or --distill-epochs / --image-size ask for one)
+    student: str | None = None
     int8: bool = False  # add an int8 QDQ variant (onnx, tensorrt)
     calib_images: int | None = None  # calibration images for int8 (default 500)
     distill_epochs: int | None = None  # student distillation epochs (default 10)
@@ -84,7 +86,9 @@ class ExportOptions:
     weights: str | None = None  # coreml weight compression: none | int8 | palettize6
     tag: str = "best"  # checkpoint tag in the run dir
     recipe_encoder: bool | None = None  # also export the recipe encoder (onnx; default yes)
-    tokens: bool = False  # also output patch tokens (and distill them) for re-ranking
+    # also output patch tokens (and distill them) and ship the matching head for re-ranking; None: when the
+    # run trained a head and the exported encoder is its own tower (so the head reads the tokens it learned on)
+    tokens: bool | None = None
     eval_images: int | None = None  # test images for the quality report (default 1000)
     accept_int8_drop: bool = False  # ship int8 models that fail the int8 gate (malm/export/int8_gate.py)
 
@@ -94,11 +98,12 @@ class ExportOptions:
         target = TARGETS[self.target]
         defaults = {f.name: f.default for f in fields(self)}
         for name in ("int8", "calib_images", "recipe_encoder", "tokens", "weights"):
-            if getattr(self, name) != defaults[name] and name not in target.options:
+            asked = getattr(self, name) != defaults[name] and not (name == "tokens" and self.tokens is False)
+            if asked and name not in target.options:
                 supported = sorted(t for t, spec in TARGETS.items() if name in spec.options)
                 raise MalmError(f"{FLAGS[name]} is not supported by --target {self.target} "
                                 f"(supported by: {', '.join(supported)})")
-        if self.student not in STUDENTS:
+        if self.student is not None and self.student not in STUDENTS:
             raise MalmError(f"--student must be one of {', '.join(STUDENTS)}, got {self.student!r}")
         if self.student == "none" and self.distill_epochs is not None:
             raise MalmError("--distill-epochs needs a student; it does nothing with --student none")

@@ -98,6 +98,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(_fmt(v) for v in vals) + " |")
     lines.append("")
     lines += _int8_gate_lines(report.get("int8_gate"))
+    if report.get("rerank"):
+        from malm.export.rerank_calibration import summary_line
+
+        lines += [f"- {summary_line(report['rerank'])}", ""]
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"

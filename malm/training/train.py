@@ -582,8 +582,10 @@ def _save(out: Path, info: dist_util.DistInfo, task: Task, optimizer: torch.opti
     meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config_hash": config.hash(),
             "metrics": metrics, "vocab": "vocab.json"}
     ckpt.save_weights(out, "last", task.model, meta)
+    ckpt.save_heads(out, "last", task, step)  # the re-ranking head of the same step (malm export --tokens)
     if batch_in_epoch == 0 and best["epoch"] == epoch:
         ckpt.save_weights(out, "best", task.model, {**meta, "best_r1": best["r1"]})
+        ckpt.save_heads(out, "best", task, step)
     if with_state:
         ckpt.save_train_state(out, task, optimizer, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                                                       "best": best, "steps_per_epoch": steps_per_epoch,

@@ -121,3 +121,23 @@ def test_a_head_of_another_step_than_the_encoders_is_refused(run: dict[str, Path
     res = _invoke([*args, "--bundle", str(tmp_path / "b3"), "--tokens", "--tag", "last"])
     assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
     assert verify(tmp_path / "b3")["encoders"]["matching_head"]["source"] == "last.state.safetensors"
+
+
+def test_sdk_benchmark_measures_the_exported_bundle(run: dict[str, Path], tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import rerank_sdk
+
+    bundle = run["root"] / "bundle"  # from test_default_export_ships_own_tower_head_index_and_calibrated_weight
+    if not (bundle / "manifest.json").is_file():
+        pytest.skip("needs the default export above (run the module, not this test alone)")
+    assert rerank_sdk.main(["--bundle", str(bundle), "--data", str(run["data"]), "--out", str(tmp_path),
+                            "--name", "r"]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    rr = load_manifest(bundle).rerank
+    assert rr is not None and result["weight"] == rr.weight and result["enabled"] == rr.enabled
+    assert result["photos"] == 6 and result["recipes"] == 40 and result["threads"] == 1
+    assert "reranked" in result and 0 <= result["global"]["top1_percent"] <= result["global"]["top5_percent"]
+    assert ("added_ms_p50" in result) == rr.enabled
+    assert result["machine"]["cpu_flags"] is not None and "Re-ranking through the SDK" in (tmp_path / "r.md").read_text()

@@ -162,4 +162,6 @@ def merge_report(root: Path, report: dict[str, Any], teacher_hash: str) -> dict[
             merged["notes"] = [n for n in old.get("notes", []) if n not in report["notes"]] + report["notes"]
             targets = str(old.get("target", "")).split(",") + [report["target"]]
             merged["target"] = ",".join(dict.fromkeys(targets)).strip(",")
+            if "rerank" in old and "rerank" not in merged:
+                merged["rerank"] = old["rerank"]  # a later target (e.g. coreml) keeps the re-ranking calibration
     return merged

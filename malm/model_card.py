@@ -82,7 +82,10 @@ def index_summary(manifest: dict[str, Any]) -> dict[str, Any]:
             "M": index.get("M"), "ef_construction": index.get("ef_construction"),
             "ef_search": index.get("ef_search"), "source": index.get("recipes"), "split": index.get("split"),
             "rerank": rerank.get("kind") if rerank else None,
-            "rerank_candidates": rerank.get("candidates") if rerank else None}
+            "rerank_candidates": rerank.get("candidates") if rerank else None,
+            "rerank_weight": rerank.get("weight") if rerank else None,
+            "rerank_enabled": rerank.get("enabled", True) if rerank else None,
+            "rerank_disabled_reason": rerank.get("disabled_reason") if rerank else None}
 
 
 def _data_source(manifest: dict[str, Any], report: dict[str, Any]) -> tuple[str, bool]:
@@ -164,7 +167,10 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
         lines.append(f"{idx['recipes']} recipes, {idx['dim']}-d, hnswlib space `{idx['space']}`, M {idx['M']}, "
                      f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}; re-ranking: "
                      f"{idx['rerank'] or 'none'}" + (f" over the top {idx['rerank_candidates']}"
-                                                      if idx["rerank_candidates"] else "") + ".")
+                                                      if idx["rerank_candidates"] else "")
+                     + (f", weight {idx['rerank_weight']}" if idx["rerank"] and idx["rerank_enabled"] else "")
+                     + (f", switched off ({idx['rerank_disabled_reason']})" if idx["rerank"] and
+                        idx["rerank_enabled"] is False else "") + ".")
     else:
         lines.append("No index yet (`malm index build`).")
     lines += ["", "## Preprocessing",

@@ -126,3 +126,12 @@ def test_validation_queries_are_a_seeded_sample_of_the_val_split(tmp_path: Path)
     assert len(some) == 5 and some == rc.validation_queries(data, limit=5)
     assert {q.recipe_id for q in some} <= {q.recipe_id for q in every}
     assert rc.validation_queries(data, split="test", limit=100) != every
+
+
+def test_model_card_says_the_weight_or_why_rerank_is_off(tmp_path: Path) -> None:
+    from malm.model_card import render_card
+
+    bundle, queries = _bundle(tmp_path, emb_noise=0.0, tok_noise=1.0)
+    rc.record(bundle, rc.calibrate(bundle, queries[:20]))
+    text = render_card(json.loads((bundle / "manifest.json").read_text()), {})
+    assert "switched off (on 20 val photos through this bundle" in text

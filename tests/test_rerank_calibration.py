@@ -56,7 +56,7 @@ def test_weight_chosen_through_the_bundle_is_recorded_and_search_reproduces_it(t
     result = rc.calibrate(bundle, queries)
     assert result["enabled"] and result["queries"] == N and result["variant"] == "fp32"
     assert result["weight"] in rc.WEIGHTS and result["top1_after"] >= result["top1_before"] + rc.MIN_GAIN
-    assert result["top5_after"] >= result["top5_before"]
+    assert result["top5_before"] - result["top5_after"] < rc.MIN_GAIN
     rc.record(bundle, result)
     verify(bundle)
     rr = load_manifest(bundle).rerank

@@ -50,9 +50,11 @@ def run(bundle: Path, data: Path, split: str = "test", threads: int = 1) -> dict
 
 def goals(result: dict[str, Any]) -> dict[str, Any]:
     gain, added = result.get("top1_gain_points"), result.get("added_ms_p50")
+    cpu_added = result.get("added_cpu_ms_p50")
     return {"top1_gain_points_min": GOAL_TOP1_POINTS, "added_ms_max": GOAL_ADDED_MS,
             "top1_gain_met": gain is not None and gain >= GOAL_TOP1_POINTS and bool(result.get("enabled")),
-            "added_ms_met": added is not None and added <= GOAL_ADDED_MS}
+            "added_ms_met": added is not None and added <= GOAL_ADDED_MS,
+            "added_cpu_ms_met": cpu_added is not None and cpu_added <= GOAL_ADDED_MS}
 
 
 def to_markdown(result: dict[str, Any], machine: str) -> str:
@@ -62,11 +64,12 @@ def to_markdown(result: dict[str, Any], machine: str) -> str:
              f"bundle `{result['bundle']}`, {result['photos']} {result['split']} photos against all "
              f"{result['recipes']} indexed recipes, encoder {result['backend']} {result['variant']} "
              f"({result.get('variant_reason')}), {result['threads']} thread(s), top {result['k']}", "",
-             "| search | top-1 % | top-5 % | ms/query p50 | ms/query mean |", "|---|---|---|---|---|",
-             f"| global | {g['top1_percent']} | {g['top5_percent']} | {g.get('ms_p50')} | {g.get('ms_mean')} |"]
+             "| search | top-1 % | top-5 % | ms/query p50 | ms/query mean | CPU ms/query p50 |", "|---|---|---|---|---|---|",
+             f"| global | {g['top1_percent']} | {g['top5_percent']} | {g.get('ms_p50')} | {g.get('ms_mean')} | "
+             f"{g.get('cpu_ms_p50')} |"]
     if r:
         lines.append(f"| rerank=True | {r['top1_percent']} | {r['top5_percent']} | {r.get('ms_p50', '–')} | "
-                     f"{r.get('ms_mean', '–')} |")
+                     f"{r.get('ms_mean', '–')} | {r.get('cpu_ms_p50', '–')} |")
     lines.append("")
     state = "on" if result.get("enabled") else f"off in this bundle ({result.get('note')})"
     lines.append(f"- re-ranking: {state}; weight {result.get('weight')}")
@@ -78,8 +81,10 @@ def to_markdown(result: dict[str, Any], machine: str) -> str:
         lines.append(f"- top-1 gain {result['top1_gain_points']:+.2f} points, top-5 gain "
                      f"{result['top5_gain_points']:+.2f} points (goal: >= +{GOAL_TOP1_POINTS} top-1)")
     if result.get("added_ms_p50") is not None:
-        lines.append(f"- added per query: {result['added_ms_p50']} ms median, {result['added_ms_mean']} ms mean "
-                     f"(goal: <= {GOAL_ADDED_MS} ms on 1 thread)")
+        lines.append(f"- added per query: {result['added_ms_p50']} ms median wall, {result['added_ms_mean']} ms mean "
+                     f"wall, {result.get('added_cpu_ms_p50')} ms median CPU of the querying thread (goal: <= "
+                     f"{GOAL_ADDED_MS} ms on 1 thread; on a loaded machine the CPU time is the cost, wall time adds "
+                     "the waits for a core)")
     lines += ["", f"machine: {machine}", ""]
     return "\n".join(lines)
 

@@ -77,6 +77,9 @@ class MatchingHeadScorer:
         # "mean": the head builds its [CLS] from the patches itself (malm export --tokens); otherwise it reads
         # [CLS] + patches and we build the same stand-in here.
         self.takes_patches = meta.get("global_token") == "mean"
+        # A late-interaction head scores each pair from the two token sets alone: its graph broadcasts one
+        # photo over the N candidates (checked at export), so the photo's tokens are projected once, not N times.
+        self.broadcast_image = meta.get("score") == "late_interaction" and self.takes_patches
 
     def __call__(self, image_tokens: np.ndarray, recipe_tokens: Sequence[np.ndarray]) -> np.ndarray:
         tokens, mask = pad_tokens(recipe_tokens, self.dim)
@@ -87,7 +90,7 @@ class MatchingHeadScorer:
         if self.n_image_tokens is not None and self.n_image_tokens != len(img):
             raise MalmError(f"matching head {self.session.path} expects {self.n_image_tokens} image tokens, "
                             f"the image encoder gives {len(image_tokens)}")
-        image = np.repeat(img[None], len(recipe_tokens), axis=0)
+        image = img[None] if self.broadcast_image else np.repeat(img[None], len(recipe_tokens), axis=0)
         out = self.session.run({"image_tokens": image, "recipe_tokens": tokens, "recipe_mask": mask}, ["score"])
         return np.asarray(out["score"], np.float32).reshape(-1)
 

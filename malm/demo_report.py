@@ -96,8 +96,8 @@ def _sdk_rerank(sdk: dict[str, Any] | None) -> str:
               else f"weight {_e(sdk['weight'])} (not calibrated)")
     state = ("on in this bundle" if sdk.get("enabled")
              else f"<b>off in this bundle</b>: {_e(sdk.get('note'))}; the numbers show what it would give")
-    added = (f"; it adds <b>{_e(sdk['added_ms_p50'])} ms</b> per query (median, 1 thread)"
-             if sdk.get("added_ms_p50") is not None else "")
+    added = (f"; it adds <b>{_e(sdk['added_ms_p50'])} ms</b> per query (median wall time, 1 thread; "
+             f"{_e(sdk.get('added_cpu_ms_p50'))} ms of CPU)" if sdk.get("added_ms_p50") is not None else "")
     return ("<table class='metrics' id='sdk-rerank'><tr><th>through the SDK, whole index</th><th>top-1 %</th>"
             "<th>top-5 %</th><th>ms / query</th></tr>"
             f"<tr data-mode='global'><td>global search</td><td>{_e(g['top1_percent'])}</td>"

@@ -103,7 +103,8 @@ def test_no_usable_queries_disables_rerank(tmp_path: Path) -> None:
     bundle, queries = _bundle(tmp_path, emb_noise=0.35, tok_noise=0.0)
     result = rc.calibrate(bundle, [rc.Query(q.photo, "not-indexed") for q in queries[:5]])
     assert not result["enabled"] and result["queries"] == 0 and result["not_indexed"] == 5
-    assert "no val photos" in result["disabled_reason"]
+    assert "the recipes of the 5 val photos are not in the index" in result["disabled_reason"]
+    assert "no val photos" in rc.calibrate(bundle, [])["disabled_reason"]
 
 
 def test_rerank_section_reads_old_bundles_and_refuses_bad_fields() -> None:

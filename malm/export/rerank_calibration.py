@@ -93,8 +93,10 @@ def calibrate(bundle: Path, queries: Sequence[Query], weights: Sequence[float] =
     base.update(queries=len(kept), unreadable=unreadable, not_indexed=len(queries) - unreadable - len(kept),
                 seconds=round(seconds, 1))
     if not kept:
+        why = (f"the recipes of the {len(queries)} {split} photos are not in the index" if base["not_indexed"]
+               else f"no {split} photos to measure re-ranking on")
         return {**base, "weight": 0.0, "enabled": False,
-                "disabled_reason": f"no {split} photos to measure re-ranking on (it cannot be shown to help)"}
+                "disabled_reason": f"{why} (re-ranking cannot be shown to help)"}
     truth = [q.recipe_id for q, _ in kept]
     rows = {w: _rates([a.order(w) for _, a in kept], truth) for w in (0.0, *weights)}
     before = rows[0.0]

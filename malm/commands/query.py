@@ -81,7 +81,7 @@ def query_command(
         from rich.console import Console
 
         Console(stderr=True).print(f"--rerank: {rerank_note}; answering without re-ranking", markup=False,
-                                   highlight=False)
+                                   highlight=False, soft_wrap=True)
         rerank = False
     items = expand_photos(photos)
     readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from malm.console import printable
 from malm.errors import MalmError
 
 app = typer.Typer(
@@ -103,7 +104,8 @@ def _fail(argv: list[str], message: str, code: int, show: Callable[[], None] | N
     if show is not None:
         show()
     else:
-        typer.echo(f"error: {message}", err=True)
+        # Messages quote user data (paths, manifest strings, titles): no control character reaches the terminal.
+        typer.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -170,7 +172,7 @@ def main() -> None:
         hint = f"traceback in {where}" if where else "no traceback file could be written"
         message = f"{command} failed unexpectedly: {type(e).__name__}: {e}"
         _json_error(argv, message, 1)
-        typer.echo(f"error: {message} ({hint}; rerun with --debug to show it)", err=True)
+        typer.echo(f"error: {printable(message)} ({hint}; rerun with --debug to show it)", err=True)
         sys.exit(1)
 
 

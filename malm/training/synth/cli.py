@@ -23,12 +23,11 @@ def synth_command(
     import json
     from dataclasses import asdict
 
-    from rich.console import Console
-
+    from malm.console import console
     from malm.progress import progress
     from malm.training.synth import generate
 
-    err = Console(stderr=True)
+    err = console(stderr=True)  # OUT is a user path: printed as text, never as markup
     with progress("drawing photos", transient=True) as bar:
         stats = generate(out, recipes=recipes, seed=seed, image_size=image_size, workers=workers, force=force,
                          progress=lambda done, total: bar.update(completed=done, total=total))

@@ -11,11 +11,9 @@ inside its body, so `malm --help` and `malm query` start fast and never import t
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -121,19 +119,10 @@ def _command_name(argv: list[str]) -> str:
 
 
 def _write_traceback(command: str) -> Path | None:
-    """Write the current exception's traceback to the cache's crash folder; None if nowhere is writable."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{os.getpid()}-{command.replace(' ', '-')}.txt"
-    text = f"{command} (argv: {sys.argv!r})\n\n{traceback.format_exc()}"
-    base = os.environ.get("MALM_CACHE_DIR") or str(Path.home() / ".cache" / "malm")
-    for folder in (Path(base) / "crashes", Path(tempfile.gettempdir()) / "malm-crashes"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(text, encoding="utf-8")
-            return folder / name
-        except OSError:
-            continue
-    return None
+    """Write the current exception's traceback to a private crash file; None if nowhere is writable."""
+    from malm.crashlog import write_crash_file
+
+    return write_crash_file(command, sys.argv, traceback.format_exc())
 
 
 def main() -> None:

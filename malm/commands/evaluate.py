@@ -37,7 +37,6 @@ def _load_npz(path: Path):  # -> tuple[np.ndarray, np.ndarray]
 def _print_table(result: dict) -> None:
     from rich.table import Table
 
-    from malm.console import console as data_console
     from malm.training.evaluate import TABLE_HEADER, table_rows
 
     table = Table(title=f"protocol {result['protocol']} · {result['n']} pairs · seed {result['seed']}")
@@ -45,6 +44,8 @@ def _print_table(result: dict) -> None:
         table.add_column(col, justify="left" if col in ("direction", "size") else "right")
     for cells in table_rows(result):
         table.add_row(*map(str, cells))
+    from malm.console import console as data_console
+
     console = data_console()  # notes quote file names: plain text, never markup
     console.print(table)
     for note in result["notes"]:

@@ -64,8 +64,8 @@ ALLERGENS: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Limits:
-    """What requests may cost. The defaults keep the app under ~600 MB however many clients upload (README.md
-    lists the flags and what was measured)."""
+    """What requests may cost. With the defaults, decoding holds at most one 64-megapixel photo (~256 MB) at a
+    time however many clients upload (README.md lists the flags and what was measured)."""
 
     max_upload_mb: float = 25.0  # a search request's body (a 48-megapixel phone JPEG is ~15 MB)
     max_json_kb: float = 64.0  # any other request's body (an added recipe is a few KB)
@@ -174,6 +174,7 @@ def decode(image: Image.Image, name: str, min_side: int) -> Image.Image:
     """Decode a header-checked photo and bring it near the size the model needs: a very long picture is
     cropped to 4:1 (as the SDK's preprocessing would), a much larger one is reduced with a box filter to >= 2x
     the side the SDK resizes to. Runs on the app's decoder threads only (see `create_app`)."""
+    decoded = image
     try:
         image.load()
         image = limit_aspect(image)
@@ -182,7 +183,12 @@ def decode(image: Image.Image, name: str, min_side: int) -> Image.Image:
             target = _CONVERT.get(image.mode)
             image = (image.convert(target) if target else image).reduce(factor)
     except (OSError, ValueError, SyntaxError) as e:
+        decoded.close()
         raise HTTPException(400, f"{name}: cannot be decoded ({e})") from None
+    if image is not decoded:
+        # Free the full-size pixels now: the request still holds the header object while it searches, and
+        # the next photo's decoding would otherwise run with this one still in memory.
+        decoded.close()
     return image
 
 
@@ -255,6 +261,7 @@ def create_app(bundle: str | os.PathLike[str], threads: int | None = None, limit
     @app.get("/api/info")
     def info() -> dict[str, Any]:
         details = {k: v for k, v in retriever.info().items() if k not in ("cpu", "threads")}
+        details["bundle"] = root.name  # given relative or absolute, the bundle is named by its folder only
         return {"recipes": len(retriever), "allergens": ALLERGENS, "can_add": _can_add(retriever),
                 "torch_imported": "torch" in sys.modules, "bundle": _relative(details, root),
                 "limits": {"max_upload_mb": limits.max_upload_mb, "max_megapixels": limits.max_megapixels,

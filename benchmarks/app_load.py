@@ -10,7 +10,8 @@ first (the adds write to it). Measured:
 - a request that declares a 300 MB body and sends 10 bytes: time to its 413 (the body is never awaited);
   a chunked body without a Content-Length: how many bytes were sent before the 413;
 - refused recipe adds (too long, too many items, too large a body, a wrong Host): every bundle file's
-  sha256 before and after.
+  sha256 before and after;
+- PNGs whose header carries 200 MB of compressed text each, uploaded by all clients at once: RSS growth.
 Writes benchmarks/results/app_load.{json,md} with the machine's CPU features.
 """
 
@@ -48,6 +49,25 @@ def flat_png(megapixels: float, colour: tuple[int, int, int] = (200, 120, 40)) -
     buf = io.BytesIO()
     Image.new("RGB", (side, side), colour).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_text_bomb(chunks: int = 200) -> bytes:
+    """A 64x64 PNG carrying `chunks` zTXt chunks of 1 MB of text each, ~1 KB each compressed: reading its
+    header inflates them (Pillow stops at 64 MB by default)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    png = buf.getvalue()
+    text = zlib.compress(b"A" * (1024 * 1024 - 64), 9)
+    extra = b"".join(chunk(b"zTXt", f"k{i}".encode() + b"\0\0" + text) for i in range(chunks))
+    return png[:33] + extra + png[33:]  # after IHDR (8 + 25 bytes), before IDAT
 
 
 def small_jpeg(seed: int = 0) -> bytes:
@@ -259,6 +279,11 @@ def run(bundle: Path, clients: int, megapixels: float, app_args: list[str], work
         limit = int(float(info["limits"]["max_upload_mb"]) * 1024 * 1024)
         streamed = streamed_without_length(url, limit)
         adds = refused_adds(url, copy)
+        bomb = png_text_bomb()
+        before_bombs = rss.field_mb("VmRSS")
+        bomb_rss = RssSampler(proc.pid)
+        with bomb_rss:
+            bombs = concurrent_uploads(url, bomb, clients)
         still = upload(url, small_jpeg(), "still.jpg")
     log(f"peak RSS {peak_hwm:.0f} MB (baseline {base:.0f} MB), {statuses} in {wall:.1f} s")
     return {
@@ -273,7 +298,10 @@ def run(bundle: Path, clients: int, megapixels: float, app_args: list[str], work
                     {"hits": len(answers[0][1]["hits"])}},
         "after_load_small_photo_status": after[0],
         "declared_300mb_sent_10b": declared, "chunked_without_length": streamed, "refused_adds": adds,
-        "small_photo_after_adds_status": still[0],
+        "png_text_bombs": {"clients": clients, "png_bytes": len(bomb), "text_mb_each": 200,
+                           "statuses": sorted({a[0] for a in bombs}),
+                           "rss_growth_mb": round(max(bomb_rss.samples, default=before_bombs) - before_bombs, 1)},
+        "small_photo_after_abuse_status": still[0],
     }
 
 
@@ -296,7 +324,11 @@ def markdown(result: dict[str, Any], machine: dict[str, Any], ceiling_mb: float)
         f"{r['chunked_without_length']['sent_bytes_before_answer'] / 2**20:.1f} MB sent (limit "
         f"{r['chunked_without_length']['limit_bytes'] / 2**20:.0f} MB).",
         f"- Refused recipe adds: bundle unchanged byte for byte over {r['refused_adds']['files']} files: "
-        f"**{r['refused_adds']['bundle_unchanged']}**.", "",
+        f"**{r['refused_adds']['bundle_unchanged']}**.",
+        f"- {r['png_text_bombs']['clients']} PNGs of {r['png_text_bombs']['png_bytes'] / 1e6:.2f} MB carrying "
+        f"{r['png_text_bombs']['text_mb_each']} MB of zTXt text each, at once: statuses "
+        f"{r['png_text_bombs']['statuses']}, RSS grew {r['png_text_bombs']['rss_growth_mb']:.0f} MB.",
+        f"- A small photo after all of it: {r['small_photo_after_abuse_status']}.", "",
         "| add | status | ms |", "|---|---|---|",
         *(f"| {name} | {a['status']} | {a['seconds'] * 1000:.1f} |" for name, a in r["refused_adds"]["cases"].items()),
         "", f"App flags beyond the defaults: {' '.join(r['app_args']) or 'none'}.", "",

@@ -21,6 +21,7 @@ from benchmarks.app_load import (
     concurrent_uploads,
     declared_but_not_sent,
     flat_png,
+    png_text_bomb,
     refused_adds,
     request,
     small_jpeg,
@@ -82,6 +83,20 @@ def test_memory_stays_bounded_while_clients_upload_large_photos_at_once(app) -> 
     growth = max(rss.samples) - base
     one = MAX_MP * 4  # MB, one decoded RGB photo
     assert growth < one + 80, f"RSS grew {growth:.0f} MB over {base:.0f} MB (one decoded photo: {one} MB)"
+
+
+def test_png_text_chunks_are_capped(app) -> None:
+    """8 PNGs of 0.2 MB, each carrying 200 MB of zTXt text, at once: refused, and the app grows by little
+    (Pillow's default lets each header read inflate 64 MB: ~0.5 GB for these 8)."""
+    url, proc, _ = app
+    bomb = png_text_bomb()
+    assert len(bomb) < 300_000
+    rss = RssSampler(proc.pid)
+    base = rss.field_mb("VmRSS")
+    with rss:
+        answers = concurrent_uploads(url, bomb, 8)
+    assert [a[0] for a in answers] == [400] * 8, [a[1] for a in answers]
+    assert max(rss.samples) - base < 40
 
 
 def test_only_allowed_hosts_are_served(app) -> None:

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,6 +46,10 @@ from malm.sdk.image_io import HEIC_HINT, SUPPORTED, heif_available, sniff
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_K = 50
 MB = 1024 * 1024
+# A PNG's text chunks are inflated while its header is read, on the request's thread: Pillow allows 64 MB of
+# them per picture (a 0.2 MB upload can carry that much). A food photo needs none: 1 MB in all.
+PngImagePlugin.MAX_TEXT_CHUNK = 256 * 1024
+PngImagePlugin.MAX_TEXT_MEMORY = MB
 
 # Allergen → ingredient names the filter leaves out. The SDK matches whole ingredient-name words in the
 # recipe text ("peanut" matches "peanut butter"); it cannot see what is in the photographed dish.

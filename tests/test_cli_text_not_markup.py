@@ -171,6 +171,12 @@ def test_console_helper_renders_every_string_literally() -> None:
     for title in TITLES:
         assert shown(title) in text
     assert printable("a\x1bb\x9bc\td\ne") == "a\\x1bb\\x9bc\td\ne"
+    # The detector works: rich's default console turns the same title into a terminal hyperlink.
+    from rich.console import Console
+
+    default = Console(file=io.StringIO(), force_terminal=True, width=400)
+    default.print(TITLES[1])
+    assert HYPERLINK in default.file.getvalue() and "[link=" not in default.file.getvalue()
 
 
 def test_no_command_prints_through_a_markup_console() -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 
+from malm.console import console, line, styled
+
 
 def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "auto") -> dict[str, Any]:
     from malm.errors import MalmError
@@ -35,15 +37,11 @@ def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "au
 
 
 def _yes(flag: Any) -> Any:
-    from malm.console import styled
-
     return styled("yes", "green") if flag else styled("no", "dim")
 
 
 def _print(report: dict[str, Any]) -> None:
     from rich.table import Table
-
-    from malm.console import console, line, styled
 
     # Paths, CPU names, manifest strings and error messages are data: plain text, colour only via `styled`.
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -69,7 +67,7 @@ def _print(report: dict[str, Any]) -> None:
     table.add_row("photos", line("JPEG draft decoding, WebP ", _yes(fmt["webp"]), ", HEIC ",
                                  f"pillow-heif {fmt['heic']}" if fmt["heic"]
                                  else styled("no (pip install 'malm[heic]')", "dim")))
-    table.add_row("hnswlib", str(report["hnswlib"] or "-"))
+    table.add_row("hnswlib", report["hnswlib"] or "-")
     b = report.get("bundle")
     if b is not None and "error" not in b:
         v = b["verification"]

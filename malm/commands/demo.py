@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from malm.console import printable  # light (stdlib only; rich is not imported by it)
 from malm.demo import DemoConfig  # light (stdlib only): the defaults live in one place
 
 
@@ -23,7 +24,6 @@ def demo_command(
                                 help="efficientnet-lite0 (distilled student) | none (the teacher's own image tower)"),
 ) -> None:
     """Generate data → train → evaluate → export int8 ONNX (+ CoreML) → index → query → summary + report.html."""
-    from malm.console import printable
     from malm.demo import run_demo
 
     cfg = DemoConfig(out=out, recipes=recipes, seed=seed, preset=preset, epochs=epochs,

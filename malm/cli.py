@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import typer
 
 from malm.console import printable
+from malm.crashlog import write_crash_file
 from malm.errors import MalmError
 
 app = typer.Typer(
@@ -120,8 +121,6 @@ def _command_name(argv: list[str]) -> str:
 
 def _write_traceback(command: str) -> Path | None:
     """Write the current exception's traceback to a private crash file; None if nowhere is writable."""
-    from malm.crashlog import write_crash_file
-
     return write_crash_file(command, sys.argv, traceback.format_exc())
 
 

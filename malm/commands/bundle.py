@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from malm.console import console as data_console
+
 bundle_app = typer.Typer(help="Inspect a bundle: its variants, index and model card.", no_args_is_help=True,
                          pretty_exceptions_show_locals=False)
 
@@ -50,8 +52,6 @@ def info_command(
         typer.echo(json.dumps(info, indent=1, ensure_ascii=False))
         return
     from rich.table import Table
-
-    from malm.console import console as data_console
 
     # Manifest strings (model name, file names, versions) are whatever the bundle's maker wrote: plain text.
     console = data_console()

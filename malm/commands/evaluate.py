@@ -13,6 +13,7 @@ from typing import Literal
 import typer
 
 from malm.commands._options import split_ints
+from malm.console import console as data_console
 from malm.errors import MalmError
 
 
@@ -44,8 +45,6 @@ def _print_table(result: dict) -> None:
         table.add_column(col, justify="left" if col in ("direction", "size") else "right")
     for cells in table_rows(result):
         table.add_row(*map(str, cells))
-    from malm.console import console as data_console
-
     console = data_console()  # notes quote file names: plain text, never markup
     console.print(table)
     for note in result["notes"]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from malm.console import console  # light: rich loads only when it prints
+
 
 def synth_command(
     out: Path = typer.Argument(..., help="Output directory (created; must be empty or a previous synth run)."),
@@ -23,7 +25,6 @@ def synth_command(
     import json
     from dataclasses import asdict
 
-    from malm.console import console
     from malm.progress import progress
     from malm.training.synth import generate
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from malm.console import console  # light: rich loads only when it prints
+
 
 def synth_command(
     out: Path = typer.Argument(..., help="Output directory (created; must be empty or a previous synth run)."),
@@ -23,12 +25,10 @@ def synth_command(
     import json
     from dataclasses import asdict
 
-    from rich.console import Console
-
     from malm.progress import progress
     from malm.training.synth import generate
 
-    err = Console(stderr=True)
+    err = console(stderr=True)  # OUT is a user path: printed as text, never as markup
     with progress("drawing photos", transient=True) as bar:
         stats = generate(out, recipes=recipes, seed=seed, image_size=image_size, workers=workers, force=force,
                          progress=lambda done, total: bar.update(completed=done, total=total))

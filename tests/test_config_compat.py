@@ -13,9 +13,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+from typer.testing import CliRunner
 
-from malm.training.config import load_preset, preset_names
+from malm.cli import app
+from malm.training.config import (
+    PRESETS_DIR,
+    ConfigError,
+    ExperimentConfig,
+    load_config_file,
+    load_preset,
+    preset_diff,
+    preset_names,
+    upgrade_config_dict,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 # Shrinks every preset's model to run in a fraction of a second; method switches stay as shipped.
@@ -67,6 +79,81 @@ def seeded_losses(name: str, steps: int = 2) -> list[dict[str, float]]:
         task.after_step()
         out.append({"total": float(total.detach())} | {k: float(v) for k, v in sorted(report.items())})
     return out
+
+
+def _before(name: str) -> Any:
+    return json.loads((DATA / f"{name}_before.json").read_text())
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_each_preset_is_a_short_diff_that_resolves_to_the_config_it_was(name: str) -> None:
+    text = (PRESETS_DIR / f"{name}.json").read_text()
+    assert len(text.splitlines()) <= 35
+    diff = json.loads(text)
+    # Only what differs from its base, nothing restated.
+    assert diff == preset_diff(load_preset(name), diff["base"])
+    # The old full dump, read through the upgrade, is the same config, key for key.
+    assert load_preset(name).to_dict() == ExperimentConfig.from_dict(_before("presets")[name]).to_dict()
+
+
+def test_an_old_format_config_beside_a_checkpoint_loads_with_its_losses_switched_as_before(tmp_path: Path) -> None:
+    old = _before("presets")["malm-tiny"]  # as a previous release saved it: triplet_weight, distill, enabled flags
+    assert old["loss"]["triplet_weight"] == 1.0 and old["loss"]["distill"]["enabled"] is True
+    old["loss"]["triplet_weight"] = 0.5
+    old["loss"]["cross_decoder"]["weight"] = 2.0  # a weight kept while switched off stays off
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loss = load_config_file(tmp_path / "config.json").loss
+    assert loss.retrieval_weight == 0.5 and loss.cross_decoder.weight == 0.0 and not loss.cross_decoder.enabled
+    assert loss.self_distill.weight == 1.0 and loss.self_distill.ema_decay == 0.99
+    assert loss.matching.global_weight == loss.matching.local_weight == 1.0 and loss.matching.enabled
+    assert loss.mask.enabled and loss.mask.full_image_retrieval
+    # A partial old config: missing `enabled` meant off (the old default), missing weights their old default.
+    partial = upgrade_config_dict({"loss": {"triplet_weight": 1.0, "cross_decoder": {"enabled": True},
+                                            "distill": {"ema_decay": 0.9}}})
+    assert partial["loss"]["cross_decoder"] == {"weight": 1.0}
+    assert partial["loss"]["self_distill"] == {"ema_decay": 0.9, "weight": 0.0}
+    assert partial["loss"]["matching"] == {"global_weight": 0.0, "local_weight": 0.0}
+    today = load_preset("malm-tiny").to_dict()
+    assert upgrade_config_dict(today) == today
+
+
+def test_an_old_key_in_set_names_its_new_name() -> None:
+    with pytest.raises(ConfigError, match=r"loss.triplet_weight.*renamed: loss.retrieval_weight"):
+        load_preset("ht-tiny").with_overrides({"loss.triplet_weight": 0.0})
+    with pytest.raises(ConfigError, match=r"renamed: loss.self_distill.weight"):
+        load_preset("ht-tiny").with_overrides({"loss.distill.enabled": True})
+
+
+def test_a_preset_diff_on_a_file_base_and_a_cycle(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"base": "ht-tiny", "name": "a", "train.lr": 0.5}))
+    (tmp_path / "b.json").write_text(json.dumps({"base": "a.json", "name": "b", "loss": {"retrieval_weight": 2.0}}))
+    cfg = load_preset(tmp_path / "b.json")
+    assert (cfg.name, cfg.train.lr, cfg.loss.retrieval_weight, cfg.model.image.width) == ("b", 0.5, 2.0, 96)
+    (tmp_path / "a.json").write_text(json.dumps({"base": "b.json"}))
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_preset(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text(json.dumps({"base": "nope"}))
+    with pytest.raises(ConfigError, match="preset base 'nope' not found"):
+        load_preset(tmp_path / "c.json")
+
+
+def test_show_config_prints_the_resolved_config_and_trains_nothing(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", "--preset", "tnlbt-tiny", "--set", "train.lr=0.25", "--show-config",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)
+    assert shown == load_preset("tnlbt-tiny").with_overrides({"train.lr": 0.25}).to_dict()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", [*preset_names(), *VARIANTS])
+def test_two_seeded_steps_give_the_losses_they_gave_before(name: str) -> None:
+    torch.set_num_threads(1)
+    expected, got = _before("losses")[name], seeded_losses(name)
+    assert [sorted(x) for x in got] == [sorted(x) for x in expected]
+    for e, g in zip(expected, got, strict=True):
+        for key in e:
+            assert g[key] == pytest.approx(e[key], rel=1e-5, abs=1e-6), (name, key)
 
 
 def _write_expected() -> None:

@@ -44,20 +44,19 @@ def upgrade_config_dict(d: Any) -> Any:
         return d
     d = json.loads(json.dumps(d))
     loss = d["loss"]
-    old_format = "triplet_weight" in loss or "distill" in loss or any(
-        isinstance(loss.get(s), dict) and "enabled" in loss[s] for s in ("cross_decoder", "matching"))
-    if not old_format:
-        return d
-    if "triplet_weight" in loss:
+    legacy = "triplet_weight" in loss  # every config an older release saved has it
+    if legacy:
         loss["retrieval_weight"] = loss.pop("triplet_weight")
     if "distill" in loss:
         loss["self_distill"] = loss.pop("distill")
     if isinstance(loss.get("mask"), dict) and "full_image_triplet" in loss["mask"]:
         loss["mask"]["full_image_retrieval"] = loss["mask"].pop("full_image_triplet")
     for section, weights, old_default in _FLAGGED_LOSSES:
-        part = loss.setdefault(section, {})
-        if not isinstance(part, dict):
-            continue  # _from_dict names the bad value
+        part = loss.get(section)
+        # A missing section is off in both formats; one without `enabled` is today's format unless the
+        # config is an old one (where a missing `enabled` meant its default, off).
+        if not isinstance(part, dict) or not ("enabled" in part or legacy):
+            continue
         enabled = part.pop("enabled", False)
         for w in weights:
             part[w] = part.get(w, old_default) if enabled else 0.0

@@ -95,8 +95,20 @@ def _curve(x: float, y: float, length: float, a: float, rnd: random.Random, wigg
 
 def draw_piece(d: ImageDraw.ImageDraw, shape: str, x: float, y: float, s: float, c: RGB, c2: RGB,
                rnd: random.Random) -> None:
-    """One piece of an ingredient, `s` px across, centred at (x, y)."""
+    """One piece of an ingredient, `s` px across, centred at (x, y), turned by a random angle."""
     a = rnd.uniform(0, 2 * math.pi)
+    if shape in _LONG_SHAPES:
+        _draw_long_piece(d, shape, x, y, s, a, c, c2, rnd)
+    else:
+        _draw_round_piece(d, shape, x, y, s, a, c, c2, rnd)
+
+
+_LONG_SHAPES = frozenset(("strand", "tube", "bowtie", "leaf", "floret", "cube", "strip"))
+
+
+def _draw_round_piece(d: ImageDraw.ImageDraw, shape: str, x: float, y: float, s: float, a: float, c: RGB, c2: RGB,
+                      rnd: random.Random) -> None:
+    """Round pieces (slices, rings, grains, blobs, ...): `a` turns the asymmetric ones."""
     h = s / 2
     if shape == "circle":
         _ellipse(d, x, y, h, h, fill=c)
@@ -115,7 +127,44 @@ def draw_piece(d: ImageDraw.ImageDraw, shape: str, x: float, y: float, s: float,
         w = max(2, int(0.3 * h))
         _ellipse(d, x, y, h, h, outline=c, width=w)
         _ellipse(d, x, y, h - w, h - w, outline=c2, width=max(1, w // 2))
-    elif shape == "strand":
+    elif shape == "grain":
+        if rnd.random() < 0.5:
+            _ellipse(d, x, y, 0.7 * h, 0.4 * h, fill=c if rnd.random() < 0.8 else c2)
+        else:
+            _ellipse(d, x, y, 0.4 * h, 0.7 * h, fill=c if rnd.random() < 0.8 else c2)
+    elif shape == "wedge":
+        deg = math.degrees(a)
+        d.pieslice((x - s, y - s, x + s, y + s), deg, deg + 70, fill=c)
+        d.pieslice((x - 0.8 * s, y - 0.8 * s, x + 0.8 * s, y + 0.8 * s), deg + 5, deg + 65, fill=c2)
+    elif shape == "crescent":
+        deg = math.degrees(a)
+        w = max(2, int(0.38 * s))
+        d.arc((x - h, y - h, x + h, y + h), deg, deg + 220, fill=c, width=w)
+        d.arc((x - h, y - h, x + h, y + h), deg, deg + 220, fill=c2, width=max(1, w // 4))
+    elif shape == "blob":
+        d.polygon(_blob_points(x, y, h, rnd), fill=c)
+        _ellipse(d, x + 0.2 * h, y + 0.15 * h, 0.25 * h, 0.2 * h, fill=c2)
+    elif shape == "dots":
+        for _ in range(4):
+            _ellipse(d, x + rnd.uniform(-h, h), y + rnd.uniform(-h, h), 0.2 * s, 0.2 * s, fill=c)
+    elif shape == "egg":
+        _ellipse(d, x, y, 0.65 * s, 0.5 * s, fill=c)
+        _ellipse(d, x + 0.05 * s, y, 0.26 * s, 0.26 * s, fill=c2)
+    elif shape == "oval":
+        pts = [(0.6 * s * math.cos(t), 0.32 * s * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 8, False)]
+        d.polygon(_rot(pts, x, y, a), fill=c, outline=c2)
+    elif shape == "star":
+        pts = [((h if i % 2 == 0 else 0.45 * h) * math.cos(a + math.pi * i / 5),
+                (h if i % 2 == 0 else 0.45 * h) * math.sin(a + math.pi * i / 5)) for i in range(10)]
+        d.polygon([(x + px, y + py) for px, py in pts], fill=c)
+        _ellipse(d, x, y, 0.2 * h, 0.2 * h, fill=c2)
+
+
+def _draw_long_piece(d: ImageDraw.ImageDraw, shape: str, x: float, y: float, s: float, a: float, c: RGB, c2: RGB,
+                     rnd: random.Random) -> None:
+    """Elongated or angular pieces (pasta, leaves, florets, cubes, strips), turned by `a`."""
+    h = s / 2
+    if shape == "strand":
         pts = _curve(x - 0.5 * s * math.cos(a), y - 0.5 * s * math.sin(a), s, a, rnd)
         w = max(2, int(0.11 * s))
         d.line(pts, fill=c, width=w, joint="curve")
@@ -149,37 +198,6 @@ def draw_piece(d: ImageDraw.ImageDraw, shape: str, x: float, y: float, s: float,
         hw = 0.2 * s
         d.polygon(_rot([(-h, -hw), (h, -hw), (h, hw), (-h, hw)], x, y, a), fill=c)
         d.line(_rot([(-0.85 * h, 0), (0.85 * h, 0)], x, y, a), fill=c2, width=max(1, int(0.35 * hw)))
-    elif shape == "grain":
-        if rnd.random() < 0.5:
-            _ellipse(d, x, y, 0.7 * h, 0.4 * h, fill=c if rnd.random() < 0.8 else c2)
-        else:
-            _ellipse(d, x, y, 0.4 * h, 0.7 * h, fill=c if rnd.random() < 0.8 else c2)
-    elif shape == "wedge":
-        deg = math.degrees(a)
-        d.pieslice((x - s, y - s, x + s, y + s), deg, deg + 70, fill=c)
-        d.pieslice((x - 0.8 * s, y - 0.8 * s, x + 0.8 * s, y + 0.8 * s), deg + 5, deg + 65, fill=c2)
-    elif shape == "crescent":
-        deg = math.degrees(a)
-        w = max(2, int(0.38 * s))
-        d.arc((x - h, y - h, x + h, y + h), deg, deg + 220, fill=c, width=w)
-        d.arc((x - h, y - h, x + h, y + h), deg, deg + 220, fill=c2, width=max(1, w // 4))
-    elif shape == "blob":
-        d.polygon(_blob_points(x, y, h, rnd), fill=c)
-        _ellipse(d, x + 0.2 * h, y + 0.15 * h, 0.25 * h, 0.2 * h, fill=c2)
-    elif shape == "dots":
-        for _ in range(4):
-            _ellipse(d, x + rnd.uniform(-h, h), y + rnd.uniform(-h, h), 0.2 * s, 0.2 * s, fill=c)
-    elif shape == "egg":
-        _ellipse(d, x, y, 0.65 * s, 0.5 * s, fill=c)
-        _ellipse(d, x + 0.05 * s, y, 0.26 * s, 0.26 * s, fill=c2)
-    elif shape == "oval":
-        pts = [(0.6 * s * math.cos(t), 0.32 * s * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 8, False)]
-        d.polygon(_rot(pts, x, y, a), fill=c, outline=c2)
-    elif shape == "star":
-        pts = [((h if i % 2 == 0 else 0.45 * h) * math.cos(a + math.pi * i / 5),
-                (h if i % 2 == 0 else 0.45 * h) * math.sin(a + math.pi * i / 5)) for i in range(10)]
-        d.polygon([(x + px, y + py) for px, py in pts], fill=c)
-        _ellipse(d, x, y, 0.2 * h, 0.2 * h, fill=c2)
 
 
 def _background(size: int, rnd: random.Random, rng: np.random.Generator) -> Image.Image:
@@ -254,8 +272,16 @@ def render(spec: PhotoSpec) -> Image.Image:
     k = R / (0.41 * 128)  # canvas px per catalogue px (sizes are for a dish of radius 0.41 in a 128 px photo)
     bg_mean = img.resize((1, 1)).getpixel((0, 0))
     shadow = _scale(bg_mean, 0.7)  # type: ignore[arg-type]
+    rf = _container(d, spec, cx, cy, R, shadow, rnd)
+    items = list(spec.items)
+    regions = _dish_base(d, spec, items, cx, cy, rf, k, rnd)
+    _toppings(d, spec, items, regions, cx, cy, rf, k, rnd)
+    return _camera(img, spec.size, rnd, rng)
 
-    # the container
+
+def _container(d: ImageDraw.ImageDraw, spec: PhotoSpec, cx: float, cy: float, R: float, shadow: RGB,
+               rnd: random.Random) -> float:
+    """The board, skillet, bowl or plate; returns the radius the food may fill."""
     if spec.container == "board":
         wood = _jitter(_BOARDS[rnd.randrange(len(_BOARDS))], rnd)
         a = rnd.uniform(0, math.pi)
@@ -282,8 +308,13 @@ def render(spec: PhotoSpec) -> Image.Image:
         else:
             _ellipse(d, cx, cy, 0.78 * R, 0.78 * R, fill=_scale(plate, 0.94))
             rf = 0.74 * R
+    return rf
 
-    items = list(spec.items)
+
+def _dish_base(d: ImageDraw.ImageDraw, spec: PhotoSpec, items: list[tuple[str, float]], cx: float, cy: float,
+               rf: float, k: float, rnd: random.Random) -> list[tuple[float, float, float]]:
+    """The dish's base (pasta, soup, pizza, ...); returns the regions toppings go to. A curry's side rice is
+    drawn here and removed from `items`."""
     regions = [(cx, cy, 0.85 * rf)]
     dish = spec.dish
     if dish == "pasta":
@@ -358,8 +389,14 @@ def render(spec: PhotoSpec) -> Image.Image:
             _ellipse(d, tx, ty, 0.5 * rf, 0.5 * rf, fill=base.color2)
             _ellipse(d, tx, ty, 0.46 * rf, 0.46 * rf, fill=base.color)
             regions.append((tx, ty, 0.32 * rf))
+    return regions
 
-    # the toppings
+
+def _toppings(d: ImageDraw.ImageDraw, spec: PhotoSpec, items: list[tuple[str, float]],
+              regions: list[tuple[float, float, float]], cx: float, cy: float, rf: float, k: float,
+              rnd: random.Random) -> None:
+    """The remaining items over the base: in sectors for a bowl, else layered by category."""
+    dish = spec.dish
     if dish == "bowl":  # each topping in its own sector, as grain bowls are plated
         order = items[:]
         start = rnd.uniform(0, 2 * math.pi)
@@ -389,8 +426,6 @@ def render(spec: PhotoSpec) -> Image.Image:
                 _pieces(d, name, amount, regions, k, rnd)
         if spec.sauce and INGREDIENTS[spec.sauce].shape in ("drizzle", "blob"):
             _pieces(d, spec.sauce, 1.0, regions, k, rnd)
-
-    return _camera(img, spec.size, rnd, rng)
 
 
 @functools.lru_cache(maxsize=8)

@@ -112,7 +112,8 @@ def test_an_old_format_config_beside_a_checkpoint_loads_with_its_losses_switched
                                             "distill": {"ema_decay": 0.9}}})
     assert partial["loss"]["cross_decoder"] == {"weight": 1.0}
     assert partial["loss"]["self_distill"] == {"ema_decay": 0.9, "weight": 0.0}
-    assert partial["loss"]["matching"] == {"global_weight": 0.0, "local_weight": 0.0}
+    assert "matching" not in partial["loss"]  # absent: today's defaults, off, as the old default was
+    assert not ExperimentConfig.from_dict(partial).loss.matching.enabled
     today = load_preset("malm-tiny").to_dict()
     assert upgrade_config_dict(today) == today
 
@@ -144,6 +145,14 @@ def test_show_config_prints_the_resolved_config_and_trains_nothing(tmp_path: Pat
     shown = json.loads(res.stdout)
     assert shown == load_preset("tnlbt-tiny").with_overrides({"train.lr": 0.25}).to_dict()
     assert not (tmp_path / "run").exists()
+
+
+def test_show_config_of_a_run_saved_in_the_old_format(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(_before("presets")["tnlbt-tiny"]))
+    res = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "run"), "--show-config"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == load_preset("tnlbt-tiny").to_dict()
 
 
 @pytest.mark.parametrize("name", [*preset_names(), *VARIANTS])

@@ -65,8 +65,8 @@ def register(app: typer.Typer) -> None:
                 config = read_config(out)
             typer.echo(config.to_json(), nl=False)
             return
-        for flag, value in (("--data", data), ("--out", out)):
-            if value is None:
+        for flag, path in (("--data", data), ("--out", out)):
+            if path is None:
                 raise MalmError(f"{flag} is required")
         _train(dict(data_dir=data, out_dir=out, config=config, device=device, resume=resume, image_init=image_init,
                     save_every=save_every, cache_dir=cache, stop_after_steps=stop_after_steps,

@@ -127,16 +127,8 @@ def render(spec: PhotoSpec) -> Image.Image:
     k = R / (0.41 * 128)  # canvas px per catalogue px (sizes are for a dish of radius 0.41 in a 128 px photo)
     bg_mean = img.resize((1, 1)).getpixel((0, 0))
     shadow = _scale(bg_mean, 0.7)  # type: ignore[arg-type]
-    rf = _container(d, spec, cx, cy, R, shadow, rnd)
-    items = list(spec.items)
-    regions = _dish_base(d, spec, items, cx, cy, rf, k, rnd)
-    _toppings(d, spec, items, regions, cx, cy, rf, k, rnd)
-    return _camera(img, spec.size, rnd, rng)
 
-
-def _container(d: ImageDraw.ImageDraw, spec: PhotoSpec, cx: float, cy: float, R: float, shadow: RGB,
-               rnd: random.Random) -> float:
-    """The board, skillet, bowl or plate; returns the radius the food may fill."""
+    # the container
     if spec.container == "board":
         wood = _jitter(_BOARDS[rnd.randrange(len(_BOARDS))], rnd)
         a = rnd.uniform(0, math.pi)
@@ -163,13 +155,8 @@ def _container(d: ImageDraw.ImageDraw, spec: PhotoSpec, cx: float, cy: float, R:
         else:
             _ellipse(d, cx, cy, 0.78 * R, 0.78 * R, fill=_scale(plate, 0.94))
             rf = 0.74 * R
-    return rf
 
-
-def _dish_base(d: ImageDraw.ImageDraw, spec: PhotoSpec, items: list[tuple[str, float]], cx: float, cy: float,
-               rf: float, k: float, rnd: random.Random) -> list[tuple[float, float, float]]:
-    """The dish's base (pasta, soup, pizza, ...); returns the regions toppings go to. A curry's side rice is
-    drawn here and removed from `items`."""
+    items = list(spec.items)
     regions = [(cx, cy, 0.85 * rf)]
     dish = spec.dish
     if dish == "pasta":
@@ -244,14 +231,8 @@ def _dish_base(d: ImageDraw.ImageDraw, spec: PhotoSpec, items: list[tuple[str, f
             _ellipse(d, tx, ty, 0.5 * rf, 0.5 * rf, fill=base.color2)
             _ellipse(d, tx, ty, 0.46 * rf, 0.46 * rf, fill=base.color)
             regions.append((tx, ty, 0.32 * rf))
-    return regions
 
-
-def _toppings(d: ImageDraw.ImageDraw, spec: PhotoSpec, items: list[tuple[str, float]],
-              regions: list[tuple[float, float, float]], cx: float, cy: float, rf: float, k: float,
-              rnd: random.Random) -> None:
-    """The remaining items over the base: in sectors for a bowl, else layered by category."""
-    dish = spec.dish
+    # the toppings
     if dish == "bowl":  # each topping in its own sector, as grain bowls are plated
         order = items[:]
         start = rnd.uniform(0, 2 * math.pi)
@@ -281,6 +262,8 @@ def _toppings(d: ImageDraw.ImageDraw, spec: PhotoSpec, items: list[tuple[str, fl
                 _pieces(d, name, amount, regions, k, rnd)
         if spec.sauce and INGREDIENTS[spec.sauce].shape in ("drizzle", "blob"):
             _pieces(d, spec.sauce, 1.0, regions, k, rnd)
+
+    return _camera(img, spec.size, rnd, rng)
 
 
 @functools.lru_cache(maxsize=8)

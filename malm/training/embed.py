@@ -63,7 +63,7 @@ def embed_recipes(model: Any, items: Sequence[Mapping[str, Any]], batch: int = 1
 def embed_pairs(model: Any, dataset: Dataset, device: torch.device, batch_size: int = 64, amp: bool = False,
                 num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image_emb, recipe_emb, index) of every dataset item, L2-normalized float32, row i paired."""
-    from malm.training.step import to_device
+    from malm.training.train import to_device
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     imgs, recs, idx = [], [], []

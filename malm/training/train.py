@@ -34,14 +34,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from malm.errors import MalmError
 from malm.training import distributed as dist_util
 from malm.training import run_state
 from malm.training.config import ExperimentConfig
+from malm.training.data import RecipeImageDataset, prepare
+from malm.training.data.dataset import RecipeOnlyBatches
+from malm.training.data.families import split_families
+from malm.training.data.image_cache import prepare_images
 from malm.training.data.order import EpochBatchSampler, SeededItems
+from malm.training.data.stem_cache import prepare_stem_features
+from malm.training.embed import embed_pairs
+from malm.training.evaluate import retrieval_metrics
 from malm.training.metrics_log import MetricsLog
+from malm.training.models.hybrid import HybridViT, load_stem_weights
+from malm.training.models.init_weights import load_image_init
+from malm.training.models.minilm import with_sentence_features
 from malm.training.run_state import Position
 from malm.training.step import TrainProgress, Window, build_optimizer, step_frac, to_device, train_step
 from malm.training.task import Task
@@ -89,22 +99,16 @@ def _stderr(msg: str) -> None:
 
 def build_datasets(prepared: Any, config: ExperimentConfig, images: Any = None) -> tuple[Dataset, Dataset | None]:
     """Train and val datasets; with `images` (an `image_cache.ImageCache`) photos come from the uint8 cache."""
-    from malm.training.data import RecipeImageDataset
-
     pre = config.preprocess()
     split_images = (lambda name: images.split(name)) if images is not None else (lambda name: None)
     families = None
     if config.loss.matching.enabled and config.loss.matching.mode == "itm":
-        from malm.training.data.families import split_families
-
         # Hard negatives must not be near-duplicates of the positive: the benchmark's families, when known.
         families = split_families(prepared, "train")
     train: Dataset = RecipeImageDataset(prepared, "train", pre, train=True, images=split_images("train"),
                                         families=families)
     val: Dataset | None = RecipeImageDataset(prepared, "val", pre, train=False, images=split_images("val"))
     if config.model.recipe.sentence_features == "minilm":
-        from malm.training.models.minilm import with_sentence_features
-
         train = with_sentence_features(train, prepared, "train")
         val = with_sentence_features(val, prepared, "val")
     if len(val) < 2:  # type: ignore[arg-type]
@@ -113,11 +117,6 @@ def build_datasets(prepared: Any, config: ExperimentConfig, images: Any = None) 
 
 
 def validate(model: Any, val: Dataset, config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
-    from torch.utils.data import Subset
-
-    from malm.training.embed import embed_pairs
-    from malm.training.evaluate import retrieval_metrics
-
     n = len(val)  # type: ignore[arg-type]
     size = min(config.train.eval_size, n)
     # A fixed subset (seeded), the same every epoch, so R@1 values are comparable across epochs.
@@ -231,13 +230,9 @@ def _build_task(opts: TrainOptions, config: ExperimentConfig, vocab_size: int, s
     np.random.seed(tc.seed)
     task = Task(config, vocab_size=vocab_size)
     if opts.image_init is not None and not opts.resume:
-        from malm.training.models.init_weights import load_image_init
-
         report = load_image_init(task.model.image_encoder, opts.image_init)
         say(f"image init from {opts.image_init}: {report.summary()}")
     if config.model.image.backbone != "vit" and not opts.resume:
-        from malm.training.models.hybrid import load_stem_weights
-
         n = load_stem_weights(task.model.image_encoder)
         say(f"image stem: ImageNet EfficientNet-Lite0, {config.model.image.stem_stages} stages ({n} tensors"
             f"{', frozen' if config.model.image.freeze_stem else ''})")
@@ -367,9 +362,6 @@ def _load_data(opts: TrainOptions, config: ExperimentConfig, info: dist_util.Dis
                say: Any) -> tuple[Any, Dataset, Dataset | None]:
     """The prepared recipes (and, with train.image_cache, the uint8 photo cache) and the two datasets.
     Rank 0 builds the caches; the others then reuse them."""
-    from malm.training.data import prepare
-    from malm.training.data.image_cache import prepare_images
-
     def _prepare() -> tuple[Any, Any]:
         prepared = prepare(opts.data_dir, cache_dir=opts.cache_dir, min_freq=config.data.min_freq,
                            limits=config.data.limits(), log=say)
@@ -393,9 +385,6 @@ def _use_stem_cache(task: Task, train_set: Dataset, prepared: Any, config: Exper
     """With a frozen hybrid stem and the image cache: training items become crops of the stem's feature maps,
     computed once (`data/stem_cache.py`); rank 0 builds them, the others then reuse them. The maps are keyed
     by the stem's weights, so a resumed run finds the same ones."""
-    from malm.training.data.stem_cache import prepare_stem_features
-    from malm.training.models.hybrid import HybridViT
-
     encoder = task.model.image_encoder
     base = getattr(train_set, "dataset", train_set)  # under a sentence-feature wrapper
     if not (config.train.stem_cache and isinstance(encoder, HybridViT) and config.model.image.freeze_stem
@@ -426,8 +415,6 @@ def _recipe_only(prepared: Any, config: ExperimentConfig, say: Any) -> Any:
     if config.model.recipe.sentence_features != "learned":
         raise MalmError("train.recipe_only_batch needs model.recipe.sentence_features 'learned' (recipe-only "
                         "batches carry token ids, not MiniLM sentence vectors)")
-    from malm.training.data.dataset import RecipeOnlyBatches
-
     pool = RecipeOnlyBatches(prepared, "train")
     say(f"recipe-only batches: {tc.recipe_only_batch} per step from {len(pool)} training recipes without photos")
     return pool if len(pool) else None

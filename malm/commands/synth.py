@@ -1,4 +1,5 @@
-"""`malm data synth OUT --recipes N --seed S`: the typer command (registered by malm/commands/data.py).
+"""`malm data synth OUT --recipes N --seed S`: the typer command (registered by malm/commands/data.py); the
+generator itself is `malm.training.synth`.
 
 Only typer at import time; the generator (numpy, Pillow) and rich load inside the command.
 """

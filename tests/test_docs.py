@@ -83,12 +83,13 @@ def _options(command: Any) -> set[str]:
 def malm_lines() -> list[tuple[str, str]]:
     lines = []
     for page, _, body in BASH:
-        for line in body.splitlines():
-            line = line.split(" #", 1)[0].strip()
-            if line.startswith("malm "):
-                lines.append((page, line))
-            elif "-m malm.cli " in line:
-                lines.append((page, "malm " + line.split("-m malm.cli ", 1)[1]))
+        for text in body.splitlines():
+            for line in text.split(" #", 1)[0].split("&&"):
+                line = line.strip()
+                if line.startswith("malm "):
+                    lines.append((page, line))
+                elif re.search(r"-m malm(\.cli)? ", line):
+                    lines.append((page, "malm " + re.split(r"-m malm(?:\.cli)? ", line, maxsplit=1)[1]))
     return lines
 
 

@@ -30,6 +30,7 @@ from malm.export.context import Progress, no_progress
 from malm.export.losses import EmbeddingCosineLoss, RelationalRankingLoss, TokenCosineLoss
 from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.preprocess import PreprocessConfig
+from malm.training.models.lite0_stages import lite0_blocks
 
 CACHE_DIR = "export-cache"
 
@@ -207,7 +208,6 @@ def shared_stem_blocks(teacher: nn.Module, student_cfg: StudentConfig, teacher_p
     the student starts from, on the same input (same size and normalization): those blocks stay frozen in
     the student too, and both read one cached feature map per photo instead of running the stem each step.
     """
-    from malm.export.student import LITE0_STAGES
     from malm.training.models.hybrid import HybridViT
 
     encoder = getattr(teacher, "image_encoder", None)
@@ -216,7 +216,7 @@ def shared_stem_blocks(teacher: nn.Module, student_cfg: StudentConfig, teacher_p
     if student_cfg.image_size != teacher_pp.size or tuple(student_cfg.mean) != tuple(teacher_pp.mean) \
             or tuple(student_cfg.std) != tuple(teacher_pp.std):
         return 0
-    return sum(repeats for *_, repeats in LITE0_STAGES[: encoder.cfg.stem_stages])
+    return lite0_blocks(encoder.cfg.stem_stages)
 
 
 def _training_images(teacher: nn.Module, student: StudentImageEncoder, prepared: Any, teacher_pp: PreprocessConfig,

@@ -40,7 +40,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from malm import __version__
+        from malm._version import __version__
 
         typer.echo(f"malm {__version__}")
         raise typer.Exit()

@@ -136,7 +136,7 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
                      log, capture=True)
         evaluation = json.loads(text)
         evaluation_file.write_text(json.dumps(evaluation, indent=2))
-    from malm.training.evaluate import format_table
+    from malm.evaluation import format_table
 
     log(format_table(evaluation))
     done()
@@ -200,7 +200,7 @@ def _cpu_seconds() -> float:
 
 def _test_photos(data: Path, n: int | None) -> list[tuple[Path, str, str]]:
     """The first `n` (None: all) test recipes that have a photo: (photo, recipe id, title)."""
-    from malm.training.data import load_recipe1m  # no torch: the reader is pure Python
+    from malm.recipe1m import load_recipe1m  # no torch: the reader is pure Python
 
     picked = []
     for recipe in load_recipe1m(data).recipes:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from malm.errors import MalmError
-from malm.training.metrics_log import JSONL, read_records
+from malm.metrics_log import JSONL, read_records
 
 
 def _pyplot() -> Any:

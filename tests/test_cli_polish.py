@@ -103,9 +103,9 @@ def test_list_style() -> None:
 
 def test_choices_mirror_the_library() -> None:
     from malm.commands import evaluate, export, index, query
+    from malm.evaluation import PROTOCOLS
     from malm.export.registry import STUDENTS, TARGETS, WEIGHT_MODES
     from malm.sdk.backends import BACKENDS, VARIANTS
-    from malm.training.evaluate import PROTOCOLS
 
     def choices(fn: Any, name: str) -> set[str]:
         hint = typing.get_type_hints(fn)[name]

@@ -9,7 +9,7 @@ import pytest
 from _recipe1m_fixture import image_path, make_recipe1m, recipe
 
 from malm.errors import MalmError
-from malm.training.data.recipe1m import ReadStats, iter_json_array, load_recipe1m
+from malm.recipe1m import ReadStats, iter_json_array, load_recipe1m
 
 
 def test_reads_valid_recipes_and_counts(tmp_path) -> None:
@@ -103,7 +103,7 @@ def test_invalid_json_names_the_file(tmp_path, text, message) -> None:
 
 
 def test_streaming_parser_matches_json_load_across_window_edges(tmp_path, monkeypatch) -> None:
-    import malm.training.data.recipe1m as mod
+    import malm.recipe1m as mod
 
     items = [recipe(f"id{i}", "train", "T" * (i % 7), ["x" * i], ["y"]) for i in range(60)]
     items += [12345, -1.5e3, True, None, "s", [], {}]  # scalars cut at a window edge must not decode short

@@ -85,7 +85,8 @@ def card_command(
 ) -> None:
     """(Re)write the bundle's model card, README.md (it is also rewritten on every export and index change)."""
     from malm.bundle import read_manifest
-    from malm.model_card import write_examples, write_model_card
+    from malm.model_card import write_model_card
+    from malm.sdk.examples import write_examples
 
     manifest = read_manifest(bundle)
     examples = write_examples(bundle, data) if data is not None else None

@@ -38,7 +38,7 @@ def _print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from malm.training.evaluate import TABLE_HEADER, table_rows
+    from malm.evaluation import TABLE_HEADER, table_rows
 
     table = Table(title=f"protocol {result['protocol']} · {result['n']} pairs · seed {result['seed']}")
     for col in TABLE_HEADER:
@@ -67,7 +67,7 @@ def eval_command(
     """Image→recipe and recipe→image medR and R@1/5/10 (percent) on 1k/10k subsets."""
     import numpy as np
 
-    from malm.training.evaluate import PROTOCOLS, retrieval_metrics
+    from malm.evaluation import PROTOCOLS, retrieval_metrics
 
     if protocol not in PROTOCOLS:
         raise MalmError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")

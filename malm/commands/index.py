@@ -35,7 +35,7 @@ def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], An
     if split not in SPLITS:
         raise MalmError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if source.is_dir():
-        from malm.training.data import load_recipe1m
+        from malm.recipe1m import load_recipe1m
 
         data = load_recipe1m(source, strict=strict)
         for reason, n in data.stats.skipped.items():
@@ -124,7 +124,8 @@ def build_command(
 
 def _examples(bundle: Path, data: Path, split: str) -> None:
     """examples.png for the model card, from the data's held-out photos (when the bundle can search)."""
-    from malm.model_card import write_examples, write_model_card
+    from malm.model_card import write_model_card
+    from malm.sdk.examples import write_examples
 
     # Photos of the indexed split, so that their true recipes are in the index ("all": the test split).
     if write_examples(bundle, data, split="test" if split == "all" else split) is not None:

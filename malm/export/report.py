@@ -55,7 +55,7 @@ def torch_latency_ms(module: Any, image_size: int, threads: int, runs: int = LAT
 
 def retrieval(image_emb: np.ndarray, recipe_emb: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """image→recipe medR, R@1/5/10 on 1k subsets (or all pairs when fewer), the H-T protocol."""
-    from malm.training.evaluate import retrieval_metrics, size_key
+    from malm.evaluation import retrieval_metrics, size_key
 
     n = len(image_emb)
     if n < 2:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from malm import __version__
+from malm._version import __version__
 from malm.bundle import sha256_path
 from malm.errors import MalmError
 from malm.export.context import EvalData, Log, Progress, Student, Teacher, no_progress

@@ -25,6 +25,10 @@ RECIPE_KEYS = ("title", "ingredients", "instructions")
 T = TypeVar("T")
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -63,8 +67,6 @@ def embed_recipes(model: Any, items: Sequence[Mapping[str, Any]], batch: int = 1
 def embed_pairs(model: Any, dataset: Dataset, device: torch.device, batch_size: int = 64, amp: bool = False,
                 num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image_emb, recipe_emb, index) of every dataset item, L2-normalized float32, row i paired."""
-    from malm.training.train import to_device
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     imgs, recs, idx = [], [], []
     was_training = model.training

@@ -40,10 +40,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from malm._atomic import write_text_atomic
 from malm.errors import MalmError
+from malm.metrics_log import MetricsLog, parse_report_to
 from malm.training import checkpoint as ckpt
 from malm.training import distributed as dist_util
 from malm.training.config import ExperimentConfig, diff_configs, load_preset, parse_overrides
-from malm.training.metrics_log import MetricsLog, parse_report_to
+from malm.training.embed import to_device
 from malm.training.task import Task
 
 # Keys that may differ on --resume without changing the result.
@@ -65,7 +66,7 @@ class TrainOptions:
     cache_dir: Path | None = None  # where prepare() keeps its cache (default: inside data_dir)
     stop_after_steps: int = 0  # stop after this many optimizer steps, as if killed (tests, time-boxed runs)
     progress_bar: bool = True  # rich progress bar on stderr (rank 0)
-    report_to: tuple[str, ...] = ()  # also log metrics to "tensorboard" and/or "csv" (malm.training.metrics_log)
+    report_to: tuple[str, ...] = ()  # also log metrics to "tensorboard" and/or "csv" (malm.metrics_log)
     log: Any = field(default=None, compare=False)  # callable(str) for status lines; default: stderr on rank 0
 
 
@@ -144,10 +145,6 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -188,8 +185,8 @@ def build_datasets(prepared: Any, config: ExperimentConfig, images: Any = None) 
 def validate(model: Any, val: Dataset, config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
     from torch.utils.data import Subset
 
+    from malm.evaluation import retrieval_metrics
     from malm.training.embed import embed_pairs
-    from malm.training.evaluate import retrieval_metrics
 
     n = len(val)  # type: ignore[arg-type]
     size = min(config.train.eval_size, n)

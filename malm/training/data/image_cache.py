@@ -37,8 +37,8 @@ import numpy as np
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm.errors import MalmError
 from malm.preprocess import PreprocessConfig, limit_aspect, resize_shorter
+from malm.recipe1m import SPLITS
 from malm.training.data.prepare import PreparedData, _lock
-from malm.training.data.recipe1m import SPLITS
 
 IMAGE_CACHE_FORMAT = 1
 _BLOCK = 256  # photos decoded per thread-pool round (bounds memory)

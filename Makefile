@@ -34,6 +34,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check malm tests benchmarks examples
 	$(BIN)/mypy malm/sdk malm/edge_index
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 
 bench: $(STAMP)

@@ -13,10 +13,10 @@ from _tiny_run import make_dataset, tiny_config
 
 from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.training.config import ConfigError, ImageEncoderConfig, load_preset
+from malm.training.lite0_stages import lite0_blocks, lite0_stem_stride
 from malm.training.models import hybrid
 from malm.training.models.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 from malm.training.models.hybrid import HybridViT, build_image_encoder, load_stem_weights
-from malm.training.models.lite0_stages import lite0_blocks, lite0_stem_stride
 from malm.training.models.vit import VisionTransformer, random_keep_idx
 from malm.training.task import Task
 

@@ -7,10 +7,8 @@ import torch
 
 from malm.errors import MalmError
 from malm.training.config import ImageEncoderConfig, ModelConfig, RecipeEncoderConfig
+from malm.training.models import HierarchicalRecipeEncoder, RetrievalModel, VisionTransformer, random_keep_idx
 from malm.training.models.init_weights import load_image_init, load_state_into
-from malm.training.models.recipe import HierarchicalRecipeEncoder
-from malm.training.models.retrieval import RetrievalModel
-from malm.training.models.vit import VisionTransformer, random_keep_idx
 
 TINY = ImageEncoderConfig(image_size=32, patch_size=8, width=32, depth=2, heads=4, mlp_ratio=2.0, drop_path=0.0)
 

@@ -30,7 +30,7 @@ from malm.export.context import Progress, no_progress
 from malm.export.losses import EmbeddingCosineLoss, RelationalRankingLoss, TokenCosineLoss
 from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.preprocess import PreprocessConfig
-from malm.training.models.lite0_stages import lite0_blocks
+from malm.training.lite0_stages import lite0_blocks
 
 CACHE_DIR = "export-cache"
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from malm.training.lite0_stages import HEAD_CHANNELS, LITE_MEAN, LITE_STD
 from malm.training.models.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
-from malm.training.models.lite0_stages import HEAD_CHANNELS, LITE_MEAN, LITE_STD
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from malm.errors import MalmError
-from malm.training.models.lite0_stages import LITE0_STAGES, lite0_stem_stride
+from malm.training.lite0_stages import LITE0_STAGES, lite0_stem_stride
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 

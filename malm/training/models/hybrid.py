@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from malm.errors import MalmError
 from malm.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from malm.training.config import HYBRID_BACKBONES, ImageEncoderConfig
-from malm.training.models.efficientnet_lite import MBConv, SameConv2d, imagenet_weights_path
-from malm.training.models.lite0_stages import (
+from malm.training.lite0_stages import (
     BN_EPS,
     LITE0_STAGES,
     LITE_MEAN,
@@ -31,6 +30,7 @@ from malm.training.models.lite0_stages import (
     STEM_CHANNELS,
     lite0_stem_channels,
 )
+from malm.training.models.efficientnet_lite import MBConv, SameConv2d, imagenet_weights_path
 from malm.training.models.vit import VisionTransformer
 
 # (images, their version counter, stem fingerprint, feature map) of the last frozen-stem pass.

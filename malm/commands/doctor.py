@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 
+from malm.commands.query import Backend, Variant
+
 
 def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "auto") -> dict[str, Any]:
     from malm.errors import MalmError
@@ -59,6 +61,8 @@ def _print(report: dict[str, Any]) -> None:
                   + (f" ({trt_dists})" if trt_dists else ""))
     table.add_row("CoreML", f"ORT provider {_yes(coreml['ort_provider'])}, macOS {_yes(coreml['macos'])}, "
                   f"coremltools {coreml['coremltools'] or '-'}")
+    for name, row in report["backends"].items():  # the SDK's backend table, row by row
+        table.add_row(f"backend {name}", _yes(row["available"]) + (f" ({row['install']})" if row["install"] else ""))
     gpu = report["gpu"]
     table.add_row("NVIDIA GPU", _yes(gpu["nvidia_gpu"]) + (" (Jetson)" if gpu["jetson"] else ""))
     fmt = report["image_formats"]
@@ -91,8 +95,8 @@ def doctor_command(
     bundle: Path | None = typer.Option(None, "--bundle", help="Also load this bundle: verify every file, show "
                                        "the provider and image encoder it would run with"),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, tensorrt or coreml"),
-    variant: str = typer.Option("auto", "--variant", help="Image encoder: auto, int8_cpu, int8 or fp32"),
+    backend: Backend = typer.Option("auto", "--backend", help="Encoder runtime"),
+    variant: Variant = typer.Option("auto", "--variant", help="Image encoder variant"),
 ) -> None:
     """Show what this device offers (ONNX Runtime providers, TensorRT, CoreML, CPU features) and what malm picks."""
     report = doctor_report(bundle, backend, variant)

@@ -12,8 +12,12 @@ from typing import Literal
 
 import typer
 
-from malm.commands._options import split_ints
+from malm.commands._options import choice, split_ints
 from malm.errors import MalmError
+from malm.recipe1m import PROTOCOLS, SPLITS
+
+Split = choice(SPLITS)
+Protocol = choice(PROTOCOLS)
 
 
 def _load_npz(path: Path):  # -> tuple[np.ndarray, np.ndarray]
@@ -55,11 +59,11 @@ def eval_command(
     embeddings: Path | None = typer.Option(None, "--embeddings", help=".npz with arrays `image` and `recipe` [N, D]"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Run folder to embed --data with"),
     data: Path | None = typer.Option(None, "--data", help="Recipe1M-layout folder (with --checkpoint)"),
-    split: Literal["train", "val", "test"] = typer.Option("test", "--split", help="Split to embed (with --checkpoint)"),
+    split: Split = typer.Option("test", "--split", help="Split to embed (with --checkpoint)"),
     tag: Literal["best", "last"] = typer.Option("best", "--tag", help="Checkpoint tag"),
     device: str = typer.Option("cpu", "--device", help="Torch device for --checkpoint"),
     save: Path | None = typer.Option(None, "--save", help="Also write the embeddings (and ids) to this .npz"),
-    protocol: Literal["ht", "tfood"] = typer.Option("ht", "--protocol", help="ht: 10 random subsets; tfood: disjoint bags"),
+    protocol: Protocol = typer.Option("ht", "--protocol", help="ht: 10 random subsets; tfood: disjoint bags"),
     size: list[str] | None = typer.Option(None, "--size", help="Subset sizes: --size 1000 --size 10000 or --size 1000,10000 (default 1k and 10k)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset sampling"),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout"),
@@ -67,10 +71,8 @@ def eval_command(
     """Image→recipe and recipe→image medR and R@1/5/10 (percent) on 1k/10k subsets."""
     import numpy as np
 
-    from malm.evaluation import PROTOCOLS, retrieval_metrics
+    from malm.evaluation import retrieval_metrics
 
-    if protocol not in PROTOCOLS:
-        raise MalmError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if (embeddings is None) == (checkpoint is None):
         raise MalmError("give exactly one source: --embeddings FILE.npz or --checkpoint RUN --data DIR")
     ids = None

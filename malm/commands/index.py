@@ -15,15 +15,16 @@ from typing import Any, Literal
 
 import typer
 
-from malm.commands._options import split_list
+from malm.commands._options import choice, split_list
 from malm.errors import MalmError
 from malm.progress import progress
+from malm.recipe1m import SPLITS as RECIPE1M_SPLITS
 
 index_app = typer.Typer(help="Build and update a bundle's recipe index.", no_args_is_help=True,
                         pretty_exceptions_show_locals=False)
 
-SPLITS = ("all", "train", "val", "test")
-Split = Literal["all", "train", "val", "test"]
+SPLITS = ("all", *RECIPE1M_SPLITS)
+Split = choice(SPLITS)
 Tag = Literal["best", "last"]
 
 

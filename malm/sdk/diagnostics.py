@@ -16,6 +16,7 @@ from typing import Any
 
 from malm.cpu_features import cpu_features
 from malm.errors import MalmError
+from malm.sdk.backends.registry import BACKENDS
 
 # Distributions that install the `onnxruntime` module: more than one at a time overwrite each other's files.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
@@ -65,6 +66,12 @@ def coreml_info(ort_providers: list[str]) -> dict[str, Any]:
             "ort_provider": "CoreMLExecutionProvider" in ort_providers}
 
 
+def backends_info() -> dict[str, dict[str, Any]]:
+    """Each row of the backend table: whether its Python modules are installed, and what to install if not."""
+    return {name: {"available": row.available(), "requires": list(row.requires), "description": row.description,
+                   "install": None if row.available() else row.install} for name, row in BACKENDS.items()}
+
+
 def image_formats() -> dict[str, Any]:
     """Photo formats beyond Pillow's own: HEIC needs the `heic` extra."""
     from PIL import features
@@ -110,6 +117,7 @@ def runtime_report() -> dict[str, Any]:
         "onnxruntime": ort,
         "tensorrt": tensorrt_info(ort["providers_available"]),
         "coreml": coreml_info(ort["providers_available"]),
+        "backends": backends_info(),
         "gpu": gpu_hints(),
         "image_formats": image_formats(),
         "hnswlib": _version("hnswlib") or _version("chroma-hnswlib"),

@@ -36,8 +36,8 @@ from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, ImageError, MalmError
 from malm.preprocess import preprocess
 from malm.sdk import selfcheck as _selfcheck
-from malm.sdk.backends import create_backend, encoder_file, explain_variant, targets
 from malm.sdk.backends.base import EncoderOutput, ImageBackend
+from malm.sdk.backends.choice import create_backend, encoder_file, explain_variant, targets, variants_present
 from malm.sdk.backends.ort import OrtImageBackend, OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
 from malm.sdk.image_io import ImageInput, describe, load_image
@@ -197,7 +197,6 @@ class Retriever:
         self-check on this machine, the CPU path, the bundle's verification. `malm doctor --bundle` prints it;
         sections may be added, keys never renamed."""
         from malm.cpu_features import cpu_features
-        from malm.sdk.backends import variants_present
 
         snap, backend = self._snap, self._backend
         session = getattr(backend, "session", None)

@@ -15,6 +15,7 @@ __all__ = ["Retriever", "Hit", "__version__"]
 def __getattr__(name: str) -> Any:
     # Lazy so that `import malm` stays cheap and `malm.training` never drags in the SDK.
     if name in ("Retriever", "Hit"):
+        # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
         from malm import sdk
 
         return getattr(sdk, name)

@@ -110,7 +110,6 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
     report = report or {}
     model = manifest.get("model") or {}
     student = manifest.get("student") or {}
-    pp = manifest.get("preprocess") or {}
     emb = manifest.get("embedding") or {}
     data, procedural = _data_source(manifest, report)
     name = model.get("name") or "malm model"
@@ -140,6 +139,17 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
         "",
         "## Variants",
     ]
+    lines += _variant_lines(manifest, report) + _index_lines(manifest) + _use_lines(manifest)
+    if examples:
+        lines += ["", "## Retrieval examples",
+                  "Held-out photos (left) and the top recipes the bundle returns; a green frame marks the true "
+                  "recipe.", "", f"![retrieval examples]({EXAMPLES})"]
+    return "\n".join(lines) + "\n"
+
+
+def _variant_lines(manifest: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """The variants table: held-out retrieval, cosine to the teacher and latency of each image encoder."""
+    lines: list[str] = []
     rows = variant_rows(manifest, report)
     if rows:
         pairs = report.get("eval_pairs")
@@ -160,42 +170,45 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
         lines.append("")
     for note in notes:
         lines.append(f"- note: {note}")
+    return lines
+
+
+def _index_lines(manifest: dict[str, Any]) -> list[str]:
     idx = index_summary(manifest)
-    lines += ["", "## Recipe index"]
     if idx["recipes"] is not None:
-        lines.append(f"{idx['recipes']} recipes, {idx['dim']}-d, hnswlib space `{idx['space']}`, M {idx['M']}, "
-                     f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}; re-ranking: "
-                     f"{idx['rerank'] or 'none'}" + (f" over the top {idx['rerank_candidates']}"
-                                                      if idx["rerank_candidates"] else "") + ".")
-    else:
-        lines.append("No index yet (`malm index build`).")
-    lines += ["", "## Preprocessing",
-              "Done by the SDK in numpy from the manifest (nothing to reimplement): "
-              f"resize the short side to {pp.get('resize', '?')} ({pp.get('interpolation', '?')}), "
-              f"{pp.get('crop', '?')} crop {pp.get('size', '?')}×{pp.get('size', '?')}, RGB, scale to [0, 1], "
-              f"normalise with mean {pp.get('mean', '?')} and std {pp.get('std', '?')}; EXIF orientation applied; "
-              f"images over {pp.get('max_pixels', '?')} pixels refused.",
-              "", "## Use", "```python",
-              "from malm.sdk import Retriever", "",
-              "retriever = Retriever.load(\"path/to/this/bundle\")",
-              "for hit in retriever.search(\"dinner.jpg\", k=5, exclude_ingredients=[\"peanut\"]):",
-              "    print(hit.rank, hit.score, hit.title)", "```",
-              "or `malm query dinner.jpg --bundle path/to/this/bundle`.",
-              "", "## Intended use and limits",
-              "- Intended: suggesting recipes for a food photo in an app, on a phone, a laptop or an edge box; "
-              "searching a recipe collection you own by photo.",
-              "- Not for: dietary, allergy or medical decisions. The allergen filter matches ingredient *names* in "
-              "the recipe text; it cannot see what is in the photographed dish. Always check the recipe.",
-              "- The model only knows the recipes in the index and the kinds of photos it was trained on; "
-              "photos far from them (other cuisines, non-food) still return the nearest recipes, with no "
-              "\"not food\" answer. Scores are cosine similarities, comparable within one query, not probabilities.",
-              "- int8 variants trade a little agreement with the teacher (the cosine column) for size and speed, "
-              "and int8 kernels differ across CPUs" + _selfcheck_sentence(manifest)]
-    if examples:
-        lines += ["", "## Retrieval examples",
-                  "Held-out photos (left) and the top recipes the bundle returns; a green frame marks the true "
-                  "recipe.", "", f"![retrieval examples]({EXAMPLES})"]
-    return "\n".join(lines) + "\n"
+        rerank = f" over the top {idx['rerank_candidates']}" if idx["rerank_candidates"] else ""
+        return ["", "## Recipe index",
+                f"{idx['recipes']} recipes, {idx['dim']}-d, hnswlib space `{idx['space']}`, M {idx['M']}, "
+                f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}; re-ranking: "
+                f"{idx['rerank'] or 'none'}{rerank}."]
+    return ["", "## Recipe index", "No index yet (`malm index build`)."]
+
+
+def _use_lines(manifest: dict[str, Any]) -> list[str]:
+    """Preprocessing, how to use the bundle, and its intended use and limits."""
+    pp = manifest.get("preprocess") or {}
+    return ["", "## Preprocessing",
+            "Done by the SDK in numpy from the manifest (nothing to reimplement): "
+            f"resize the short side to {pp.get('resize', '?')} ({pp.get('interpolation', '?')}), "
+            f"{pp.get('crop', '?')} crop {pp.get('size', '?')}×{pp.get('size', '?')}, RGB, scale to [0, 1], "
+            f"normalise with mean {pp.get('mean', '?')} and std {pp.get('std', '?')}; EXIF orientation applied; "
+            f"images over {pp.get('max_pixels', '?')} pixels refused.",
+            "", "## Use", "```python",
+            "from malm.sdk import Retriever", "",
+            "retriever = Retriever.load(\"path/to/this/bundle\")",
+            "for hit in retriever.search(\"dinner.jpg\", k=5, exclude_ingredients=[\"peanut\"]):",
+            "    print(hit.rank, hit.score, hit.title)", "```",
+            "or `malm query dinner.jpg --bundle path/to/this/bundle`.",
+            "", "## Intended use and limits",
+            "- Intended: suggesting recipes for a food photo in an app, on a phone, a laptop or an edge box; "
+            "searching a recipe collection you own by photo.",
+            "- Not for: dietary, allergy or medical decisions. The allergen filter matches ingredient *names* in "
+            "the recipe text; it cannot see what is in the photographed dish. Always check the recipe.",
+            "- The model only knows the recipes in the index and the kinds of photos it was trained on; "
+            "photos far from them (other cuisines, non-food) still return the nearest recipes, with no "
+            "\"not food\" answer. Scores are cosine similarities, comparable within one query, not probabilities.",
+            "- int8 variants trade a little agreement with the teacher (the cosine column) for size and speed, "
+            "and int8 kernels differ across CPUs" + _selfcheck_sentence(manifest)]
 
 
 def _selfcheck_sentence(manifest: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import typer
 
+import malm
 from malm.errors import MalmError
 
 NEEDS_SOURCE = ("malm bench runs the benchmarks/ folder of a malm source checkout, which the installed package "
@@ -29,8 +30,6 @@ NEEDS_SOURCE = ("malm bench runs the benchmarks/ folder of a malm source checkou
 def find_suite() -> Path:
     """The source checkout whose `benchmarks/suite/` this command runs: the one beside the imported `malm`
     package (an editable install), else the current directory; a clear error for a plain installed package."""
-    import malm
-
     for root in (Path(malm.__file__).resolve().parent.parent, Path.cwd()):
         if (root / "benchmarks" / "suite" / "runner.py").is_file():
             return root
@@ -53,6 +52,7 @@ def _import_suite(root: Path) -> Path:
 
 
 def _ints(values: list[str] | None, name: str) -> tuple[int, ...]:
+    # on use only: keeps rich out of the command line's start
     from malm.commands._options import split_ints
 
     ints = tuple(split_ints(values, name))
@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Benchmark query latency, encoder throughput, index at scale, training and bundle size."""
         root = _import_suite(find_suite())
+        # on use only: keeps rich out of the command line's start
         from benchmarks.suite.context import SECTIONS, BenchOptions
         from benchmarks.suite.runner import failed_sections, run
         from benchmarks.suite.targets import evaluate  # noqa: F401  (fail early if the suite is broken)

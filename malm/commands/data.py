@@ -25,6 +25,7 @@ def prepare_command(
     json_out: bool = typer.Option(False, "--json", help="Print the cache manifest as JSON on stdout"),
 ) -> None:
     """Parse a Recipe1M folder once into a memory-mapped cache for training (reused while unchanged)."""
+    # on use only: keeps numpy, rich out of the command line's start
     from malm.progress import progress
     from malm.training.data.prepare import prepare
 

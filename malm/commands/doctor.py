@@ -17,15 +17,17 @@ from typing import Any
 import typer
 
 from malm.commands.query import Backend, Variant
+from malm.errors import MalmError
 
 
 def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "auto") -> dict[str, Any]:
-    from malm.errors import MalmError
+    # on use only: keeps Pillow, numpy out of the command line's start
     from malm.sdk.diagnostics import runtime_report
 
     report = runtime_report()
     if bundle is not None:
         try:
+            # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
             from malm.sdk import Retriever
 
             # A doctor checks every byte: hash all files now, whatever a previous load stamped.

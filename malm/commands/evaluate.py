@@ -12,6 +12,7 @@ from typing import Literal
 
 import typer
 
+from malm._atomic import atomic_path
 from malm.commands._options import choice, split_ints
 from malm.errors import MalmError
 from malm.recipe1m import PROTOCOLS, SPLITS
@@ -39,6 +40,7 @@ def _load_npz(path: Path):  # -> tuple[np.ndarray, np.ndarray]
 
 
 def _print_table(result: dict) -> None:
+    # on use only: keeps numpy out of the command line's start
     from rich.console import Console
     from rich.table import Table
 
@@ -69,6 +71,7 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout"),
 ) -> None:
     """Image→recipe and recipe→image medR and R@1/5/10 (percent) on 1k/10k subsets."""
+    # on use only: keeps numpy out of the command line's start
     import numpy as np
 
     from malm.evaluation import retrieval_metrics
@@ -83,6 +86,7 @@ def eval_command(
     else:
         if data is None:
             raise MalmError("--checkpoint needs --data DIR (the Recipe1M-layout folder to embed)")
+        # on use only: keeps Pillow, hnswlib, numpy, rich, torch out of the command line's start
         from malm.progress import progress
         from malm.training.embed import embed_split
 
@@ -90,8 +94,6 @@ def eval_command(
         with progress(f"embedding the {split} split"):
             image_emb, recipe_emb, ids = embed_split(checkpoint, data, split=split, tag=tag, device=device)
     if save is not None:
-        from malm._atomic import atomic_path
-
         arrays = {"image": np.asarray(image_emb), "recipe": np.asarray(recipe_emb)}
         if ids is not None:
             arrays["ids"] = np.asarray([str(i) for i in ids])

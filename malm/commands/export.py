@@ -37,6 +37,7 @@ def export(
 ) -> None:
     # Validate before any heavy import: a wrong flag answers instantly.
     options = ExportOptions(**chosen)
+    # on use only: keeps Pillow, numpy, rich, torch out of the command line's start
     from malm.export.exporter import ExportRequest, run_export
     from malm.export.report import to_markdown
     from malm.progress import progress

@@ -42,6 +42,7 @@ def expand_photos(photos: list[Path]) -> list[tuple[str, Path | None, str | None
 
 
 def _table(photo: str, hits: list[Any]) -> Any:
+    # on use only: keeps hnswlib, numpy out of the command line's start
     from rich.table import Table
 
     from malm.edge_index.records import ingredient_names
@@ -72,6 +73,7 @@ def query_command(
                                                "reference on this machine (instead of falling back)"),
 ) -> None:
     """Find the recipes that match food photos, with the bundle's on-device encoder and index."""
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.sdk import Retriever
 
     if k < 1:

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def train_command(ctx: typer.Context) -> None:
         """Train image and recipe encoders; keeps `last` and `best` (validation image→recipe R@1) checkpoints."""
+        # on use only: keeps Pillow, hnswlib, numpy, torch out of the command line's start
         from malm.training.train import cli
 
         cli(list(ctx.args), prog="malm train")

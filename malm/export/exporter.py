@@ -24,6 +24,7 @@ from malm.errors import MalmError
 from malm.export import int8_gate, steps
 from malm.export.context import Artifacts, ExportContext, Log, Progress, no_progress
 from malm.export.registry import TARGETS, ExportOptions, require
+from malm.export.report import to_markdown
 from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
 from malm.model_card import refresh_model_card
 from malm.preprocess import PreprocessConfig
@@ -89,8 +90,6 @@ def _report(ctx: ExportContext, artifacts: Artifacts) -> dict[str, Any]:
 def write_bundle(bundle: Path, ctx: ExportContext, artifacts: Artifacts, report: dict[str, Any],
                  selfcheck: Any = None) -> None:
     """Move the artifacts in and record them in the manifest and the (merged) report, in one staged commit."""
-    from malm.export.report import to_markdown
-
     teacher, config = ctx.teacher, ctx.teacher.config
     with BundleWriter(bundle) as bw:
         for src, rel in artifacts.files:

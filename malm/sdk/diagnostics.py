@@ -16,6 +16,7 @@ from typing import Any
 
 from malm.cpu_features import cpu_features
 from malm.errors import MalmError
+from malm.sdk.backends.ort import import_onnxruntime, select_providers
 from malm.sdk.backends.registry import BACKENDS
 
 # Distributions that install the `onnxruntime` module: more than one at a time overwrite each other's files.
@@ -33,8 +34,6 @@ def _version(dist: str) -> str | None:
 
 def onnxruntime_info() -> dict[str, Any]:
     """Installed ONNX Runtime distributions, its version and execution providers, and what is wrong if anything."""
-    from malm.sdk.backends.ort import import_onnxruntime, select_providers
-
     dists = {d: v for d in ORT_DISTRIBUTIONS if (v := _version(d))}
     out: dict[str, Any] = {"distributions": dists, "version": None, "providers_available": [],
                            "provider_order": [], "error": None}

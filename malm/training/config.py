@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from malm.errors import MalmError
+from malm.preprocess import PreprocessConfig
+from malm.text import TextLimits
 from malm.training.lite0_stages import LITE0_STAGES, lite0_stem_stride
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -330,8 +332,6 @@ class DataConfig:
 
     def limits(self) -> Any:
         """The `malm.text.TextLimits` these settings describe."""
-        from malm.text import TextLimits
-
         return TextLimits(max_title_tokens=self.max_title_tokens, max_ingredients=self.max_ingredients,
                           max_instructions=self.max_instructions, max_tokens=self.max_tokens)
 
@@ -355,8 +355,6 @@ class ExperimentConfig:
 
     def preprocess(self) -> Any:
         """The eval-time `PreprocessConfig` for this model's input size."""
-        from malm.preprocess import PreprocessConfig
-
         return PreprocessConfig.for_size(self.model.image.image_size)
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,11 +40,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from malm._atomic import write_text_atomic
 from malm.errors import MalmError
+from malm.evaluation import retrieval_metrics
 from malm.metrics_log import MetricsLog, parse_report_to
+from malm.progress import progress
 from malm.training import checkpoint as ckpt
 from malm.training import distributed as dist_util
 from malm.training.config import ExperimentConfig, diff_configs, load_preset, parse_overrides
-from malm.training.embed import to_device
+from malm.training.data import RecipeImageDataset, prepare
+from malm.training.data.dataset import RecipeOnlyBatches, device_transform
+from malm.training.data.families import split_families
+from malm.training.data.image_cache import prepare_images
+from malm.training.data.stem_cache import prepare_stem_features
+from malm.training.embed import embed_pairs, to_device
+from malm.training.models.hybrid import HybridViT, load_stem_weights
+from malm.training.models.init_weights import load_image_init
+from malm.training.models.minilm import with_sentence_features
 from malm.training.task import Task
 
 # Keys that may differ on --resume without changing the result.
@@ -159,22 +169,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def build_datasets(prepared: Any, config: ExperimentConfig, images: Any = None) -> tuple[Dataset, Dataset | None]:
     """Train and val datasets; with `images` (an `image_cache.ImageCache`) photos come from the uint8 cache."""
-    from malm.training.data import RecipeImageDataset
-
     pre = config.preprocess()
     split_images = (lambda name: images.split(name)) if images is not None else (lambda name: None)
     families = None
     if config.loss.matching.enabled and config.loss.matching.mode == "itm":
-        from malm.training.data.families import split_families
-
         # Hard negatives must not be near-duplicates of the positive: the benchmark's families, when known.
         families = split_families(prepared, "train")
     train: Dataset = RecipeImageDataset(prepared, "train", pre, train=True, images=split_images("train"),
                                         families=families)
     val: Dataset | None = RecipeImageDataset(prepared, "val", pre, train=False, images=split_images("val"))
     if config.model.recipe.sentence_features == "minilm":
-        from malm.training.models.minilm import with_sentence_features
-
         train = with_sentence_features(train, prepared, "train")
         val = with_sentence_features(val, prepared, "val")
     if len(val) < 2:  # type: ignore[arg-type]
@@ -184,9 +188,6 @@ def build_datasets(prepared: Any, config: ExperimentConfig, images: Any = None) 
 
 def validate(model: Any, val: Dataset, config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
     from torch.utils.data import Subset
-
-    from malm.evaluation import retrieval_metrics
-    from malm.training.embed import embed_pairs
 
     n = len(val)  # type: ignore[arg-type]
     size = min(config.train.eval_size, n)
@@ -236,9 +237,6 @@ def _load_data(opts: TrainOptions, config: ExperimentConfig, info: dist_util.Dis
                say: Any) -> tuple[Any, Dataset, Dataset | None]:
     """The prepared recipes (and, with train.image_cache, the uint8 photo cache) and the two datasets.
     Rank 0 builds the caches; the others then reuse them."""
-    from malm.training.data import prepare
-    from malm.training.data.image_cache import prepare_images
-
     def _prepare() -> tuple[Any, Any]:
         prepared = prepare(opts.data_dir, cache_dir=opts.cache_dir, min_freq=config.data.min_freq,
                            limits=config.data.limits(), log=say)
@@ -262,9 +260,6 @@ def _use_stem_cache(task: Task, train_set: Dataset, prepared: Any, config: Exper
     """With a frozen hybrid stem and the image cache: training items become crops of the stem's feature maps,
     computed once (`data/stem_cache.py`); rank 0 builds them, the others then reuse them. The maps are keyed
     by the stem's weights, so a resumed run finds the same ones."""
-    from malm.training.data.stem_cache import prepare_stem_features
-    from malm.training.models.hybrid import HybridViT
-
     encoder = task.model.image_encoder
     base = getattr(train_set, "dataset", train_set)  # under a sentence-feature wrapper
     if not (config.train.stem_cache and isinstance(encoder, HybridViT) and config.model.image.freeze_stem
@@ -295,7 +290,6 @@ def _recipe_only(prepared: Any, config: ExperimentConfig, say: Any) -> Any:
     if config.model.recipe.sentence_features != "learned":
         raise MalmError("train.recipe_only_batch needs model.recipe.sentence_features 'learned' (recipe-only "
                         "batches carry token ids, not MiniLM sentence vectors)")
-    from malm.training.data.dataset import RecipeOnlyBatches
 
     pool = RecipeOnlyBatches(prepared, "train")
     say(f"recipe-only batches: {tc.recipe_only_batch} per step from {len(pool)} training recipes without photos")
@@ -366,8 +360,6 @@ def train_step(model_ddp: torch.nn.Module, task: Task, optimizer: torch.optim.Op
                batch: dict[str, Any], pre: Any, lr_factor: float, image_frozen: bool, progress: float,
                amp: bool, grad_clip: float, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
     """One optimizer step on one batch; returns (total loss, report), both left on the device (no host sync)."""
-    from malm.training.data.dataset import device_transform
-
     for g in optimizer.param_groups:
         g["lr"] = 0.0 if (image_frozen and g["kind"] in ("image", "stem")) else g["base_lr"] * lr_factor
     batch = device_transform(to_device(batch, device), pre)
@@ -405,13 +397,9 @@ def _run(opts: TrainOptions, info: dist_util.DistInfo, device: torch.device) -> 
     np.random.seed(tc.seed)
     task = Task(config, vocab_size=len(prepared.vocab))
     if opts.image_init is not None and not opts.resume:
-        from malm.training.models.init_weights import load_image_init
-
         report = load_image_init(task.model.image_encoder, opts.image_init)
         say(f"image init from {opts.image_init}: {report.summary()}")
     if config.model.image.backbone != "vit" and not opts.resume:
-        from malm.training.models.hybrid import load_stem_weights
-
         n = load_stem_weights(task.model.image_encoder)
         say(f"image stem: ImageNet EfficientNet-Lite0, {config.model.image.stem_stages} stages ({n} tensors"
             f"{', frozen' if config.model.image.freeze_stem else ''})")
@@ -594,7 +582,6 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, done: int) -> None:
         from contextlib import ExitStack
 
-        from malm.progress import progress
 
         self._stack = ExitStack()
         self.bar = self._stack.enter_context(progress(

@@ -30,6 +30,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("RecipeImageDataset", "RecipeTextDataset", "load_image", "train_transform"):
+        # on use only: loads torch
         from malm.training.data import dataset
 
         return getattr(dataset, name)

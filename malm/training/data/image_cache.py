@@ -54,6 +54,7 @@ def square_box(width: int, height: int, side: int, size: int) -> tuple[int, int,
 
 def decode_square(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """One photo -> uint8 [R, R, 3] (R = cfg.resize): RGB, aspect limited, shorter side R, the square box."""
+    # on use only: loads torch
     from malm.training.data.dataset import load_image
 
     image = resize_shorter(limit_aspect(load_image(path, cfg)), cfg.resize, cfg.interpolation)

@@ -7,7 +7,9 @@ The layers themselves are in pyproject.toml (`[tool.importlinter]`, also run by 
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -292,3 +294,74 @@ def test_function_and_module_sizes() -> None:
     fixed = sorted(name for name in KNOWN_LARGE if name not in sizes or sizes[name][0] <= sizes[name][1])
     assert not over, "split these:\n" + "\n".join(over)
     assert not fixed, f"within the limits now, remove from KNOWN_LARGE: {fixed}"
+
+
+def _worked_examples() -> dict[str, str]:
+    """The code blocks of docs/architecture.md marked `<!-- worked-example: NAME -->`."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    return dict(re.findall(r"<!-- worked-example: (\S+) -->\n```python\n(.*?)```", text, re.S))
+
+
+# Runs in a fresh interpreter: the two table rows go into the registry modules' source, as a contributor
+# writes them, and the modules go where the page says (on the packages' search path).
+WORKED_EXAMPLE = """
+import importlib.util, json, sys
+
+def with_row(name, anchor, row):
+    path = importlib.util.find_spec(name).origin
+    src = open(path).read()
+    end = src.index("\\n}\\n", src.index(anchor))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None, origin=path))
+    sys.modules[name] = module
+    exec(compile(src[:end] + "\\n" + row.rstrip() + src[end:], path, "exec"), module.__dict__)
+
+ex, tmp, bundle, photo = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+with_row("malm.export.registry", "TARGETS: dict[str, Target] = {", ex["TARGETS"])
+with_row("malm.sdk.backends.registry", "BACKENDS: dict[str, Backend] = {", ex["BACKENDS"])
+import malm.export.targets, malm.sdk.backends
+malm.export.targets.__path__.append(tmp + "/targets")
+malm.sdk.backends.__path__.append(tmp + "/backends")
+
+from typer.testing import CliRunner
+from malm.cli import app
+from malm.errors import MalmError
+from malm.export.registry import TARGETS, ExportOptions
+
+run = CliRunner().invoke
+assert "torchscript" in run(app, ["export", "-h"], env={"COLUMNS": "200"}).output
+assert TARGETS["torchscript"].build.__module__ == "malm.export.targets.torchscript"
+try:
+    ExportOptions(target="torchscript", int8=True)
+    raise AssertionError("--int8 accepted")
+except MalmError as e:
+    assert "--int8 is not supported by --target torchscript" in str(e), e
+assert "ort-cpu" in run(app, ["query", "-h"], env={"COLUMNS": "200"}).output
+doctor = json.loads(run(app, ["doctor", "--json"]).output)
+assert doctor["backends"]["ort-cpu"]["available"] is True, doctor["backends"]
+r = run(app, ["query", photo, "--bundle", bundle, "--backend", "ort-cpu", "--json", "-k", "3"])
+assert r.exit_code == 0, r.output
+answer = json.loads(r.output)
+assert len(answer["results"][0]["hits"]) == 3 and answer["encoder"]["device"] == "CPUExecutionProvider", answer
+print("worked examples ok")
+"""
+
+
+def test_the_worked_examples_of_architecture_md_build(tmp_path: Path) -> None:
+    """Adding an export target or an SDK backend is a module and a table row: the page's own example works."""
+    from _sdk_bundle import make_bundle, photo
+
+    examples = _worked_examples()
+    assert set(examples) == {"malm/export/targets/torchscript.py", "TARGETS", "malm/sdk/backends/ort_cpu.py",
+                             "BACKENDS"}
+    for kind, name in (("targets", "torchscript.py"), ("backends", "ort_cpu.py")):
+        (tmp_path / kind).mkdir()
+        module = next(text for path, text in examples.items() if path.endswith(name))
+        (tmp_path / kind / name).write_text(module)
+    bundle = make_bundle(tmp_path / "bundle", 12)
+    picture = tmp_path / "dish.jpg"
+    photo(3).save(picture)
+    p = subprocess.run([sys.executable, "-c", WORKED_EXAMPLE, json.dumps(examples), str(tmp_path), str(bundle),
+                        str(picture)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "MALM_NO_PROGRESS": "1"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "worked examples ok" in p.stdout

@@ -26,12 +26,14 @@ class Target:
     files: tuple[str, ...]  # bundle paths it writes
     options: frozenset[str]  # ExportOptions fields it accepts beyond the common ones
     requires: tuple[tuple[str, str], ...]  # (import name, pip install hint)
-    module: str  # the module under malm.export.targets with `build(ctx: ExportContext) -> Artifacts`
+    module: str  # the module with `build(ctx: ExportContext) -> Artifacts`: a name under malm.export.targets,
+    # or a dotted path (a target that lives in your own package)
 
     @property
     def build(self) -> Callable[[Any], Any]:
         """The target's `build` (imported on use: the table itself stays light for the CLI)."""
-        return importlib.import_module(f"malm.export.targets.{self.module}").build  # type: ignore[no-any-return]
+        path = self.module if "." in self.module else f"malm.export.targets.{self.module}"
+        return importlib.import_module(path).build  # type: ignore[no-any-return]
 
 
 COMMON = frozenset({"student", "distill_epochs", "image_size", "tag", "eval_images"})
@@ -101,7 +103,7 @@ class ExportOptions:
             raise MalmError(f"unknown export target {self.target!r}; one of: {', '.join(TARGETS)}")
         target = TARGETS[self.target]
         defaults = {f.name: f.default for f in fields(self)}
-        for name in ("int8", "calib_images", "recipe_encoder", "tokens", "weights"):
+        for name in sorted(set().union(*(t.options for t in TARGETS.values()))):  # options some target has
             if getattr(self, name) != defaults[name] and name not in target.options:
                 supported = sorted(t for t, spec in TARGETS.items() if name in spec.options)
                 raise MalmError(f"{FLAGS[name]} is not supported by --target {self.target} "

@@ -15,6 +15,7 @@ import typer
 from malm._atomic import atomic_path
 from malm.commands._options import choice, split_ints
 from malm.errors import MalmError
+from malm.progress import progress
 from malm.recipe1m import PROTOCOLS, SPLITS
 
 Split = choice(SPLITS)
@@ -86,8 +87,7 @@ def eval_command(
     else:
         if data is None:
             raise MalmError("--checkpoint needs --data DIR (the Recipe1M-layout folder to embed)")
-        # on use only: keeps Pillow, hnswlib, numpy, rich, torch out of the command line's start
-        from malm.progress import progress
+        # on use only: keeps Pillow, hnswlib, numpy, torch out of the command line's start
         from malm.training.embed import embed_split
 
         typer.echo(f"embedding {data} split {split} with {checkpoint} ({tag}) on {device}", err=True)

@@ -21,6 +21,7 @@ import typer
 
 from malm.commands._options import choice
 from malm.export.registry import TARGETS, ExportOptions
+from malm.progress import progress
 
 
 def register(app: typer.Typer) -> None:
@@ -37,10 +38,9 @@ def export(
 ) -> None:
     # Validate before any heavy import: a wrong flag answers instantly.
     options = ExportOptions(**chosen)
-    # on use only: keeps Pillow, numpy, rich, torch out of the command line's start
+    # on use only: keeps Pillow, numpy, torch out of the command line's start
     from malm.export.exporter import ExportRequest, run_export
     from malm.export.report import to_markdown
-    from malm.progress import progress
 
     report = run_export(ExportRequest(checkpoint=checkpoint, data_dir=data, bundle=bundle, options=options),
                         log=lambda m: typer.echo(m, err=True), progress=progress)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from malm.progress import progress
+
 
 def synth_command(
     out: Path = typer.Argument(..., help="Output directory (created; must be empty or a previous synth run)."),
@@ -20,13 +22,12 @@ def synth_command(
     json_out: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
 ) -> None:
     """Generate the procedural food benchmark in the Recipe1M layout (layer1/layer2/det_ingrs + images)."""
-    # on use only: keeps Pillow, numpy, rich out of the command line's start
+    # on use only: keeps Pillow, numpy out of the command line's start
     import json
     from dataclasses import asdict
 
     from rich.console import Console
 
-    from malm.progress import progress
     from malm.training.synth.writer import generate
 
     err = Console(stderr=True)

@@ -160,10 +160,10 @@ def _config(method: Method, base: dict[str, Any]) -> Any:
 
 def evaluate(run_dir: Path, data: Path) -> dict[str, Any]:
     """Test-split 1k metrics of the run's `last` checkpoint (all pairs when fewer than 1k)."""
+    from malm.evaluation import retrieval_metrics
     from malm.training.checkpoint import load_model
     from malm.training.data import RecipeImageDataset, prepare
     from malm.training.embed import embed_pairs
-    from malm.training.evaluate import retrieval_metrics
 
     loaded = load_model(run_dir, tag="last")
     cfg = loaded.config

@@ -37,9 +37,9 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from malm import __version__
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm._lock import try_lock, unlock
+from malm._version import __version__
 from malm.errors import BundleError, MalmError
 from malm.manifest import (
     FORMAT,
@@ -389,7 +389,6 @@ class BundleWriter:
             _remove(staged)
         self._pending, self._fresh = {}, set()
         self._live = set(self.manifest.get("files") or {})
-        _write_card(self.root, self.manifest)
 
     def _remove_leftovers(self) -> None:
         """Staged files of a killed writer that no manifest references (we hold the lock: nobody else writes)."""
@@ -421,19 +420,6 @@ class BundleWriter:
         for f in files:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-
-
-def _write_card(root: Path, manifest: dict[str, Any]) -> None:
-    """The model card (README.md) beside the manifest, see malm.model_card. It is documentation, not a
-    runtime input: a failure to write it is a warning, never a failed (already committed) bundle write."""
-    try:
-        from malm.model_card import write_model_card
-
-        write_model_card(root, manifest)
-    except Exception as e:
-        import warnings
-
-        warnings.warn(f"bundle {root}: model card not written ({type(e).__name__}: {e})", stacklevel=2)
 
 
 def _remove(path: Path) -> None:

@@ -21,6 +21,9 @@ from typing import Any, NoReturn
 
 import typer
 
+from malm._version import __version__
+from malm.commands import bench, bundle, data, demo, doctor, evaluate, export, index, plot, query, train
+from malm.commands._options import escape_help
 from malm.console import printable
 from malm.crashlog import write_crash_file
 from malm.errors import MalmError
@@ -40,8 +43,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from malm import __version__
-
         typer.echo(f"malm {__version__}")
         raise typer.Exit()
 
@@ -56,12 +57,8 @@ def _root(
 
 def _register() -> None:
     # Order here is the order in `malm --help`.
-    from malm.commands import bench, bundle, data, demo, evaluate, export, index, plot, query, train
-    from malm.commands._options import escape_help
-
-    for module in (demo, data, train, plot, evaluate, export, index, bundle, query, bench):
+    for module in (demo, data, train, plot, evaluate, export, index, bundle, query, bench, doctor):
         module.register(app)
-    __import__("malm.commands.doctor", fromlist=["register"]).register(app)  # last in --help
     escape_help(app)
 
 

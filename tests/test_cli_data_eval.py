@@ -147,8 +147,8 @@ def test_eval_checkpoint_matches_embed_split(tmp_path) -> None:
     pytest.importorskip("torch", reason="--checkpoint needs the [train] extra")
     from _tiny_run import make_dataset, tiny_config
 
+    from malm.evaluation import retrieval_metrics
     from malm.training.embed import embed_split
-    from malm.training.evaluate import retrieval_metrics
 
     data = make_dataset(tmp_path / "r1m", n_train=16)
     run = tmp_path / "run"

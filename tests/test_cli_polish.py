@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,28 +93,6 @@ def test_list_style() -> None:
     # `index remove --ids A B` keeps working without a stray positional in the usage line.
     usage = CliRunner().invoke(app, ["index", "remove", "-h"], env={"COLUMNS": "200"}).output
     assert "[more]" not in usage.lower() and "MORE" not in usage
-
-
-def test_choices_mirror_the_library() -> None:
-    from malm.commands import evaluate, export, index, query
-    from malm.export.registry import STUDENTS, TARGETS, WEIGHT_MODES
-    from malm.sdk.backends import BACKENDS, VARIANTS
-    from malm.training.evaluate import PROTOCOLS
-
-    def choices(fn: Any, name: str) -> set[str]:
-        hint = typing.get_type_hints(fn)[name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1 and typing.get_origin(args[0]) is typing.Literal:
-            args = list(typing.get_args(args[0]))
-        return set(args)
-
-    assert choices(export.export, "target") == set(TARGETS)
-    assert choices(export.export, "student") == set(STUDENTS)
-    assert choices(export.export, "weights") == set(WEIGHT_MODES)
-    assert choices(query.query_command, "backend") == set(BACKENDS)
-    assert choices(query.query_command, "variant") == set(VARIANTS)
-    assert choices(evaluate.eval_command, "protocol") == set(PROTOCOLS)
-    assert choices(index.build_command, "split") == set(index.SPLITS)
 
 
 def test_unexpected_error_with_json_is_an_error_object(tmp_path, monkeypatch, capsys) -> None:

@@ -1,7 +1,8 @@
 """The user documentation is tested like code: README.md and docs/*.md.
 
 - every ```python block runs (in a folder holding a small real bundle as `bundle/` and photos as
-  `dish.jpg` / `photo.jpg`), unless an HTML comment `<!-- not run: REASON -->` right above it says why not;
+  `dish.jpg` / `photo.jpg`), unless an HTML comment `<!-- not run: REASON -->` right above it says why not
+  (or `<!-- worked-example: ... -->`: tests/test_architecture.py builds those);
 - every `malm ...` line in a ```bash block names commands and options the CLI really has;
 - relative links in README.md point at files that exist (the docs site's own links are checked by
   `mkdocs build --strict` in `make test`).
@@ -26,7 +27,8 @@ from malm.cli import app
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?P<before>[^\n]*\n)?```(?P<lang>[a-z]*)\n(?P<body>.*?)```", re.S)
-NOT_RUN = re.compile(r"<!--\s*not run:\s*\S.*-->")
+# `not run: REASON` says why in the page; `worked-example:` blocks are built by tests/test_architecture.py.
+NOT_RUN = re.compile(r"<!--\s*(not run:\s*\S|worked-example:).*-->")
 
 
 def blocks(lang: str) -> list[tuple[str, str, str]]:

@@ -11,16 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from malm.export.student import (
-    LITE0_STAGES,
-    EfficientNetLite0,
-    StudentConfig,
-    StudentImageEncoder,
-    load_imagenet_weights,
-)
-from malm.training import config as config_module
+from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.training.config import ConfigError, ImageEncoderConfig, load_preset
+from malm.training.lite0_stages import lite0_blocks, lite0_stem_stride
 from malm.training.models import hybrid
+from malm.training.models.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 from malm.training.models.hybrid import HybridViT, build_image_encoder, load_stem_weights
 from malm.training.models.vit import VisionTransformer, random_keep_idx
 from malm.training.task import Task
@@ -36,11 +31,8 @@ def _encoder(**kw: object) -> HybridViT:
     return enc
 
 
-def test_config_table_matches_the_student_architecture() -> None:
-    assert len(config_module._LITE0_STRIDE_CHANNELS) == len(LITE0_STAGES)
-    for (stride, channels), stage in zip(config_module._LITE0_STRIDE_CHANNELS, LITE0_STAGES, strict=True):
-        assert (stride, channels) == (stage[1], stage[3])
-    assert config_module.lite0_stem_stride(4) == 16 and config_module.lite0_stem_stride(3) == 8
+def test_stem_stride_of_the_stage_table() -> None:
+    assert lite0_stem_stride(4) == 16 and lite0_stem_stride(3) == 8 and lite0_blocks(4) == 8
 
 
 def test_config_rejects_a_patch_size_that_is_not_the_stem_stride() -> None:
@@ -64,7 +56,7 @@ def test_stem_is_the_imagenet_network_on_imagenet_normalized_input() -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         y = torch.nn.functional.relu6(full._bn0(full._conv_stem(x * student.in_scale + student.in_shift)))
-        for block in full._blocks[: sum(s[4] for s in LITE0_STAGES[:4])]:
+        for block in full._blocks[: lite0_blocks(4)]:
             y = block(y)
         ours = enc.eval().patch_embed.cnn(x)
     assert ours.shape == (2, 80, 4, 4)

@@ -60,9 +60,9 @@ def test_build_from_recipe1m_folder_matches_the_model(run_and_data: tuple[Path, 
     card = (bundle / "README.md").read_text()
     assert "8 recipes, 16-d" in card and "ef_search 20" in card and not (bundle / "examples.png").exists()
     # The stored vectors are the model's own recipe embeddings.
+    from malm.recipe1m import load_recipe1m
     from malm.text import encode_recipe
     from malm.training.checkpoint import load_model
-    from malm.training.data import load_recipe1m
 
     loaded = load_model(run)
     store = RecipeStore.open(bundle / m["index"]["store"])

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from malm.errors import MalmError
-from malm.training.data.recipe1m import ReadStats, iter_json_array, load_recipe1m
+from malm.recipe1m import ReadStats, iter_json_array, load_recipe1m
 
 
 def image_path(images, partition: str, image_id: str):  # type: ignore[no-untyped-def]
@@ -107,7 +107,7 @@ def test_invalid_json_names_the_file(tmp_path, text, message) -> None:
 
 
 def test_streaming_parser_matches_json_load_across_window_edges(tmp_path, monkeypatch) -> None:
-    import malm.training.data.recipe1m as mod
+    import malm.recipe1m as mod
 
     items = [{"id": f"id{i}", "title": "T" * (i % 7), "partition": "train", "url": f"http://example.com/id{i}",
               "ingredients": [{"text": "x" * i}], "instructions": [{"text": "y"}]} for i in range(60)]

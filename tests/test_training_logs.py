@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from malm.cli import app
 from malm.errors import MalmError
-from malm.training.metrics_log import CSV, TB_DIR, MetricsLog, parse_report_to, read_records, scalars
+from malm.metrics_log import CSV, TB_DIR, MetricsLog, parse_report_to, read_records, scalars
 
 
 def tb_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

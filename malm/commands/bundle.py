@@ -15,7 +15,10 @@ from typing import Any
 
 import typer
 
+from malm.bundle import read_manifest
+from malm.bundle import verify as verify_files
 from malm.console import console as data_console
+from malm.model_card import _report, index_summary, variant_rows, write_model_card
 
 bundle_app = typer.Typer(help="Inspect a bundle: its variants, index and model card.", no_args_is_help=True,
                          pretty_exceptions_show_locals=False)
@@ -32,13 +35,8 @@ def info_command(
     json_out: bool = typer.Option(False, "--json", help="Print the variants and index as JSON on stdout"),
 ) -> None:
     """The bundle's image-encoder variants (size, held-out R@1/R@5/medR, latency) and its recipe index."""
-    from malm.bundle import read_manifest
-    from malm.model_card import _report, index_summary, variant_rows
-
     manifest = read_manifest(bundle)
     if verify:
-        from malm.bundle import verify as verify_files
-
         verify_files(bundle, manifest)
     report = _report(bundle)
     files = manifest.get("files") or {}
@@ -84,8 +82,8 @@ def card_command(
     json_out: bool = typer.Option(False, "--json", help="Print the written paths as JSON on stdout"),
 ) -> None:
     """(Re)write the bundle's model card, README.md (it is also rewritten on every export and index change)."""
-    from malm.bundle import read_manifest
-    from malm.model_card import write_examples, write_model_card
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
+    from malm.sdk.examples import write_examples
 
     manifest = read_manifest(bundle)
     examples = write_examples(bundle, data) if data is not None else None

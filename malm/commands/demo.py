@@ -24,6 +24,7 @@ def demo_command(
                                 help="efficientnet-lite0 (distilled student) | none (the teacher's own image tower)"),
 ) -> None:
     """Generate data → train → evaluate → export int8 ONNX (+ CoreML) → index → query → summary + report.html."""
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.demo import run_demo
 
     cfg = DemoConfig(out=out, recipes=recipes, seed=seed, preset=preset, epochs=epochs,

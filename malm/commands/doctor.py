@@ -16,16 +16,19 @@ from typing import Any
 
 import typer
 
+from malm.commands.query import Backend, Variant
 from malm.console import console, line, styled
+from malm.errors import MalmError
 
 
 def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "auto") -> dict[str, Any]:
-    from malm.errors import MalmError
+    # on use only: keeps Pillow, numpy out of the command line's start
     from malm.sdk.diagnostics import runtime_report
 
     report = runtime_report()
     if bundle is not None:
         try:
+            # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
             from malm.sdk import Retriever
 
             # A doctor checks every byte: hash all files now, whatever a previous load stamped.
@@ -61,6 +64,8 @@ def _print(report: dict[str, Any]) -> None:
                                    _yes(trt["python_module"]), f" ({trt_dists})" if trt_dists else ""))
     table.add_row("CoreML", line("ORT provider ", _yes(coreml["ort_provider"]), ", macOS ", _yes(coreml["macos"]),
                                  f", coremltools {coreml['coremltools'] or '-'}"))
+    for name, row in report["backends"].items():  # the SDK's backend table, row by row
+        table.add_row(f"backend {name}", line(_yes(row["available"]), f" ({row['install']})" if row["install"] else ""))
     gpu = report["gpu"]
     table.add_row("NVIDIA GPU", line(_yes(gpu["nvidia_gpu"]), " (Jetson)" if gpu["jetson"] else ""))
     fmt = report["image_formats"]
@@ -94,8 +99,8 @@ def doctor_command(
     bundle: Path | None = typer.Option(None, "--bundle", help="Also load this bundle: verify every file, show "
                                        "the provider and image encoder it would run with"),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, tensorrt or coreml"),
-    variant: str = typer.Option("auto", "--variant", help="Image encoder: auto, int8_cpu, int8 or fp32"),
+    backend: Backend = typer.Option("auto", "--backend", help="Encoder runtime"),
+    variant: Variant = typer.Option("auto", "--variant", help="Image encoder variant"),
 ) -> None:
     """Show what this device offers (ONNX Runtime providers, TensorRT, CoreML, CPU features) and what malm picks."""
     report = doctor_report(bundle, backend, variant)

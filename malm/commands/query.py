@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 
-from malm.commands._options import split_list
+from malm.commands._options import choice, split_list
 from malm.console import console, styled
 from malm.errors import MalmError
+from malm.sdk.backends.registry import BACKEND_CHOICES, VARIANTS
+
+Backend = choice(BACKEND_CHOICES)
+Variant = choice(VARIANTS)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 
@@ -39,6 +43,7 @@ def expand_photos(photos: list[Path]) -> list[tuple[str, Path | None, str | None
 
 
 def _table(photo: str, hits: list[Any]) -> Any:
+    # on use only: keeps hnswlib, numpy out of the command line's start
     from rich.table import Table
 
     from malm.edge_index.records import ingredient_names
@@ -61,14 +66,15 @@ def query_command(
     exclude: list[str] | None = typer.Option(None, "--exclude-ingredient",
                                              help="Leave out recipes with this ingredient (repeatable, or comma-separated)"),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout instead of tables"),
-    backend: Literal["auto", "onnxruntime", "tensorrt", "coreml"] = typer.Option("auto", "--backend", help="Encoder runtime"),
-    variant: Literal["auto", "int8_cpu", "int8", "fp32"] = typer.Option("auto", "--variant", help="Image encoder variant"),
+    backend: Backend = typer.Option("auto", "--backend", help="Encoder runtime"),
+    variant: Variant = typer.Option("auto", "--variant", help="Image encoder variant"),
     threads: int | None = typer.Option(None, "--threads", help="Encoder threads (default: the runtime's)"),
     strict_selfcheck: bool = typer.Option(False, "--strict-selfcheck",
                                           help="Fail if the image encoder disagrees with the bundle's fp32 "
                                                "reference on this machine (instead of falling back)"),
 ) -> None:
     """Find the recipes that match food photos, with the bundle's on-device encoder and index."""
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.sdk import Retriever
 
     if k < 1:

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from malm.console import console  # light: rich loads only when it prints
+from malm.progress import progress
 
 
 def synth_command(
@@ -23,11 +24,13 @@ def synth_command(
     json_out: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
 ) -> None:
     """Generate the procedural food benchmark in the Recipe1M layout (layer1/layer2/det_ingrs + images)."""
+    # on use only: keeps Pillow, numpy out of the command line's start
     import json
     from dataclasses import asdict
 
-    from malm.progress import progress
-    from malm.training.synth import generate
+    # on use only: keeps numpy and Pillow out of the command line's start
+    from malm.training.synth.writer import generate
+
 
     err = console(stderr=True)  # OUT is a user path: printed as text, never as markup
     with progress("drawing photos", transient=True) as bar:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import typer
 
+from malm.errors import MalmError
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -47,7 +49,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout (rank 0)."),
     ) -> None:
         """Train image and recipe encoders; keeps `last` and `best` (validation image→recipe R@1) checkpoints."""
-        from malm.errors import MalmError
+        # on use only: keeps numpy and torch out of the command line's start
         from malm.training.config import parse_overrides
         from malm.training.run_state import resolve_cli_config
 
@@ -60,6 +62,7 @@ def register(app: typer.Typer) -> None:
         config = resolve_cli_config(preset, overrides, out if resume else None)
         if show_config:
             if config is None:  # --resume without overrides: the run's own config
+                # on use only: keeps torch out of the command line's start
                 from malm.training.checkpoint import read_config
 
                 config = read_config(out)
@@ -74,8 +77,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _train(options: dict[str, Any], json_out: bool) -> None:
+    # on use only: keeps torch, numpy and tensorboardX out of the command line's start
+    from malm.metrics_log import parse_report_to
     from malm.training import distributed
-    from malm.training.metrics_log import parse_report_to
     from malm.training.train import TrainOptions, run
 
     summary = run(TrainOptions(**{**options, "report_to": parse_report_to(options["report_to"])}))

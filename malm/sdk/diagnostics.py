@@ -16,6 +16,8 @@ from typing import Any
 
 from malm.cpu_features import cpu_features
 from malm.errors import MalmError
+from malm.sdk.backends.ort import import_onnxruntime, select_providers
+from malm.sdk.backends.registry import BACKENDS
 
 # Distributions that install the `onnxruntime` module: more than one at a time overwrite each other's files.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
@@ -32,8 +34,6 @@ def _version(dist: str) -> str | None:
 
 def onnxruntime_info() -> dict[str, Any]:
     """Installed ONNX Runtime distributions, its version and execution providers, and what is wrong if anything."""
-    from malm.sdk.backends.ort import import_onnxruntime, select_providers
-
     dists = {d: v for d in ORT_DISTRIBUTIONS if (v := _version(d))}
     out: dict[str, Any] = {"distributions": dists, "version": None, "providers_available": [],
                            "provider_order": [], "error": None}
@@ -63,6 +63,12 @@ def tensorrt_info(ort_providers: list[str]) -> dict[str, Any]:
 def coreml_info(ort_providers: list[str]) -> dict[str, Any]:
     return {"macos": platform.system() == "Darwin", "coremltools": _version("coremltools"),
             "ort_provider": "CoreMLExecutionProvider" in ort_providers}
+
+
+def backends_info() -> dict[str, dict[str, Any]]:
+    """Each row of the backend table: whether its Python modules are installed, and what to install if not."""
+    return {name: {"available": row.available(), "requires": list(row.requires), "description": row.description,
+                   "install": None if row.available() else row.install} for name, row in BACKENDS.items()}
 
 
 def image_formats() -> dict[str, Any]:
@@ -110,6 +116,7 @@ def runtime_report() -> dict[str, Any]:
         "onnxruntime": ort,
         "tensorrt": tensorrt_info(ort["providers_available"]),
         "coreml": coreml_info(ort["providers_available"]),
+        "backends": backends_info(),
         "gpu": gpu_hints(),
         "image_formats": image_formats(),
         "hnswlib": _version("hnswlib") or _version("chroma-hnswlib"),

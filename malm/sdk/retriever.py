@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from malm.cpu_features import cpu_features
 from malm.edge_index import builder as _builder
 from malm.edge_index.hnsw import HnswIndex
-from malm.edge_index.records import RecipeRecord
+from malm.edge_index.records import RecipeRecord, RecordError, parse_record
 from malm.edge_index.rerank import (
     LateInteractionScorer,
     LocalScorer,
@@ -36,11 +37,12 @@ from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, ImageError, MalmError
 from malm.preprocess import preprocess
 from malm.sdk import selfcheck as _selfcheck
-from malm.sdk.backends import create_backend, encoder_file, explain_variant, targets
 from malm.sdk.backends.base import EncoderOutput, ImageBackend
+from malm.sdk.backends.choice import create_backend, encoder_file, explain_variant, targets, variants_present
 from malm.sdk.backends.ort import OrtImageBackend, OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
 from malm.sdk.image_io import ImageInput, describe, load_image
+from malm.sdk.recipe_encoder import OnnxRecipeEncoder
 
 
 @dataclass(frozen=True)
@@ -196,9 +198,6 @@ class Retriever:
         """What this retriever runs with, JSON-ready: backend, provider, encoder and variant (and why), its
         self-check on this machine, the CPU path, the bundle's verification. `malm doctor --bundle` prints it;
         sections may be added, keys never renamed."""
-        from malm.cpu_features import cpu_features
-        from malm.sdk.backends import variants_present
-
         snap, backend = self._snap, self._backend
         session = getattr(backend, "session", None)
         manifest = snap.bundle.manifest
@@ -335,8 +334,6 @@ class Retriever:
 
         `encode_fn` defaults to the bundle's ONNX recipe encoder (`encoders/recipe_fp32.onnx` + `vocab.json`).
         """
-        from malm.edge_index.records import RecordError, parse_record
-
         recs: list[RecipeRecord] = []
         for n, r in enumerate(records):
             try:
@@ -346,8 +343,6 @@ class Retriever:
         with self._write_lock:
             self._open_snapshot()
             if encode_fn is None:
-                from malm.sdk.recipe_encoder import OnnxRecipeEncoder
-
                 encode_fn = OnnxRecipeEncoder(self._snap.bundle, self._threads)
             report = _builder.add_recipes(self._snap.bundle.root, recs, encode_fn, replace_existing=replace_existing)
             self._reload()

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from malm.errors import ConfigError
+from malm.preprocess import PreprocessConfig
+from malm.text import TextLimits
 from malm.training.config_upgrade import RENAMED_KEYS, renamed_hint, upgrade_config_dict
+from malm.training.lite0_stages import LITE0_STAGES, lite0_stem_stride
 from malm.training.loss_config import (
     LOCAL_SCORES,
     MATCHING_MODES,
@@ -59,18 +62,6 @@ def _check(cond: bool, msg: str) -> None:
 # Image towers `model.image.backbone` names: "vit" (patchify conv) or a hybrid ViT whose patch tokens are a
 # pretrained CNN's feature map (malm/training/models/hybrid.py).
 HYBRID_BACKBONES = ("hybrid_effnet_lite0",)
-# EfficientNet-Lite0's stages as (stride, out channels); malm.export.student.LITE0_STAGES is the full table
-# (kept here too so that configs validate without torch; a test checks the two agree).
-_LITE0_STRIDE_CHANNELS = ((1, 16), (2, 24), (2, 40), (2, 80), (1, 112), (2, 192), (1, 320))
-
-
-def lite0_stem_stride(stages: int) -> int:
-    """Pixels per token of the first `stages` Lite0 stages (the stem conv has stride 2)."""
-    return 2 * math.prod(s for s, _ in _LITE0_STRIDE_CHANNELS[:stages])
-
-
-def lite0_stem_channels(stages: int) -> int:
-    return _LITE0_STRIDE_CHANNELS[stages - 1][1]
 
 
 
@@ -95,8 +86,8 @@ class ImageEncoderConfig:
         _check(self.backbone == "vit" or self.backbone in HYBRID_BACKBONES,
                f"model.image.backbone must be 'vit' or one of {', '.join(HYBRID_BACKBONES)}, got {self.backbone!r}")
         if self.backbone in HYBRID_BACKBONES:
-            _check(1 <= self.stem_stages <= len(_LITE0_STRIDE_CHANNELS),
-                   f"model.image.stem_stages must be 1..{len(_LITE0_STRIDE_CHANNELS)}, got {self.stem_stages}")
+            _check(1 <= self.stem_stages <= len(LITE0_STAGES),
+                   f"model.image.stem_stages must be 1..{len(LITE0_STAGES)}, got {self.stem_stages}")
             stride = lite0_stem_stride(self.stem_stages)
             _check(self.patch_size == stride,
                    f"model.image: a {self.backbone} stem of {self.stem_stages} stages has stride {stride}; "
@@ -215,8 +206,6 @@ class DataConfig:
 
     def limits(self) -> Any:
         """The `malm.text.TextLimits` these settings describe."""
-        from malm.text import TextLimits
-
         return TextLimits(max_title_tokens=self.max_title_tokens, max_ingredients=self.max_ingredients,
                           max_instructions=self.max_instructions, max_tokens=self.max_tokens)
 
@@ -240,8 +229,6 @@ class ExperimentConfig:
 
     def preprocess(self) -> Any:
         """The eval-time `PreprocessConfig` for this model's input size."""
-        from malm.preprocess import PreprocessConfig
-
         return PreprocessConfig.for_size(self.model.image.image_size)
 
     def to_dict(self) -> dict[str, Any]:

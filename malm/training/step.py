@@ -14,11 +14,8 @@ import torch
 from malm.errors import MalmError
 from malm.progress import progress
 from malm.training.data.dataset import device_transform
+from malm.training.embed import to_device
 from malm.training.task import Task
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def build_optimizer(task: Task, tc: Any, device: torch.device) -> torch.optim.Optimizer:

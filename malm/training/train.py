@@ -37,6 +37,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from malm.errors import MalmError
+from malm.evaluation import retrieval_metrics
+from malm.metrics_log import MetricsLog
 from malm.training import distributed as dist_util
 from malm.training import run_state
 from malm.training.config import ExperimentConfig
@@ -46,14 +48,12 @@ from malm.training.data.families import split_families
 from malm.training.data.image_cache import prepare_images
 from malm.training.data.order import EpochBatchSampler, SeededItems
 from malm.training.data.stem_cache import prepare_stem_features
-from malm.training.embed import embed_pairs
-from malm.training.evaluate import retrieval_metrics
-from malm.training.metrics_log import MetricsLog
+from malm.training.embed import embed_pairs, to_device
 from malm.training.models.hybrid import HybridViT, load_stem_weights
 from malm.training.models.init_weights import load_image_init
 from malm.training.models.minilm import with_sentence_features
 from malm.training.run_state import Position
-from malm.training.step import TrainProgress, Window, build_optimizer, step_frac, to_device, train_step
+from malm.training.step import TrainProgress, Window, build_optimizer, step_frac, train_step
 from malm.training.task import Task
 
 # Re-exported: the data order and the step are part of what "the trainer" offers to benchmarks and tests.
@@ -73,7 +73,7 @@ class TrainOptions:
     cache_dir: Path | None = None  # where prepare() keeps its cache (default: inside data_dir)
     stop_after_steps: int = 0  # stop after this many optimizer steps, as if killed (tests, time-boxed runs)
     progress_bar: bool = True  # rich progress bar on stderr (rank 0)
-    report_to: tuple[str, ...] = ()  # also log metrics to "tensorboard" and/or "csv" (malm.training.metrics_log)
+    report_to: tuple[str, ...] = ()  # also log metrics to "tensorboard" and/or "csv" (malm.metrics_log)
     log: Any = field(default=None, compare=False)  # callable(str) for status lines; default: stderr on rank 0
 
 

@@ -40,8 +40,7 @@ import numpy as np
 
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm.errors import MalmError
-from malm.text import TextLimits, Vocabulary, clean_ingredient, clean_text, encode_sequence, tokenize
-from malm.training.data.recipe1m import (
+from malm.recipe1m import (
     DET_INGRS,
     LAYER1,
     LAYER2,
@@ -50,6 +49,7 @@ from malm.training.data.recipe1m import (
     iter_recipe1m,
     resolve_images_dir,
 )
+from malm.text import TextLimits, Vocabulary, clean_ingredient, clean_text, encode_sequence, tokenize
 
 CACHE_FORMAT = 1
 DEFAULT_MIN_FREQ = 10  # H-T's default

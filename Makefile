@@ -32,14 +32,15 @@ browser:
 	  exit 1; fi
 
 # The documentation site (docs/ + mkdocs.yml) into build/site; --strict turns a broken link, a page missing
-# from the navigation or an API docstring that cannot be rendered into a failure.
+# from the navigation or an API docstring that cannot be rendered into a failure (not --quiet: it hides the
+# warnings that --strict counts).
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: $(STAMP) browser
 	$(BIN)/ruff check malm tests benchmarks examples
 	$(BIN)/mypy malm/sdk malm/edge_index
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 

@@ -1,0 +1,324 @@
+// malm in the browser: photo in, recipes out, from a web bundle (`malm bundle web`), offline once fetched.
+//
+//   import { Retriever } from "./malm-web.js";
+//   const r = await Retriever.load("bundle/");
+//   const hits = await r.search(file, { k: 5, excludeIngredients: ["peanut"] });
+//
+// Same answers as the Python SDK's `Retriever` (malm/sdk/retriever.py) with the same image variant:
+// preprocessing is Pillow's arithmetic (pillow.ts), search is exact over the float16/int8 vectors, and
+// re-ranking fuses the local score exactly as Python does.
+
+import type * as OrtTypes from "onnxruntime-web";
+import { BundleError, IntegrityError, type WebManifest, WebBundle } from "./bundle.js";
+import { ImageError, type PhotoInput, preprocess } from "./preprocess.js";
+import { float16ToFloat32, fuse, l2normalize, lateInteraction, type Scored, topK } from "./search.js";
+import { nameWords } from "./text.js";
+
+export { BundleError, ImageError, IntegrityError, nameWords, preprocess, WebBundle };
+export type { PhotoInput, WebManifest };
+
+type Ort = typeof OrtTypes;
+export type Backend = "auto" | "wasm" | "webgpu";
+
+export interface LoadOptions {
+  /** Where onnxruntime-web's .wasm/.mjs files are served (default: `ort/` beside this script). */
+  wasmPaths?: string;
+  /** "wasm" (default), "webgpu", or "auto": WebGPU when the browser has a hardware adapter. */
+  backend?: Backend;
+  /** WASM threads (needs cross-origin isolation for > 1; default 1). */
+  threads?: number;
+  /** Image variant to run, e.g. "image_int8" (default: the bundle's default_encoder). */
+  encoder?: string;
+}
+
+export interface SearchOptions {
+  k?: number;
+  rerank?: boolean;
+  excludeIngredients?: string[];
+}
+
+export interface Hit {
+  rank: number;
+  recipe_id: string;
+  title: string;
+  score: number;
+  ingredients: string[];
+  instructions: string[];
+  url: string;
+}
+
+export interface Timings {
+  decode_ms: number;
+  encode_ms: number;
+  search_ms: number;
+  rerank_ms: number;
+}
+
+interface RecipeRow {
+  label: number;
+  id: string;
+  title: string;
+  ingredients: string[];
+  instructions: string[];
+  url: string;
+  names: string[];
+}
+
+interface Rerank {
+  kind: "late_interaction" | "matching_head";
+  weight: number;
+  candidates: number;
+  dim: number;
+  tokens: Float32Array;
+  offsets: Uint32Array;
+  head: OrtTypes.InferenceSession | null;
+  takesPatches: boolean;
+  imageTokens: number | null;
+}
+
+let ortPromise: Promise<Ort> | null = null;
+
+function scriptBase(): string {
+  try {
+    return new URL(".", import.meta.url).href;
+  } catch {
+    return "./";
+  }
+}
+
+async function loadOrt(backend: "wasm" | "webgpu", opts: LoadOptions): Promise<Ort> {
+  ortPromise ??= (backend === "webgpu" ? import("onnxruntime-web/webgpu") : import("onnxruntime-web/wasm")) as Promise<Ort>;
+  const ort = await ortPromise;
+  ort.env.wasm.wasmPaths = opts.wasmPaths ?? `${scriptBase()}ort/`;
+  ort.env.wasm.numThreads = opts.threads ?? 1;
+  ort.env.logLevel = "error";
+  return ort;
+}
+
+async function pickBackend(wanted: Backend): Promise<"wasm" | "webgpu"> {
+  if (wanted !== "auto") return wanted;
+  const gpu = (navigator as Navigator & { gpu?: { requestAdapter(): Promise<{ info?: { isFallbackAdapter?: boolean } } | null> } }).gpu;
+  if (!gpu) return "wasm";
+  try {
+    const adapter = await gpu.requestAdapter();
+    return adapter && !adapter.info?.isFallbackAdapter ? "webgpu" : "wasm";
+  } catch {
+    return "wasm";
+  }
+}
+
+export class Retriever {
+  private excludedCache = new Map<string, Uint8Array>();
+
+  private constructor(
+    readonly bundle: WebBundle,
+    private readonly ort: Ort,
+    private readonly session: OrtTypes.InferenceSession,
+    readonly encoder: string,
+    readonly backend: "wasm" | "webgpu",
+    private readonly vectors: Float32Array,
+    private readonly recipes: RecipeRow[],
+    private readonly labels: Int32Array,
+    private readonly rerankData: Rerank | null,
+    readonly loadMs: number,
+  ) {}
+
+  /** Fetch the web bundle at `url`, check every file's sha256, and start the image encoder. */
+  static async load(url: string, opts: LoadOptions = {}): Promise<Retriever> {
+    const t0 = performance.now();
+    const bundle = await WebBundle.open(url);
+    const m = bundle.manifest;
+    const name = opts.encoder ?? m.default_encoder;
+    const entry = m.encoders[name];
+    if (!entry) throw new BundleError(`web bundle ${bundle.base}: no encoder ${name} (has ${Object.keys(m.encoders).join(", ")})`);
+    const backend = await pickBackend(opts.backend ?? "wasm");
+    const ortP = loadOrt(backend, opts);
+    const [model, vecBytes, scaleBytes, recipeBytes] = await Promise.all([
+      bundle.file(entry.file), bundle.file(m.vectors.file),
+      m.vectors.scales ? bundle.file(m.vectors.scales) : Promise.resolve(null), bundle.file(m.recipes.file)]);
+    const ort = await ortP;
+    const session = await createSession(ort, model, backend, `${bundle.base}${entry.file}`);
+    const vectors = decodeVectors(m, vecBytes, scaleBytes, bundle.base);
+    const recipes = JSON.parse(new TextDecoder().decode(recipeBytes)) as RecipeRow[];
+    if (!Array.isArray(recipes) || recipes.length !== m.vectors.count) {
+      throw new BundleError(`web bundle ${bundle.base}: recipes.json has ${recipes.length} records, vectors ${m.vectors.count}`);
+    }
+    const labels = Int32Array.from(recipes, (r) => r.label);
+    const rerank = m.rerank && entry.tokens ? await loadRerank(ort, bundle, backend) : null;
+    return new Retriever(bundle, ort, session, name, backend, vectors, recipes, labels, rerank, performance.now() - t0);
+  }
+
+  get size(): number {
+    return this.recipes.length;
+  }
+
+  get canRerank(): boolean {
+    return this.rerankData !== null;
+  }
+
+  info(): Record<string, unknown> {
+    const m = this.bundle.manifest;
+    return {
+      bundle: this.bundle.base, recipes: this.recipes.length, dim: m.embedding.dim, encoder: this.encoder,
+      precision: m.encoders[this.encoder].precision, backend: this.backend, vectors: m.vectors.dtype,
+      rerank: this.canRerank, rerank_kind: m.rerank?.kind ?? null, rerank_default: m.rerank?.default ?? false,
+      malm_version: m.malm_version, created: m.created, source_manifest_sha256: m.source?.manifest_sha256 ?? null,
+      verification: { mode: "full", files: Object.keys(this.bundle.fetched).length, bytes: sum(Object.values(this.bundle.fetched)) },
+      load_ms: Math.round(this.loadMs),
+    };
+  }
+
+  /** L2-normalised embedding [dim] of a photo (and the patch tokens when `tokens`). */
+  async embed(photo: PhotoInput, tokens = false): Promise<{ embedding: Float32Array; tokens: Float32Array | null; tokenShape: number[] | null; decodeMs: number; encodeMs: number }> {
+    const cfg = this.bundle.manifest.preprocess;
+    const t0 = performance.now();
+    const pixels = await preprocess(photo, cfg);
+    const t1 = performance.now();
+    const input = new this.ort.Tensor("float32", pixels, [1, 3, cfg.size, cfg.size]);
+    const names = tokens ? ["embedding", "tokens"] : ["embedding"];
+    const out = await this.session.run({ image: input }, names);
+    const emb = l2normalize(out.embedding.data as Float32Array);
+    const tok = tokens ? (out.tokens.data as Float32Array) : null;
+    return { embedding: emb, tokens: tok, tokenShape: tokens ? out.tokens.dims.slice(1) as number[] : null,
+      decodeMs: t1 - t0, encodeMs: performance.now() - t1 };
+  }
+
+  /** The top-k recipes for one photo. Rejects with ImageError when the photo cannot be read. */
+  async search(photo: PhotoInput, opts: SearchOptions = {}): Promise<Hit[]> {
+    return (await this.searchTimed(photo, opts)).hits;
+  }
+
+  async searchTimed(photo: PhotoInput, opts: SearchOptions = {}): Promise<{ hits: Hit[]; timings: Timings }> {
+    const k = opts.k ?? 10;
+    if (!Number.isInteger(k) || k < 1) throw new Error(`k must be >= 1, got ${k}`);
+    const rerank = opts.rerank ?? false;
+    if (rerank && !this.rerankData) {
+      throw new Error("this web bundle has no re-ranking data (or its image encoder gives no tokens); search without rerank");
+    }
+    const skip = this.excluded(opts.excludeIngredients ?? []);
+    const e = await this.embed(photo, rerank);
+    const t0 = performance.now();
+    const rr = rerank ? this.rerankData : null;
+    const nCand = rr ? Math.max(k, rr.candidates) : k;
+    let found = topK(this.vectors, this.bundle.manifest.embedding.dim, e.embedding, nCand, skip, this.labels);
+    const t1 = performance.now();
+    if (rr && e.tokens && e.tokenShape && found.length) found = await this.rerankHits(rr, e.tokens, e.tokenShape, found);
+    const t2 = performance.now();
+    const hits = found.slice(0, k).map((f, i) => {
+      const r = this.recipes[f.row];
+      return { rank: i + 1, recipe_id: r.id, title: r.title, score: f.score, ingredients: r.ingredients,
+        instructions: r.instructions, url: r.url };
+    });
+    return { hits, timings: { decode_ms: e.decodeMs, encode_ms: e.encodeMs, search_ms: t1 - t0, rerank_ms: t2 - t1 } };
+  }
+
+  /** Rows whose ingredient names contain any of `terms` (malm.edge_index.store.labels_with_ingredient). */
+  private excluded(terms: string[]): Uint8Array | null {
+    if (!terms.length) return null;
+    const skip = new Uint8Array(this.recipes.length);
+    for (const term of terms) {
+      let rows = this.excludedCache.get(term);
+      if (!rows) {
+        const words = nameWords(term);
+        if (!words.length) throw new Error(`ingredient filter ${JSON.stringify(term)}: no words to match`);
+        const phrase = ` ${words.join(" ")} `;
+        rows = new Uint8Array(this.recipes.length);
+        this.recipes.forEach((r, i) => {
+          if (words.length === 1) {
+            rows![i] = r.names.some((n) => n.split(" ").includes(words[0])) ? 1 : 0;
+          } else {
+            rows![i] = r.names.some((n) => ` ${n} `.includes(phrase)) ? 1 : 0;
+          }
+        });
+        this.excludedCache.set(term, rows);
+      }
+      for (let i = 0; i < rows.length; i++) skip[i] |= rows[i];
+    }
+    return skip;
+  }
+
+  private async rerankHits(rr: Rerank, tokens: Float32Array, shape: number[], found: Scored[]): Promise<Scored[]> {
+    const per = found.map((f) => rr.tokens.subarray(rr.offsets[f.row] * rr.dim, rr.offsets[f.row + 1] * rr.dim));
+    const global = Float32Array.from(found, (f) => f.score);
+    let local: Float32Array;
+    if (rr.kind === "late_interaction") {
+      if (shape[1] !== rr.dim) throw new Error(`image tokens have width ${shape[1]}, the bundle's recipe tokens ${rr.dim}: re-ranking cannot compare them`);
+      local = lateInteraction(tokens, rr.dim, per);
+    } else {
+      local = await this.headScores(rr, tokens, shape, per);
+    }
+    // Recipes without token features keep their global score instead of a local 0.
+    local = local.map((v, i) => (per[i].length > 0 ? v : global[i]));
+    const fused = fuse(global, local, rr.weight);
+    const order = found.map((_, i) => i).sort((a, b) => fused[b] - fused[a] || a - b); // stable
+    return order.map((i) => ({ row: found[i].row, score: fused[i] }));
+  }
+
+  private async headScores(rr: Rerank, tokens: Float32Array, shape: number[], per: Float32Array[]): Promise<Float32Array> {
+    const [p, wi] = shape;
+    let img = tokens, nTok = p;
+    if (!rr.takesPatches && (rr.imageTokens === null || rr.imageTokens === p + 1)) {
+      // The head reads [CLS] + patches; the encoder gives patches only: their mean stands in for [CLS].
+      img = new Float32Array((p + 1) * wi);
+      for (let a = 0; a < p; a++) for (let d = 0; d < wi; d++) img[d] += tokens[a * wi + d];
+      for (let d = 0; d < wi; d++) img[d] = Math.fround(img[d] / p);
+      img.set(tokens, wi);
+      nTok = p + 1;
+    }
+    if (rr.imageTokens !== null && rr.imageTokens !== nTok) {
+      throw new Error(`matching head expects ${rr.imageTokens} image tokens, the image encoder gives ${p}`);
+    }
+    const n = per.length, s = Math.max(1, ...per.map((t) => t.length / rr.dim));
+    const image = new Float32Array(n * nTok * wi);
+    for (let i = 0; i < n; i++) image.set(img, i * nTok * wi);
+    const rec = new Float32Array(n * s * rr.dim);
+    const mask = new Uint8Array(n * s);
+    per.forEach((t, i) => {
+      rec.set(t, i * s * rr.dim);
+      mask.fill(1, i * s, i * s + t.length / rr.dim);
+    });
+    const T = this.ort.Tensor;
+    const out = await rr.head!.run({ image_tokens: new T("float32", image, [n, nTok, wi]),
+      recipe_tokens: new T("float32", rec, [n, s, rr.dim]), recipe_mask: new T("bool", mask, [n, s]) }, ["score"]);
+    return Float32Array.from(out.score.data as Float32Array);
+  }
+}
+
+async function createSession(ort: Ort, model: ArrayBuffer, backend: "wasm" | "webgpu", name: string): Promise<OrtTypes.InferenceSession> {
+  try {
+    return await ort.InferenceSession.create(new Uint8Array(model), {
+      executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"], graphOptimizationLevel: "all",
+    });
+  } catch (e) {
+    throw new BundleError(`model ${name}: onnxruntime-web cannot load it (${String(e)})`);
+  }
+}
+
+function decodeVectors(m: WebManifest, data: ArrayBuffer, scales: ArrayBuffer | null, base: string): Float32Array {
+  const { count, dim, dtype } = m.vectors;
+  const need = count * dim * (dtype === "float16" ? 2 : 1);
+  if (data.byteLength !== need) throw new BundleError(`web bundle ${base}: vectors file has ${data.byteLength} bytes, expected ${need}`);
+  if (dtype === "float16") return float16ToFloat32(new Uint16Array(data));
+  if (!scales || scales.byteLength !== count * 4) throw new BundleError(`web bundle ${base}: int8 vectors need ${count} float32 scales`);
+  const q = new Int8Array(data), s = new Float32Array(scales), out = new Float32Array(count * dim);
+  for (let r = 0; r < count; r++) for (let d = 0; d < dim; d++) out[r * dim + d] = q[r * dim + d] * s[r];
+  return out;
+}
+
+async function loadRerank(ort: Ort, bundle: WebBundle, backend: "wasm" | "webgpu"): Promise<Rerank> {
+  const rs = bundle.manifest.rerank!;
+  const [tok, off, head] = await Promise.all([bundle.file(rs.tokens), bundle.file(rs.offsets),
+    rs.model ? bundle.file(rs.model) : Promise.resolve(null)]);
+  const offsets = new Uint32Array(off);
+  const tokens = float16ToFloat32(new Uint16Array(tok));
+  if (offsets.length !== bundle.manifest.vectors.count + 1 || offsets[offsets.length - 1] * rs.dim !== tokens.length) {
+    throw new BundleError(`web bundle ${bundle.base}: re-rank offsets do not match the token rows`);
+  }
+  return { kind: rs.kind, weight: rs.weight, candidates: rs.candidates, dim: rs.dim, tokens, offsets,
+    head: head ? await createSession(ort, head, backend, `${bundle.base}${rs.model}`) : null,
+    takesPatches: rs.takes_patches ?? false, imageTokens: rs.image_tokens ?? null };
+}
+
+function sum(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0);
+}

@@ -1,0 +1,173 @@
+// malm.preprocess.preprocess in the browser: decode (EXIF orientation applied) → RGB (alpha on white)
+// → limit aspect → resize the shorter side (Pillow's filter, fixed point) → center crop → normalise.
+//
+// Decoding: createImageBitmap with no colour management and no premultiplication, read back through an
+// OffscreenCanvas at 1:1 (no scaling in the canvas). Chromium's JPEG decoder is libjpeg-turbo as Pillow's,
+// and the pixels are identical (tests/test_web_client.py). Semi-transparent pixels pass through the canvas's
+// premultiplied storage and may differ by a rounding step.
+
+import { compositeOnWhite, crop, type Interpolation, resize, type Rgb, roundHalfEven } from "./pillow.js";
+
+export interface PreprocessConfig {
+  size: number;
+  resize: number;
+  crop: string;
+  mean: number[];
+  std: number[];
+  interpolation: Interpolation;
+  max_pixels: number;
+}
+
+export class ImageError extends Error {
+  override name = "ImageError";
+}
+
+export type PhotoInput = Blob | ArrayBuffer | Uint8Array | ImageData;
+
+const MAX_ASPECT = 4.0;
+const DRAFT_SCALES = [8, 4, 2];
+
+interface JpegHeader {
+  width: number;
+  height: number;
+  orientation: number; // EXIF 1..8 (1 when absent)
+}
+
+/** Width, height and EXIF orientation from a JPEG's markers (null if it is not a JPEG). */
+export function jpegHeader(b: Uint8Array): JpegHeader | null {
+  if (b.length < 4 || b[0] !== 0xff || b[1] !== 0xd8) return null;
+  let orientation = 1;
+  let i = 2;
+  while (i + 4 <= b.length) {
+    if (b[i] !== 0xff) return null;
+    const marker = b[i + 1];
+    if (marker === 0xff) { i++; continue; }
+    const len = (b[i + 2] << 8) | b[i + 3];
+    if (marker === 0xe1 && len >= 16) orientation = exifOrientation(b, i + 4, len - 2) ?? orientation;
+    const sof = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
+    if (sof && i + 9 <= b.length) {
+      return { height: (b[i + 5] << 8) | b[i + 6], width: (b[i + 7] << 8) | b[i + 8], orientation };
+    }
+    i += 2 + len;
+  }
+  return null;
+}
+
+function exifOrientation(b: Uint8Array, start: number, len: number): number | null {
+  const s = String.fromCharCode(...b.subarray(start, start + 6));
+  if (s !== "Exif\0\0") return null;
+  const t = start + 6, end = Math.min(start + len, b.length);
+  const le = b[t] === 0x49;
+  const u16 = (o: number) => (le ? b[o] | (b[o + 1] << 8) : (b[o] << 8) | b[o + 1]);
+  const u32 = (o: number) => (le ? u16(o) + u16(o + 2) * 65536 : u16(o) * 65536 + u16(o + 2));
+  const ifd = t + u32(t + 4);
+  if (ifd + 2 > end) return null;
+  const n = u16(ifd);
+  for (let k = 0; k < n; k++) {
+    const e = ifd + 2 + k * 12;
+    if (e + 12 > end) return null;
+    if (u16(e) === 0x0112) return u16(e + 8);
+  }
+  return null;
+}
+
+/** malm.preprocess.draft_scale: the JPEG DCT scale Python decodes a large photo at (1 = none). */
+export function draftScale(width: number, height: number, minSide: number): number {
+  if (minSide <= 0) return 1;
+  for (const s of DRAFT_SCALES) {
+    if (width % s === 0 && height % s === 0 && Math.floor(Math.min(width, height) / s) >= minSide) return s;
+  }
+  return 1;
+}
+
+async function toBytes(photo: Blob | ArrayBuffer | Uint8Array): Promise<Uint8Array> {
+  if (photo instanceof Uint8Array) return photo;
+  if (photo instanceof ArrayBuffer) return new Uint8Array(photo);
+  return new Uint8Array(await photo.arrayBuffer());
+}
+
+/** Decode a photo to RGB, upright. A JPEG Python would decode at 1/2..1/8 (draft) is decoded at that size too. */
+export async function decode(photo: PhotoInput, cfg: PreprocessConfig): Promise<Rgb> {
+  if (typeof ImageData !== "undefined" && photo instanceof ImageData) {
+    checkPixels(photo.width, photo.height, cfg.max_pixels);
+    return compositeOnWhite(photo.data, photo.width, photo.height);
+  }
+  const bytes = await toBytes(photo as Blob | ArrayBuffer | Uint8Array);
+  const head = jpegHeader(bytes.subarray(0, Math.min(bytes.length, 1 << 17)));
+  if (head) checkPixels(head.width, head.height, cfg.max_pixels);
+  const opts: ImageBitmapOptions = { imageOrientation: "from-image", colorSpaceConversion: "none",
+    premultiplyAlpha: "none" };
+  const scale = head ? draftScale(head.width, head.height, cfg.resize) : 1;
+  if (head && scale > 1) {
+    // Python lets libjpeg decode at 1/scale (an 8x8 DCT average); the browser's nearest equivalent is a
+    // decode resized by a box-like filter to exactly that size (docs/web.md gives the measured agreement).
+    const swap = head.orientation >= 5 && head.orientation <= 8;
+    const w = head.width / scale, h = head.height / scale;
+    opts.resizeWidth = swap ? h : w;
+    opts.resizeHeight = swap ? w : h;
+    opts.resizeQuality = "medium";
+  }
+  let bitmap: ImageBitmap;
+  try {
+    bitmap = await createImageBitmap(new Blob([bytes as BlobPart]), opts);
+  } catch (e) {
+    throw new ImageError(`image <${bytes.length} bytes>: not a recognized image format, or it cannot be decoded (${String(e)})`);
+  }
+  try {
+    checkPixels(bitmap.width, bitmap.height, cfg.max_pixels);
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const ctx = canvas.getContext("2d", { willReadFrequently: true, colorSpace: "srgb" });
+    if (!ctx) throw new ImageError("image: no 2D canvas to read the decoded pixels from");
+    ctx.drawImage(bitmap, 0, 0);
+    const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height, { colorSpace: "srgb" });
+    return compositeOnWhite(data.data, data.width, data.height);
+  } finally {
+    bitmap.close();
+  }
+}
+
+function checkPixels(w: number, h: number, max: number): void {
+  if (w <= 0 || h <= 0) throw new ImageError(`image: empty (${w}x${h})`);
+  if (w * h > max) throw new ImageError(`image: ${w}x${h} = ${w * h} pixels is above the limit of ${max}`);
+}
+
+/** malm.preprocess.limit_aspect */
+export function limitAspect(img: Rgb): Rgb {
+  const { width: w, height: h } = img;
+  const short = Math.min(w, h), long = Math.max(w, h);
+  if (long <= short * MAX_ASPECT) return img;
+  const keep = Math.max(1, roundHalfEven(short * MAX_ASPECT));
+  const off = Math.floor((long - keep) / 2);
+  return w > h ? crop(img, off, 0, keep, h) : crop(img, 0, off, w, keep);
+}
+
+/** malm.preprocess.resize_shorter */
+export function resizeShorter(img: Rgb, side: number, interpolation: Interpolation): Rgb {
+  const { width: w, height: h } = img;
+  if (Math.min(w, h) === side) return img;
+  const [nw, nh] = w <= h ? [side, Math.max(side, roundHalfEven((h * side) / w))]
+    : [Math.max(side, roundHalfEven((w * side) / h)), side];
+  return resize(img, nw, nh, interpolation);
+}
+
+/** RGB → the encoder's input: center crop, [3, size, size] float32, (x / 255 - mean) / std in float32. */
+export function toTensor(rgb: Rgb, cfg: PreprocessConfig): Float32Array {
+  const img = resizeShorter(limitAspect(rgb), cfg.resize, cfg.interpolation);
+  const left = Math.floor((img.width - cfg.size) / 2), top = Math.floor((img.height - cfg.size) / 2);
+  const s = cfg.size, plane = s * s;
+  const out = new Float32Array(3 * plane);
+  const f = Math.fround;
+  const mean = cfg.mean.map(f), std = cfg.std.map(f);
+  for (let y = 0; y < s; y++) {
+    for (let x = 0; x < s; x++) {
+      const p = ((top + y) * img.width + left + x) * 3;
+      for (let c = 0; c < 3; c++) out[c * plane + y * s + x] = f(f(f(img.data[p + c] / 255) - mean[c]) / std[c]);
+    }
+  }
+  return out;
+}
+
+export async function preprocess(photo: PhotoInput, cfg: PreprocessConfig): Promise<Float32Array> {
+  if (cfg.crop !== "center") throw new ImageError(`preprocess: unknown crop ${cfg.crop}`);
+  return toTensor(await decode(photo, cfg), cfg);
+}

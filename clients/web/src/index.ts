@@ -14,7 +14,7 @@ import { ImageError, type PhotoInput, preprocess } from "./preprocess.js";
 import { float16ToFloat32, fuse, l2normalize, lateInteraction, type Scored, topK } from "./search.js";
 import { nameWords } from "./text.js";
 
-export { BundleError, ImageError, IntegrityError, nameWords, preprocess, WebBundle };
+export { BundleError, ImageError, IntegrityError, nameWords, preprocess, topK, WebBundle };
 export type { PhotoInput, WebManifest };
 
 type Ort = typeof OrtTypes;
@@ -133,11 +133,13 @@ export class Retriever {
     if (!entry) throw new BundleError(`web bundle ${bundle.base}: no encoder ${name} (has ${Object.keys(m.encoders).join(", ")})`);
     const backend = await pickBackend(opts.backend ?? "wasm");
     const ortP = loadOrt(backend, opts);
-    const [model, vecBytes, scaleBytes, recipeBytes] = await Promise.all([
-      bundle.file(entry.file), bundle.file(m.vectors.file),
+    // The encoder session (which also fetches and compiles the WASM runtime) starts as soon as its file is
+    // verified, while the vectors and records are fetched and hashed.
+    const sessionP = Promise.all([ortP, bundle.file(entry.file)])
+      .then(([ort, model]) => createSession(ort, model, backend, `${bundle.base}${entry.file}`));
+    const [session, vecBytes, scaleBytes, recipeBytes] = await Promise.all([sessionP, bundle.file(m.vectors.file),
       m.vectors.scales ? bundle.file(m.vectors.scales) : Promise.resolve(null), bundle.file(m.recipes.file)]);
     const ort = await ortP;
-    const session = await createSession(ort, model, backend, `${bundle.base}${entry.file}`);
     const vectors = decodeVectors(m, vecBytes, scaleBytes, bundle.base);
     const recipes = JSON.parse(new TextDecoder().decode(recipeBytes)) as RecipeRow[];
     if (!Array.isArray(recipes) || recipes.length !== m.vectors.count) {

@@ -215,3 +215,46 @@ def test_a_bad_photo_is_a_clear_error(site) -> None:
         catch (e) { return `${e.name}: ${e.message}`; }
     }""")
     assert err is not None and err.startswith("ImageError")
+
+
+def matching_head_bundle(root: Path) -> Path:
+    """A bundle that re-ranks with a trained matching head exported to ONNX (as tests/test_index_cli.py builds)."""
+    torch = pytest.importorskip("torch")
+    from malm.bundle import BundleWriter
+    from malm.training.models.matching import MatchingModule, MatchingScorer, legacy_onnx_exporter
+
+    bundle = make_bundle(root / "headb", 30)
+    torch.manual_seed(0)
+    scorer = MatchingScorer(MatchingModule(image_width=3, recipe_width=3, dim=8, depth=1, heads=2).eval()).eval()
+    example = (torch.zeros(2, 17, 3), torch.zeros(2, 3, 3), torch.ones(2, 3, dtype=torch.bool))
+    with legacy_onnx_exporter():
+        torch.onnx.export(scorer, example, str(root / "head.onnx"),
+                          input_names=["image_tokens", "recipe_tokens", "recipe_mask"], output_names=["score"],
+                          dynamic_axes={"image_tokens": {0: "n"}, "recipe_tokens": {0: "n", 1: "s"},
+                                        "recipe_mask": {0: "n", 1: "s"}, "score": {0: "n"}}, opset_version=17,
+                          dynamo=False)
+    with BundleWriter(bundle) as bw:
+        bw.add_file(root / "head.onnx", "encoders/matching_head.onnx")
+        bw.manifest["rerank"] = {**bw.manifest["rerank"], "kind": "matching_head",
+                                 "model": "encoders/matching_head.onnx", "weight": 0.7, "candidates": 12}
+    return bundle
+
+
+def test_matching_head_rerank_equals_the_python_sdk(site, tmp_path: Path) -> None:
+    from malm.sdk import Retriever
+
+    bundle = matching_head_bundle(tmp_path)
+    export_web(bundle, site["www"] / "headb", variants=["fp32"])
+    photos = site["photos"][:30:3] + site["photos"][1:30:3]
+    js = site["page"].evaluate("""async (photos) => {
+        const r = await malm.Retriever.load("headb/");
+        const out = [];
+        for (const p of photos) out.push((await r.search(b64(p), {k: 5, rerank: true})).map(h => [h.recipe_id, h.score]));
+        return {out, info: r.info()};
+    }""", [b64(p) for p in photos])
+    assert js["info"]["rerank_kind"] == "matching_head"
+    with Retriever.load(bundle, variant="fp32") as r:
+        py = [[(h.recipe_id, h.score) for h in r.search(p, k=5, rerank=True)] for p in photos]
+    for got, want in zip(js["out"], py, strict=True):
+        assert [g[0] for g in got] == [w[0] for w in want]
+        np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-4)

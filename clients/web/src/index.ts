@@ -14,7 +14,7 @@ import { ImageError, type PhotoInput, preprocess } from "./preprocess.js";
 import { float16ToFloat32, fuse, l2normalize, lateInteraction, type Scored, topK } from "./search.js";
 import { nameWords } from "./text.js";
 
-export { BundleError, ImageError, IntegrityError, nameWords, preprocess, topK, WebBundle };
+export { BundleError, ImageError, IntegrityError, lateInteraction, nameWords, preprocess, topK, WebBundle };
 export type { PhotoInput, WebManifest };
 
 type Ort = typeof OrtTypes;

@@ -177,8 +177,9 @@ export function resize(src: Rgb, outW: number, outH: number, interpolation: Inte
   return img;
 }
 
-/** `Image.alpha_composite(white, rgba).convert("RGB")`: Pillow's fixed-point blend over opaque white. */
-export function compositeOnWhite(rgba: Uint8ClampedArray | Uint8Array, width: number, height: number): Rgb {
+/** `Image.alpha_composite(background, rgba).convert("RGB")`: Pillow's fixed-point blend over an opaque colour. */
+export function compositeOn(rgba: Uint8ClampedArray | Uint8Array, width: number, height: number,
+  background: number[] = [255, 255, 255]): Rgb {
   const n = width * height;
   const out = new Uint8Array(n * 3);
   const PB = 7;
@@ -191,7 +192,9 @@ export function compositeOnWhite(rgba: Uint8ClampedArray | Uint8Array, width: nu
       continue;
     }
     if (a === 0) {
-      out[i * 3] = out[i * 3 + 1] = out[i * 3 + 2] = 255;
+      out[i * 3] = background[0];
+      out[i * 3 + 1] = background[1];
+      out[i * 3 + 2] = background[2];
       continue;
     }
     const blend = 255 * (255 - a);
@@ -199,7 +202,7 @@ export function compositeOnWhite(rgba: Uint8ClampedArray | Uint8Array, width: nu
     const coef1 = Math.trunc((a * 255 * 255 * (1 << PB)) / outa255);
     const coef2 = 255 * (1 << PB) - coef1;
     for (let ch = 0; ch < 3; ch++) {
-      const t = rgba[i * 4 + ch] * coef1 + 255 * coef2 + (0x80 << PB);
+      const t = rgba[i * 4 + ch] * coef1 + background[ch] * coef2 + (0x80 << PB);
       out[i * 3 + ch] = ((((t >> 8) + t) >> 8) >> PB) & 255;
     }
   }

@@ -6,7 +6,7 @@
 // and the pixels are identical (tests/test_web_client.py). Semi-transparent pixels pass through the canvas's
 // premultiplied storage and may differ by a rounding step.
 
-import { compositeOnWhite, crop, type Interpolation, resize, type Rgb, roundHalfEven } from "./pillow.js";
+import { compositeOn, crop, type Interpolation, resize, type Rgb, roundHalfEven } from "./pillow.js";
 
 export interface PreprocessConfig {
   size: number;
@@ -16,6 +16,11 @@ export interface PreprocessConfig {
   std: number[];
   interpolation: Interpolation;
   max_pixels: number;
+  // Written by newer exporters (docs/bundle-format.md); the defaults are what older bundles mean.
+  exif_orientation?: boolean; // default true
+  alpha_background?: number[]; // default white
+  max_aspect?: number; // default 4.0
+  jpeg_draft?: boolean; // default true
 }
 
 export class ImageError extends Error {
@@ -24,7 +29,6 @@ export class ImageError extends Error {
 
 export type PhotoInput = Blob | ArrayBuffer | Uint8Array | ImageData;
 
-const MAX_ASPECT = 4.0;
 const DRAFT_SCALES = [8, 4, 2];
 
 interface JpegHeader {
@@ -90,18 +94,19 @@ async function toBytes(photo: Blob | ArrayBuffer | Uint8Array): Promise<Uint8Arr
 export async function decode(photo: PhotoInput, cfg: PreprocessConfig): Promise<Rgb> {
   if (typeof ImageData !== "undefined" && photo instanceof ImageData) {
     checkPixels(photo.width, photo.height, cfg.max_pixels);
-    return compositeOnWhite(photo.data, photo.width, photo.height);
+    return compositeOn(photo.data, photo.width, photo.height, cfg.alpha_background);
   }
   const bytes = await toBytes(photo as Blob | ArrayBuffer | Uint8Array);
   const head = jpegHeader(bytes.subarray(0, Math.min(bytes.length, 1 << 17)));
   if (head) checkPixels(head.width, head.height, cfg.max_pixels);
-  const opts: ImageBitmapOptions = { imageOrientation: "from-image", colorSpaceConversion: "none",
+  const exif = cfg.exif_orientation ?? true;
+  const opts: ImageBitmapOptions = { imageOrientation: exif ? "from-image" : "none", colorSpaceConversion: "none",
     premultiplyAlpha: "none" };
-  const scale = head ? draftScale(head.width, head.height, cfg.resize) : 1;
+  const scale = head && (cfg.jpeg_draft ?? true) ? draftScale(head.width, head.height, cfg.resize) : 1;
   if (head && scale > 1) {
     // Python lets libjpeg decode at 1/scale (an 8x8 DCT average); the browser's nearest equivalent is a
     // decode resized by a box-like filter to exactly that size (docs/web.md gives the measured agreement).
-    const swap = head.orientation >= 5 && head.orientation <= 8;
+    const swap = exif && head.orientation >= 5 && head.orientation <= 8;
     const w = head.width / scale, h = head.height / scale;
     opts.resizeWidth = swap ? h : w;
     opts.resizeHeight = swap ? w : h;
@@ -120,7 +125,7 @@ export async function decode(photo: PhotoInput, cfg: PreprocessConfig): Promise<
     if (!ctx) throw new ImageError("image: no 2D canvas to read the decoded pixels from");
     ctx.drawImage(bitmap, 0, 0);
     const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height, { colorSpace: "srgb" });
-    return compositeOnWhite(data.data, data.width, data.height);
+    return compositeOn(data.data, data.width, data.height, cfg.alpha_background);
   } finally {
     bitmap.close();
   }
@@ -132,11 +137,11 @@ function checkPixels(w: number, h: number, max: number): void {
 }
 
 /** malm.preprocess.limit_aspect */
-export function limitAspect(img: Rgb): Rgb {
+export function limitAspect(img: Rgb, maxAspect = 4.0): Rgb {
   const { width: w, height: h } = img;
   const short = Math.min(w, h), long = Math.max(w, h);
-  if (long <= short * MAX_ASPECT) return img;
-  const keep = Math.max(1, roundHalfEven(short * MAX_ASPECT));
+  if (long <= short * maxAspect) return img;
+  const keep = Math.max(1, roundHalfEven(short * maxAspect));
   const off = Math.floor((long - keep) / 2);
   return w > h ? crop(img, off, 0, keep, h) : crop(img, 0, off, w, keep);
 }
@@ -152,7 +157,7 @@ export function resizeShorter(img: Rgb, side: number, interpolation: Interpolati
 
 /** RGB → the encoder's input: center crop, [3, size, size] float32, (x / 255 - mean) / std in float32. */
 export function toTensor(rgb: Rgb, cfg: PreprocessConfig): Float32Array {
-  const img = resizeShorter(limitAspect(rgb), cfg.resize, cfg.interpolation);
+  const img = resizeShorter(limitAspect(rgb, cfg.max_aspect ?? 4.0), cfg.resize, cfg.interpolation);
   const left = Math.floor((img.width - cfg.size) / 2), top = Math.floor((img.height - cfg.size) / 2);
   const s = cfg.size, plane = s * s;
   const out = new Float32Array(3 * plane);

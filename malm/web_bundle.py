@@ -11,6 +11,7 @@ bytes (the browser client checks every hash with SubtleCrypto before it uses a f
     recipes.json                  the records in vector order: label, id, title, ingredients, instructions,
                                   url, names (the detected ingredient names the allergen filter matches)
     rerank/tokens.bin, offsets.bin, matching_head.onnx   when the bundle can re-rank
+    encoders/recipe_<precision>.onnx + vocab.json        when the bundle can encode recipes (add one on the phone)
     source/manifest.json (+ its signature when the bundle is signed): where the web bundle came from
 
 Why not the hnswlib index and the SQLite store as they are: hnswlib's file layout is x86-64 specific
@@ -111,7 +112,7 @@ def _io_names(path: Path) -> dict[str, Any]:
 
 
 def export_web(bundle: str | Path, out: str | Path, variants: Sequence[str] = (), vectors: str = "float16",
-               rerank: bool = True, overwrite: bool = False) -> WebExport:
+               rerank: bool = True, overwrite: bool = False, recipe_encoder: bool = True) -> WebExport:
     """Write the web bundle of `bundle` into `out` (a new or empty directory, or `overwrite`)."""
     from malm.edge_index.hnsw import HnswIndex
     from malm.edge_index.rerank import TokenStore
@@ -134,6 +135,8 @@ def export_web(bundle: str | Path, out: str | Path, variants: Sequence[str] = ()
     try:
         result = _export_into(src, stage, out, choose_variants(dict(src.manifest.get("encoders") or {}), variants),
                               vectors, rerank, HnswIndex, RecipeStore, TokenStore)
+        if recipe_encoder:
+            _export_recipe_encoder(src, stage)
         if out.exists():
             out.rmdir()
         stage.rename(out)
@@ -194,14 +197,48 @@ def _export_into(src: Any, stage: Path, out: Path, variants: list[str], vectors:
     if has_rerank:
         manifest["rerank"] = _export_rerank(src, rs, stage, labels, TokenStore)
     _carry_source(src, stage, manifest)
+    from malm.edge_index.records import _UNITS
 
+    # The words an ingredient line's name leaves out (quantities, units, preparation): one list, Python's.
+    manifest["names"] = {"units": sorted(_UNITS)}
+    _write_manifest(stage, manifest)
+    files = json.loads((stage / "manifest.json").read_text())["files"]
+    return WebExport(out, files, len(rows), tuple(variants), vectors, has_rerank)
+
+
+def _write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
+    """List (and hash) every file in the stage, then write manifest.json."""
     files = {}
-    for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+    for path in sorted(p for p in stage.rglob("*") if p.is_file() and p != stage / "manifest.json"):
         digest, size = _sha256(path)
         files[path.relative_to(stage).as_posix()] = {"sha256": digest, "bytes": size}
     manifest["files"] = files
     _write_bytes(stage / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
-    return WebExport(out, files, len(rows), tuple(variants), vectors, has_rerank)
+
+
+def _export_recipe_encoder(src: Any, stage: Path) -> None:
+    """The recipe encoder (int8 when the bundle has one, else fp32), its vocabulary and text limits: what adding
+    a recipe on the phone needs. Nothing when the bundle cannot encode recipes."""
+    encoders = dict(src.manifest.get("encoders") or {})
+    name = next((n for n in ("recipe_int8", "recipe_fp32") if n in encoders and
+                 str(encoders[n].get("file", "")).endswith(".onnx")), None)
+    if name is None or not src.listed("vocab.json"):
+        return
+    entry = src.encoder(name)
+    rel = f"encoders/{name}.onnx"
+    shutil.copyfile(src.path(entry.file), stage / rel)
+    shutil.copyfile(src.path("vocab.json"), stage / "vocab.json")
+    io = _io_names(stage / rel)
+    shapes = io["input_shapes"]
+    try:  # malm.sdk.recipe_encoder reads the text limits off the model's static input shapes, as here
+        limits = {"max_title_tokens": int(shapes["title"][1]), "max_ingredients": int(shapes["ingredients"][1]),
+                  "max_instructions": int(shapes["instructions"][1]), "max_tokens": int(shapes["ingredients"][2])}
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise BundleError(f"bundle {src.root}: recipe encoder inputs need static text dims, got {shapes}") from None
+    manifest = json.loads((stage / "manifest.json").read_text())
+    manifest["recipe_encoder"] = {"file": rel, "precision": entry.precision or name.removeprefix("recipe_"),
+                                  "vocab": "vocab.json", "limits": limits, "outputs": io["outputs"]}
+    _write_manifest(stage, manifest)
 
 
 def _export_rerank(src: Any, rs: Any, stage: Path, labels: list[int], TokenStore: Any) -> dict[str, Any]:  # noqa: N803

@@ -258,3 +258,64 @@ def test_matching_head_rerank_equals_the_python_sdk(site, tmp_path: Path) -> Non
     for got, want in zip(js["out"], py, strict=True):
         assert [g[0] for g in got] == [w[0] for w in want]
         np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-4)
+
+
+HARD_TEXT = [  # what the demo's generated text does not hold: the cleaning rules' other branches
+    ("Crème brûlée &amp; “friends”", ["1½ cups milk", "12 cup sugar", "3 / 4 tsp salt", "2 ½ eggs", "112 g flour"],
+     ["Heat to 180°C, then whisk.", "Serve &lt;cold&gt; — or not!"]),
+    ("Pad  Thai\tNoodles", ["⅓ cup fish-sauce", "1⁄2 lime's juice", "14 cup peanuts (chopped)"], ["Toss 2,5 min."]),
+]
+
+
+def test_tokenizer_gives_pythons_ids_for_every_demo_recipe(site) -> None:
+    from collections import Counter
+
+    from malm.text import TextLimits, Vocabulary, encode_recipe, recipe_tokens
+    from malm.training.synth.recipes import generate_recipes
+
+    recipes = [(r.title, list(r.ingredient_lines), list(r.instructions)) for r in generate_recipes(3000, 0)]
+    recipes += [(t, i, s) for t, i, s in HARD_TEXT]
+    counts = Counter(tok for r in recipes for tok in recipe_tokens(*r))
+    vocab = Vocabulary.build(counts, min_freq=2)  # rare words map to <unk>, as in a trained vocabulary
+    limits = TextLimits()
+    got = site["page"].evaluate("""([recipes, words, limits]) => {
+        const vocab = new malm.Vocabulary(words);
+        const parts = recipes.map(([t, i, s]) => {
+            const e = malm.encodeRecipe(t, i, s, vocab, limits);
+            return [...e.title, ...e.ingredients, ...e.instructions];
+        });
+        return parts.map((p) => p.join(","));
+    }""", [recipes, vocab.words, limits.to_dict()])
+    assert len(got) == len(recipes) >= 3000
+    for (title, ingr, instr), ids in zip(recipes, got, strict=True):
+        e = encode_recipe(title, ingr, instr, vocab, limits)
+        want = ",".join(map(str, np.concatenate([e["title"], e["ingredients"].ravel(), e["instructions"].ravel()])))
+        assert ids == want, title
+
+
+def test_add_a_recipe_in_the_browser(site, tmp_path: Path) -> None:
+    from malm.edge_index.records import RecipeRecord
+    from malm.sdk.bundle_loader import open_bundle
+    from malm.sdk.recipe_encoder import OnnxRecipeEncoder
+
+    bundle = make_bundle(tmp_path / "addb", 20, with_recipe_encoder=True)
+    export_web(bundle, site["www"] / "addb")
+    new = {"title": "Grandma's tomato rice soup", "ingredients": ["2 cup tomato", "1 cup rice", "1 egg"],
+           "instructions": ["cook the soup."]}
+    js = site["page"].evaluate("""async ([rec, photo]) => {
+        const r = await malm.Retriever.load("addb/");
+        const before = r.size;
+        const [id] = await r.addRecipes([rec]);
+        const emb = await r.embedRecipe(rec);
+        const withEgg = await r.search(b64(photo), {k: 21});
+        const noEgg = await r.search(b64(photo), {k: 21, excludeIngredients: ["egg"]});
+        return {before, after: r.size, id, emb: Array.from(emb), can: r.canAdd,
+                withEgg: withEgg.map(h => h.recipe_id), noEgg: noEgg.map(h => h.recipe_id)};
+    }""", [new, b64(site["photos"][0])])
+    assert js["can"] and js["before"] == 20 and js["after"] == 21 and js["id"].startswith("user-")
+    enc = OnnxRecipeEncoder(open_bundle(bundle))
+    py = enc([RecipeRecord(id="x", title=new["title"], ingredients=tuple(new["ingredients"]),
+                           instructions=tuple(new["instructions"]))]).embeddings[0]
+    py = py / np.linalg.norm(py)
+    assert float(np.dot(py, np.array(js["emb"], np.float32))) >= 0.9999
+    assert js["id"] in js["withEgg"] and js["id"] not in js["noEgg"]

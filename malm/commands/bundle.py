@@ -105,6 +105,8 @@ def web_command(
                                                            "fp32); default: the first of int8, int8_cpu, fp32"),
     vectors: str = typer.Option("float16", "--vectors", help="Recipe vectors as float16 or int8 (+ scales)"),
     rerank: bool = typer.Option(True, "--rerank/--no-rerank", help="Ship the re-ranking data when the bundle has it"),
+    recipe_encoder: bool = typer.Option(True, "--recipe-encoder/--no-recipe-encoder",
+                                        help="Ship the recipe encoder + vocabulary (add recipes on the phone)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing web bundle at --out"),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout"),
 ) -> None:
@@ -112,7 +114,7 @@ def web_command(
     data, each file hashed in the web bundle's manifest.json."""
     from malm.web_bundle import export_web
 
-    result = export_web(bundle, out, variant, vectors, rerank, overwrite)
+    result = export_web(bundle, out, variant, vectors, rerank, overwrite, recipe_encoder)
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
     else:

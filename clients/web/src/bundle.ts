@@ -37,6 +37,9 @@ export interface WebManifest {
     image_tokens?: number | null;
   };
   source?: { manifest: string; manifest_sha256: string; signatures: string[] };
+  recipe_encoder?: { file: string; precision: string; vocab: string; outputs: string[];
+    limits: import("./text.js").TextLimits };
+  names?: { units: string[] };
   files: Record<string, FileEntry>;
 }
 

@@ -12,9 +12,10 @@ import type * as OrtTypes from "onnxruntime-web";
 import { BundleError, IntegrityError, type WebManifest, WebBundle } from "./bundle.js";
 import { ImageError, type PhotoInput, preprocess } from "./preprocess.js";
 import { float16ToFloat32, fuse, l2normalize, lateInteraction, type Scored, topK } from "./search.js";
-import { nameWords } from "./text.js";
+import { encodeRecipe, ingredientNames, nameWords, tokenize, cleanText, Vocabulary } from "./text.js";
 
-export { BundleError, ImageError, IntegrityError, lateInteraction, nameWords, preprocess, topK, WebBundle };
+export { BundleError, cleanText, encodeRecipe, ImageError, IntegrityError, lateInteraction, nameWords, preprocess, tokenize,
+  topK, Vocabulary, WebBundle };
 export type { PhotoInput, WebManifest };
 
 type Ort = typeof OrtTypes;
@@ -47,6 +48,14 @@ export interface Hit {
   url: string;
 }
 
+export interface NewRecipe {
+  title: string;
+  ingredients: string[];
+  instructions?: string[];
+  url?: string;
+  id?: string;
+}
+
 export interface Timings {
   decode_ms: number;
   encode_ms: number;
@@ -70,7 +79,7 @@ interface Rerank {
   candidates: number;
   dim: number;
   tokens: Float32Array;
-  offsets: Uint32Array;
+  offsets: Uint32Array; // grows when recipes are added (they own no token rows)
   head: OrtTypes.InferenceSession | null;
   takesPatches: boolean;
   imageTokens: number | null;
@@ -107,8 +116,14 @@ async function pickBackend(wanted: Backend): Promise<"wasm" | "webgpu"> {
   }
 }
 
+interface RecipeEncoder {
+  session: OrtTypes.InferenceSession;
+  vocab: Vocabulary;
+}
+
 export class Retriever {
   private excludedCache = new Map<string, Uint8Array>();
+  private recipeEncoder: Promise<RecipeEncoder> | null = null;
 
   private constructor(
     readonly bundle: WebBundle,
@@ -116,9 +131,9 @@ export class Retriever {
     private readonly session: OrtTypes.InferenceSession,
     readonly encoder: string,
     readonly backend: "wasm" | "webgpu",
-    private readonly vectors: Float32Array,
+    private vectors: Float32Array,
     private readonly recipes: RecipeRow[],
-    private readonly labels: Int32Array,
+    private labels: Int32Array,
     private readonly rerankData: Rerank | null,
     readonly loadMs: number,
   ) {}
@@ -154,6 +169,79 @@ export class Retriever {
     return this.recipes.length;
   }
 
+  /** Whether the web bundle carries a recipe encoder (and its vocabulary) to add recipes here. */
+  get canAdd(): boolean {
+    return this.bundle.manifest.recipe_encoder !== undefined;
+  }
+
+  /** Token ids of a recipe as the Python SDK's tokenizer gives them (malm.text.encode_recipe). */
+  async tokenizeRecipe(r: NewRecipe): Promise<{ title: Int32Array; ingredients: Int32Array; instructions: Int32Array }> {
+    const enc = await this.loadRecipeEncoder();
+    return encodeRecipe(r.title, r.ingredients, r.instructions ?? [], enc.vocab, this.bundle.manifest.recipe_encoder!.limits);
+  }
+
+  /** The recipe's L2-normalised embedding by the bundle's recipe encoder. */
+  async embedRecipe(r: NewRecipe): Promise<Float32Array> {
+    const enc = await this.loadRecipeEncoder();
+    const lim = this.bundle.manifest.recipe_encoder!.limits;
+    const ids = await this.tokenizeRecipe(r);
+    const T = this.ort.Tensor;
+    const i64 = (a: Int32Array) => BigInt64Array.from(a, (v) => BigInt(v));
+    const out = await enc.session.run({
+      title: new T("int64", i64(ids.title), [1, lim.max_title_tokens]),
+      ingredients: new T("int64", i64(ids.ingredients), [1, lim.max_ingredients, lim.max_tokens]),
+      instructions: new T("int64", i64(ids.instructions), [1, lim.max_instructions, lim.max_tokens]),
+    }, ["embedding"]);
+    return l2normalize(Float32Array.from(out.embedding.data as Float32Array));
+  }
+
+  /**
+   * Add recipes to this retriever (in memory: a reload starts from the web bundle again). They are searched
+   * and filtered like the bundle's own; without recipe tokens, re-ranking keeps their global score.
+   */
+  async addRecipes(records: NewRecipe[]): Promise<string[]> {
+    if (!this.canAdd) throw new BundleError(`web bundle ${this.bundle.base}: has no recipe encoder to add recipes with`);
+    const units = new Set(this.bundle.manifest.names?.units ?? []);
+    const dim = this.bundle.manifest.embedding.dim;
+    const ids: string[] = [];
+    for (const r of records) {
+      if (!r.title?.trim() || !r.ingredients?.some((i) => i.trim())) throw new Error("a recipe needs a title and ingredients");
+      const emb = await this.embedRecipe(r);
+      const grown = new Float32Array(this.vectors.length + dim);
+      grown.set(this.vectors);
+      grown.set(emb, this.vectors.length);
+      this.vectors = grown;
+      const label = this.recipes.reduce((m, x) => Math.max(m, x.label), -1) + 1;
+      const id = r.id ?? `user-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+      this.recipes.push({ label, id, title: r.title.trim(), ingredients: r.ingredients.filter((i) => i.trim()),
+        instructions: (r.instructions ?? []).filter((s) => s.trim()), url: r.url ?? "",
+        names: ingredientNames(r.ingredients, units) });
+      this.labels = Int32Array.from(this.recipes, (x) => x.label);
+      if (this.rerankData) {
+        const o = this.rerankData.offsets;
+        const grownOffsets = new Uint32Array(o.length + 1);
+        grownOffsets.set(o);
+        grownOffsets[o.length] = o[o.length - 1];
+        this.rerankData.offsets = grownOffsets;
+      }
+      ids.push(id);
+    }
+    this.excludedCache.clear();
+    return ids;
+  }
+
+  private loadRecipeEncoder(): Promise<RecipeEncoder> {
+    const re = this.bundle.manifest.recipe_encoder;
+    if (!re) return Promise.reject(new BundleError(`web bundle ${this.bundle.base}: has no recipe encoder`));
+    this.recipeEncoder ??= (async () => {
+      const [model, vocab] = await Promise.all([this.bundle.file(re.file), this.bundle.file(re.vocab)]);
+      const words = (JSON.parse(new TextDecoder().decode(vocab)) as { words: string[] }).words;
+      return { session: await createSession(this.ort, model, "wasm", `${this.bundle.base}${re.file}`),
+        vocab: new Vocabulary(words) };
+    })();
+    return this.recipeEncoder;
+  }
+
   get canRerank(): boolean {
     return this.rerankData !== null;
   }
@@ -163,7 +251,7 @@ export class Retriever {
     return {
       bundle: this.bundle.base, recipes: this.recipes.length, dim: m.embedding.dim, encoder: this.encoder,
       precision: m.encoders[this.encoder].precision, backend: this.backend, vectors: m.vectors.dtype,
-      rerank: this.canRerank, rerank_kind: m.rerank?.kind ?? null, rerank_default: m.rerank?.default ?? false,
+      rerank: this.canRerank, can_add: this.canAdd, rerank_kind: m.rerank?.kind ?? null, rerank_default: m.rerank?.default ?? false,
       malm_version: m.malm_version, created: m.created, source_manifest_sha256: m.source?.manifest_sha256 ?? null,
       verification: { mode: "full", files: Object.keys(this.bundle.fetched).length, bytes: sum(Object.values(this.bundle.fetched)) },
       load_ms: Math.round(this.loadMs),

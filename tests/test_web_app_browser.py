@@ -3,7 +3,7 @@
 Static files only: the app, the built client (lib/) and a web bundle (`malm bundle web`) served from
 127.0.0.1. The page loads, a photo finds its recipe, the allergen filter takes recipes out; then the network
 is cut and, after a reload, the service worker's cache answers the same. A tampered bundle is refused with
-a clear message on the page.
+a clear message on the page. A recipe added on the phone joins the index.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     executable = chromium_path()
     dist = client_dist()
     root = tmp_path_factory.mktemp("webapp")
-    bundle = make_bundle(root / "bundle", 30)
+    bundle = make_bundle(root / "bundle", 30, with_recipe_encoder=True)
     www = root / "www"
     www.mkdir()
     for name in APP_FILES:
@@ -85,6 +85,21 @@ def test_search_allergens_and_offline(site) -> None:
         page.wait_for_selector(".hit")
         assert hit_ids(page)[0] == "rec0007"
         assert page.evaluate("() => navigator.onLine") is False
+    finally:
+        context.close()
+
+
+def test_add_a_recipe_on_the_phone(site) -> None:
+    context, page = open_app(site)
+    try:
+        page.wait_for_selector("#status:has-text('recipes in the index')")
+        page.click("#add summary")
+        page.fill("#add-title", "Grandma's tomato rice soup")
+        page.fill("#add-ingredients", "2 cup tomato\n1 cup rice")
+        page.fill("#add-steps", "cook the soup.")
+        page.click("#add-button")
+        page.wait_for_selector("#status:has-text('now holds 31 recipes')")
+        assert "Grandma's tomato rice soup" in page.inner_text("#status")
     finally:
         context.close()
 

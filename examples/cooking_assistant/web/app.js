@@ -55,6 +55,7 @@ async function start() {
     label.append(box, ` Re-rank the candidates (${info.rerank_kind.replace("_", " ")})`);
     $("k").parentElement.after(label);
   }
+  if (retriever.canAdd) $("add").hidden = false;
   $("about").textContent = `${info.encoder} · ${info.backend} · ${info.verification.files} files verified · ` +
     `loaded in ${info.load_ms} ms`;
   status(`${retriever.size} recipes in the index. Add a photo to start.`);
@@ -94,5 +95,20 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
   if (e.dataTransfer.files[0]) search(e.dataTransfer.files[0]);
+});
+$("add-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (!retriever) return;
+  const lines = (id) => $(id).value.split("\n").map((s) => s.trim()).filter(Boolean);
+  const title = $("add-title").value.trim();
+  status("Adding…");
+  try {
+    const [id] = await retriever.addRecipes([{ title, ingredients: lines("add-ingredients"), instructions: lines("add-steps") }]);
+    status(`Added “${title}” (${id}); the index now holds ${retriever.size} recipes.`);
+    $("add-form").reset();
+    if (lastFile) search(lastFile);
+  } catch (err) {
+    status(`could not add the recipe: ${err.message}`, true);
+  }
 });
 start().catch((err) => status(`cannot load the recipe index: ${err.message}`, true));

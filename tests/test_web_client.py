@@ -2,8 +2,8 @@
 
 `malm bundle web` exports a bundle built here (a tiny real ONNX encoder, int8-quantized, late-interaction
 re-ranking); a local static server serves the web bundle and the built client; Debian's chromium (through
-Playwright) loads it. Then, for 60 photos of several sizes, formats and EXIF orientations: the browser's
-pixels are Python's to the bit, embeddings agree with `Retriever.embed` (same variant, fp32) to cosine
+Playwright) loads it. Then, for 60 photos of several sizes and formats, every EXIF orientation, and large
+JPEGs that both decode at a reduced DCT scale: the browser's pixels are Python's to the bit, embeddings agree with `Retriever.embed` (same variant, fp32) to cosine
 >= 0.999, the top-5 (plain, re-ranked, and with an ingredient excluded) equal `Retriever.search`'s, and a
 tampered file is refused.
 
@@ -43,30 +43,34 @@ window.ready = true;
 </script>"""
 
 
+LARGE = ((320, 288), (160, 144), (96, 80), (144, 200))  # Python decodes these at 1/8, 1/4, 1/2, 1/4 (draft)
+
+
 def make_photos(folder: Path, n: int) -> list[Path]:
-    """Photos the way phones and apps hand them over: square and not, JPEG and PNG, rotated by EXIF."""
+    """Photos the way phones and apps hand them over: square and not, JPEG and PNG, every EXIF orientation,
+    greyscale, and JPEGs large enough that Python decodes them at a reduced DCT scale."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         im = photo(i, 48)
-        kind = i % 5
+        kind = i % 6
+        p = folder / f"p{i:03d}.{'png' if kind == 2 else 'jpg'}"
         if kind == 0:
-            p = folder / f"p{i:03d}.jpg"
             im.save(p, quality=95)
         elif kind == 1:  # landscape, upscaled on the way to the encoder's 36-pixel shorter side
-            p = folder / f"p{i:03d}.jpg"
             im.resize((50, 31), Image.Resampling.BICUBIC).save(p, quality=90)
         elif kind == 2:  # portrait PNG, downscaled
-            p = folder / f"p{i:03d}.png"
             im.resize((41, 77), Image.Resampling.BICUBIC).save(p)
-        elif kind == 3:  # stored sideways, EXIF orientation 6 turns it upright
-            p = folder / f"p{i:03d}.jpg"
+        elif kind == 3:  # stored turned or mirrored: EXIF orientation 2..8 makes it upright
             exif = Image.Exif()
-            exif[0x0112] = 6
-            im.transpose(Image.Transpose.ROTATE_90).resize((44, 60)).save(p, quality=92, exif=exif.tobytes())
-        else:  # grayscale JPEG
-            p = folder / f"p{i:03d}.jpg"
+            exif[0x0112] = 2 + (i // 6) % 7
+            im.resize((44, 60)).save(p, quality=92, exif=exif.tobytes())
+        elif kind == 4:  # greyscale JPEG
             im.convert("L").resize((57, 45)).save(p, quality=90)
+        else:  # a large JPEG (sometimes EXIF-rotated): decoded at 1/2..1/8 scale by libjpeg, in Python and here
+            exif = Image.Exif()
+            exif[0x0112] = 6 if i % 4 == 1 else 1
+            im.resize(LARGE[(i // 6) % len(LARGE)], Image.Resampling.BICUBIC).save(p, quality=90, exif=exif.tobytes())
         paths.append(p)
     return paths
 
@@ -182,8 +186,9 @@ def test_top5_equals_the_python_sdk(answers, mode: str) -> None:
     assert sum(same) / len(same) >= 0.98, [(i, js[mode], p[mode]) for i, (js, p, ok) in
                                            enumerate(zip(res["out"], py, same, strict=True)) if not ok]
     assert all(len(o[mode]) == 5 for o in res["out"])
-    if mode == "plain":  # the photo's own recipe first (not for the grayscale fifth: the colours are gone)
-        assert sum(o["plain"][0] == f"rec{i:04d}" for i, o in enumerate(res["out"])) >= 0.75 * len(same)
+    if mode == "plain":  # the untouched photos (every sixth) find their own recipe first: the lists mean something
+        plain = [o["plain"][0] == f"rec{i:04d}" for i, o in enumerate(res["out"]) if i % 6 == 0]
+        assert sum(plain) >= 0.9 * len(plain)
 
 
 def test_a_tampered_file_is_refused(site, tmp_path: Path) -> None:

@@ -90,6 +90,68 @@ async function toBytes(photo: Blob | ArrayBuffer | Uint8Array): Promise<Uint8Arr
   return new Uint8Array(await photo.arrayBuffer());
 }
 
+/** Pillow's ImageOps.exif_transpose of an RGB image for EXIF orientation 2..8 (1: unchanged). */
+export function exifTranspose(src: Rgb, orientation: number): Rgb {
+  if (orientation < 2 || orientation > 8) return src;
+  const W = src.width, H = src.height;
+  const swap = orientation >= 5;
+  const ow = swap ? H : W, oh = swap ? W : H;
+  const out = new Uint8Array(src.data.length);
+  for (let y = 0; y < oh; y++) {
+    for (let x = 0; x < ow; x++) {
+      let sx: number, sy: number;
+      switch (orientation) {
+        case 2: sx = W - 1 - x; sy = y; break; // FLIP_LEFT_RIGHT
+        case 3: sx = W - 1 - x; sy = H - 1 - y; break; // ROTATE_180
+        case 4: sx = x; sy = H - 1 - y; break; // FLIP_TOP_BOTTOM
+        case 5: sx = y; sy = x; break; // TRANSPOSE
+        case 6: sx = y; sy = H - 1 - x; break; // ROTATE_270
+        case 7: sx = W - 1 - y; sy = H - 1 - x; break; // TRANSVERSE
+        default: sx = W - 1 - y; sy = x; // 8: ROTATE_90
+      }
+      const o = (y * ow + x) * 3, p = (sy * W + sx) * 3;
+      out[o] = src.data[p];
+      out[o + 1] = src.data[p + 1];
+      out[o + 2] = src.data[p + 2];
+    }
+  }
+  return { width: ow, height: oh, data: out };
+}
+
+const RGB_FRAMES = new Set(["RGBA", "RGBX", "BGRA", "BGRX"]);
+
+/**
+ * A JPEG through WebCodecs' ImageDecoder, asked for the size Python's draft decodes at: Chromium then lets
+ * libjpeg-turbo scale in the DCT domain, as Pillow's `draft` does (same pixels, tested), and skips the
+ * full-size decode. Null where the browser has no ImageDecoder or gives a YUV frame (then: createImageBitmap).
+ */
+async function decodeJpeg(bytes: Uint8Array, head: JpegHeader, scale: number, cfg: PreprocessConfig): Promise<Rgb | null> {
+  const Decoder = (globalThis as { ImageDecoder?: new (init: object) => { decode(): Promise<{ image: VideoFrame }>; close(): void } }).ImageDecoder;
+  if (!Decoder) return null;
+  const w = head.width / scale, h = head.height / scale;
+  let decoder: InstanceType<typeof Decoder> | null = null;
+  let frame: VideoFrame | null = null;
+  try {
+    decoder = new Decoder({ data: bytes, type: "image/jpeg", desiredWidth: w, desiredHeight: h,
+      colorSpaceConversion: "none", preferAnimation: false });
+    frame = (await decoder.decode()).image;
+    // The frame holds the pixels as stored (a frame's rotation/flip only describe how to show them): the EXIF
+    // orientation is applied below, as Pillow's exif_transpose.
+    if (!frame.format || !RGB_FRAMES.has(frame.format) || frame.codedWidth !== w || frame.codedHeight !== h) {
+      return null;
+    }
+    const rgba = new Uint8Array(w * h * 4);
+    await frame.copyTo(rgba, { format: "RGBA" } as VideoFrameCopyToOptions);
+    const rgb = compositeOn(rgba.map((v, i) => (i % 4 === 3 ? 255 : v)), w, h, cfg.alpha_background);
+    return (cfg.exif_orientation ?? true) ? exifTranspose(rgb, head.orientation) : rgb;
+  } catch {
+    return null;
+  } finally {
+    frame?.close();
+    decoder?.close();
+  }
+}
+
 /** Decode a photo to RGB, upright. A JPEG Python would decode at 1/2..1/8 (draft) is decoded at that size too. */
 export async function decode(photo: PhotoInput, cfg: PreprocessConfig): Promise<Rgb> {
   if (typeof ImageData !== "undefined" && photo instanceof ImageData) {
@@ -100,12 +162,16 @@ export async function decode(photo: PhotoInput, cfg: PreprocessConfig): Promise<
   const head = jpegHeader(bytes.subarray(0, Math.min(bytes.length, 1 << 17)));
   if (head) checkPixels(head.width, head.height, cfg.max_pixels);
   const exif = cfg.exif_orientation ?? true;
+  const scale = head && (cfg.jpeg_draft ?? true) ? draftScale(head.width, head.height, cfg.resize) : 1;
+  if (head) {
+    const rgb = await decodeJpeg(bytes, head, scale, cfg);
+    if (rgb) return rgb;
+  }
   const opts: ImageBitmapOptions = { imageOrientation: exif ? "from-image" : "none", colorSpaceConversion: "none",
     premultiplyAlpha: "none" };
-  const scale = head && (cfg.jpeg_draft ?? true) ? draftScale(head.width, head.height, cfg.resize) : 1;
   if (head && scale > 1) {
-    // Python lets libjpeg decode at 1/scale (an 8x8 DCT average); the browser's nearest equivalent is a
-    // decode resized by a box-like filter to exactly that size (docs/web.md gives the measured agreement).
+    // No ImageDecoder: a full decode resized to the draft size by a box-like filter (close to, not equal to,
+    // libjpeg's DCT scaling).
     const swap = exif && head.orientation >= 5 && head.orientation <= 8;
     const w = head.width / scale, h = head.height / scale;
     opts.resizeWidth = swap ? h : w;

@@ -56,7 +56,7 @@ window.b64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
 window.ready = true;
 </script>"""
 
-RUN = """async ([photos, opts, runs, rerank]) => {
+RUN = """async ([photos, opts, runs, rerank, warmup]) => {
     const t0 = performance.now();
     const r = await malm.Retriever.load("bundle/", opts);
     const first = performance.now() - t0;
@@ -69,7 +69,7 @@ RUN = """async ([photos, opts, runs, rerank]) => {
         const bytes = b64(data);
         for (const rr of rerank && r.canRerank ? [false, true] : [false]) {
             const blob = new Blob([bytes], {type: "image/jpeg"});
-            for (let i = 0; i < 5; i++) await r.searchTimed(blob, {k: 5, rerank: rr});
+            for (let i = 0; i < warmup; i++) await r.searchTimed(blob, {k: 5, rerank: rr});
             const rows = [];
             for (let i = 0; i < runs; i++) {
                 const s = performance.now();
@@ -110,6 +110,17 @@ SEARCH_SCALE = """async ([dim, sizes, runs]) => {
 }"""
 
 
+LATE_INTERACTION = """async ([patches, dim, candidates, tokens, runs]) => {
+    const img = Float32Array.from({length: patches * dim}, () => Math.random() - 0.5);
+    const recs = Array.from({length: candidates}, () => Float32Array.from({length: tokens * dim}, () => Math.random() - 0.5));
+    for (let i = 0; i < 3; i++) malm.lateInteraction(img, dim, recs);
+    const t = [];
+    for (let i = 0; i < runs; i++) { const s = performance.now(); malm.lateInteraction(img, dim, recs); t.push(performance.now() - s); }
+    t.sort((a, b) => a - b);
+    return t[Math.floor(t.length / 2)];
+}"""
+
+
 def compressed_sizes(paths: list[Path]) -> dict[str, dict[str, int]]:
     """raw / gzip -9 / brotli -11 bytes of each file (node's zlib: no extra Python dependency)."""
     script = ("const z=require('zlib'),fs=require('fs');const out={};for(const p of process.argv.slice(1)){"
@@ -143,7 +154,7 @@ def test_photos(data: Path, n: int) -> list[Path]:
     return sorted((test if test.is_dir() else data).rglob("*.jpg"))[:n]
 
 
-def run_config(pw: Any, www: Path, name: str, photos: dict[str, str], runs: int) -> dict[str, Any]:
+def run_config(pw: Any, www: Path, name: str, photos: dict[str, str], runs: int, warmup: int) -> dict[str, Any]:
     isolated = name == "wasm-2t"
     args = BASE_ARGS + (WEBGPU_ARGS if name == "webgpu" else ["--disable-gpu"])
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
@@ -164,7 +175,10 @@ def run_config(pw: Any, www: Path, name: str, photos: dict[str, str], runs: int)
                 if adapter is None:
                     return {"available": False, "why": "no WebGPU adapter in this headless chromium"}
             opts = {"threads": 2 if isolated else 1, "backend": "webgpu" if name == "webgpu" else "wasm"}
-            res = page.evaluate(RUN, [photos, opts, runs, True])
+            if name == "webgpu":  # SwiftShader here: seconds per query, so a few runs say enough
+                runs, warmup = min(runs, 5), min(warmup, 2)
+            res = page.evaluate(RUN, [photos, opts, runs, True, warmup])
+            res["runs"], res["warmup"] = runs, warmup
             res["available"] = True
             if name == "webgpu":
                 res["adapter"] = adapter
@@ -173,7 +187,8 @@ def run_config(pw: Any, www: Path, name: str, photos: dict[str, str], runs: int)
         browser.close()
 
 
-def parity(pw: Any, www: Path, bundle: Path, photos: list[Path], variant: str) -> dict[str, Any]:
+def parity(pw: Any, www: Path, bundle: Path, photos: list[Path], variant: str,
+           big: Path | None = None) -> dict[str, Any]:
     from malm.sdk import Retriever
 
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*BASE_ARGS, "--disable-gpu"])
@@ -182,18 +197,23 @@ def parity(pw: Any, www: Path, bundle: Path, photos: list[Path], variant: str) -
             page = browser.new_page()
             page.goto(url)
             page.wait_for_function("() => window.ready === true")
-            js = page.evaluate(PARITY, [[base64.b64encode(p.read_bytes()).decode() for p in photos],
+            extra = [big] if big else []
+            js = page.evaluate(PARITY, [[base64.b64encode(p.read_bytes()).decode() for p in [*photos, *extra]],
                                         f"image_{variant}"])
     finally:
         browser.close()
     with Retriever.load(bundle, variant=variant) as r:
-        emb = r.embed(photos)
-        tops = [[h.recipe_id for h in r.search(p, k=5)] for p in photos]
+        emb = r.embed([*photos, *extra])
+        tops = [[h.recipe_id for h in r.search(p, k=5)] for p in [*photos, *extra]]
     e = np.array([o["emb"] for o in js], np.float32)
     cos = (e * emb).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(emb, axis=1)
     same = [o["top"] == t for o, t in zip(js, tops, strict=True)]
-    return {"variant": variant, "photos": len(photos), "cosine_min": round(float(cos.min()), 6),
-            "cosine_mean": round(float(cos.mean()), 6), "top5_identical": round(sum(same) / len(same), 4)}
+    n = len(photos)
+    out = {"variant": variant, "photos": n, "cosine_min": round(float(cos[:n].min()), 6),
+           "cosine_mean": round(float(cos[:n].mean()), 6), "top5_identical": round(sum(same[:n]) / n, 4)}
+    if big:
+        out["12mp"] = {"cosine": round(float(cos[n]), 6), "top5_identical": bool(same[n])}
+    return out
 
 
 def main() -> None:
@@ -202,6 +222,7 @@ def main() -> None:
     ap.add_argument("data", type=Path, help="Recipe1M-layout folder: its test photos are the queries")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/web_client"))
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=20, help="queries before timing (WASM tiers up while it runs)")
     ap.add_argument("--parity-photos", type=int, default=60)
     ap.add_argument("--configs", default="wasm-1t,wasm-2t,webgpu")
     args = ap.parse_args()
@@ -228,8 +249,10 @@ def main() -> None:
         sizes = compressed_sizes(files)
         result["bytes"] = {"files": {str(Path(p).relative_to(www / "bundle")): s for p, s in sizes.items()},
                            "total": total(sizes)}
-        # What a first visit fetches for search alone (the source manifest is provenance, not fetched).
-        fetched = {k: v for k, v in result["bytes"]["files"].items() if not k.startswith("source/")}
+        # What a first visit fetches to search: not the source manifest (provenance) nor the recipe encoder and
+        # vocabulary (fetched when a recipe is added; the offline app's service worker caches them too).
+        lazy = {(m.get("recipe_encoder") or {}).get("file"), (m.get("recipe_encoder") or {}).get("vocab")}
+        fetched = {k: v for k, v in result["bytes"]["files"].items() if not k.startswith("source/") and k not in lazy}
         result["bytes"]["fetched"] = total(fetched)
         runtime = [www / "lib" / f for f in json.loads((www / "lib/files.json").read_text()) if "webgpu" not in f]
         result["bytes"]["runtime"] = total(compressed_sizes(runtime))
@@ -245,21 +268,23 @@ def main() -> None:
             [Path(tmp) / "int8v/vectors.bin", Path(tmp) / "int8v/vector_scales.bin"]))
 
         tests = test_photos(args.data, args.parity_photos)
+        big = Path(tmp) / "12mp.jpg"
+        big.write_bytes(phone_jpeg(tests[0]))
         photos = {"small": base64.b64encode(tests[0].read_bytes()).decode(),
-                  "12mp": base64.b64encode(phone_jpeg(tests[0])).decode()}
+                  "12mp": base64.b64encode(big.read_bytes()).decode()}
         with Image.open(tests[0]) as im:
             result["small_photo"] = f"{im.width}x{im.height} JPEG, {tests[0].stat().st_size} bytes"
         with sync_playwright() as pw:
             result["configs"] = {}
             for name in args.configs.split(","):
-                res = run_config(pw, www, name, photos, args.runs)
+                res = run_config(pw, www, name, photos, args.runs, args.warmup)
                 summary = {k: v for k, v in res.items() if k != "queries"}
                 summary["p50_ms"] = {q: {key: p50(rows, key) for key in ("total", "decode_ms", "encode_ms",
                                                                           "search_ms", "rerank_ms")}
                                      for q, rows in res.get("queries", {}).items()}
                 result["configs"][name] = summary
                 print(name, json.dumps(summary.get("p50_ms")), flush=True)
-            result["parity"] = [parity(pw, www, args.bundle, tests, m["default_encoder"].removeprefix("image_"))]
+            result["parity"] = [parity(pw, www, args.bundle, tests, m["default_encoder"].removeprefix("image_"), big)]
             # int8 vectors: same photos, same encoder; does exact search over them keep the top 5?
             shutil.rmtree(www / "bundle")
             export_web(args.bundle, www / "bundle", vectors="int8")
@@ -273,6 +298,12 @@ def main() -> None:
                 page.wait_for_function("() => window.ready === true")
                 result["exact_search_p50_ms"] = page.evaluate(SEARCH_SCALE, [m["embedding"]["dim"],
                                                                              [3000, 10000, 100000], 15])
+                # Re-ranking cost where the bundle cannot re-rank: late interaction over 50 candidates with the
+                # encoder's patch grid (size / 16)^2 and 32 recipe tokens of width `dim` each.
+                grid = (m["preprocess"]["size"] // 16) ** 2
+                result["late_interaction_p50_ms"] = {
+                    "shape": f"{grid} patches x 50 candidates x 32 tokens x {m['embedding']['dim']}",
+                    "ms": page.evaluate(LATE_INTERACTION, [grid, m["embedding"]["dim"], 50, 32, 15])}
             page_browser.close()
     result["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     result["client"] = {"onnxruntime-web": json.loads((CLIENT / "package.json").read_text())["dependencies"]
@@ -293,11 +324,14 @@ def report(r: dict[str, Any]) -> str:
              f"{r['machine'].get('cpu_usable')} usable cores ({' '.join(r['machine'].get('cpu_flags', []))}), load average {r['load_average_1m_before']} before and "
              f"{r['load_average_1m_after']} after (a shared machine: timings scale with it).", "",
              "| over the wire | raw MB | gzip MB | brotli MB |", "|---|---:|---:|---:|"]
-    for name, t in (("web bundle (fetched)", b["fetched"]), ("runtime (malm-web.js + ORT WASM)", b["runtime"])):
+    for name, t in (("web bundle (fetched to search)", b["fetched"]), ("web bundle (all files)", b["total"]),
+                    ("runtime (malm-web.js + ORT WASM)", b["runtime"])):
         lines.append(f"| {name} | {t['raw'] / mb:.2f} | {t['gzip'] / mb:.2f} | {t['brotli'] / mb:.2f} |")
     for name, t in b["alternatives"].items():
         lines.append(f"| {name} | {t['raw'] / mb:.2f} | {t['gzip'] / mb:.2f} | {t['brotli'] / mb:.2f} |")
-    lines += ["", "| config | load ms | again ms | query | p50 total | decode | encode | search | rerank |",
+    lines += ["", "Query p50 in ms after the warm-up queries (load: `Retriever.load` in a cold browser context; again: "
+              "a second load in the same page).", "",
+              "| config | load ms | again ms | query | p50 total | decode | encode | search | rerank |",
               "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, c in r["configs"].items():
         if not c.get("available"):
@@ -308,10 +342,14 @@ def report(r: dict[str, Any]) -> str:
                          f"{p['decode_ms']} | {p['encode_ms']} | {p['search_ms']} | {p['rerank_ms']} |")
     lines += ["", "Exact search p50 (top 50, one query) in the browser: " +
               ", ".join(f"{int(n):,} vectors {ms:.2f} ms" for n, ms in r["exact_search_p50_ms"].items()), ""]
+    if "late_interaction_p50_ms" in r:
+        li = r["late_interaction_p50_ms"]
+        lines += [f"Late-interaction re-ranking alone ({li['shape']}): p50 {li['ms']:.2f} ms", ""]
     for p in r["parity"]:
         lines.append(f"Parity ({p['variant']}, {p['vectors']} vectors, {p['photos']} test photos): embedding "
                      f"cosine min {p['cosine_min']} mean {p['cosine_mean']}; top-5 identical "
-                     f"{100 * p['top5_identical']:.1f}%")
+                     f"{100 * p['top5_identical']:.1f}%" + (f"; the 12 MP JPEG: cosine {p['12mp']['cosine']}, top-5 "
+                                                            f"identical {p['12mp']['top5_identical']}" if "12mp" in p else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,7 @@ async function start() {
   if (retriever.canRerank) {
     // Re-ranking is on by default where the bundle ships a trained matching head (or says so).
     const label = el("label");
+    label.style.display = "block";
     const box = el("input"); box.type = "checkbox"; box.id = "rerank";
     box.checked = info.rerank_kind === "matching_head" || info.rerank_default === true;
     box.addEventListener("change", () => lastFile && search(lastFile));

@@ -216,6 +216,37 @@ def parity(pw: Any, www: Path, bundle: Path, photos: list[Path], variant: str,
     return out
 
 
+def parities(pw: Any, www: Path, bundle: Path, tests: list[Path], big: Path, default: str) -> list[dict[str, Any]]:
+    """Browser vs SDK for the web bundle's default image encoder and for fp32, with float16 and int8 vectors."""
+    out = []
+    variants = list(dict.fromkeys([default.removeprefix("image_"), "fp32"]))
+    for vectors in ("float16", "int8"):
+        shutil.rmtree(www / "bundle", ignore_errors=True)
+        export_web(bundle, www / "bundle", variants=variants, vectors=vectors)
+        for v in variants:
+            out.append({**parity(pw, www, bundle, tests, v, big if vectors == "float16" else None), "vectors": vectors})
+    return out
+
+
+def parity_only(args: argparse.Namespace) -> None:
+    from playwright.sync_api import sync_playwright
+
+    result = json.loads(args.out.with_suffix(".json").read_text())
+    tests = test_photos(args.data, args.parity_photos)
+    with tempfile.TemporaryDirectory() as tmp:
+        www = Path(tmp) / "www"
+        shutil.copytree(client_dist(), www / "lib")
+        (www / "index.html").write_text(PAGE)
+        big = Path(tmp) / "12mp.jpg"
+        big.write_bytes(phone_jpeg(tests[0]))
+        with sync_playwright() as pw:
+            result["parity"] = parities(pw, www, args.bundle, tests, big, "image_" + result["web_bundle"]["encoder"]
+                                        .removeprefix("image_"))
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    args.out.with_suffix(".md").write_text(report(result))
+    print(report(result))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", type=Path)
@@ -225,7 +256,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20, help="queries before timing (WASM tiers up while it runs)")
     ap.add_argument("--parity-photos", type=int, default=60)
     ap.add_argument("--configs", default="wasm-1t,wasm-2t,webgpu")
+    ap.add_argument("--parity-only", action="store_true", help="only (re)measure parity, into an existing OUT.json")
     args = ap.parse_args()
+    if args.parity_only:
+        parity_only(args)
+        return
     from playwright.sync_api import sync_playwright
 
     dist = client_dist()
@@ -284,14 +319,9 @@ def main() -> None:
                                      for q, rows in res.get("queries", {}).items()}
                 result["configs"][name] = summary
                 print(name, json.dumps(summary.get("p50_ms")), flush=True)
-            result["parity"] = [parity(pw, www, args.bundle, tests, m["default_encoder"].removeprefix("image_"), big)]
-            # int8 vectors: same photos, same encoder; does exact search over them keep the top 5?
-            shutil.rmtree(www / "bundle")
-            export_web(args.bundle, www / "bundle", vectors="int8")
-            p8 = parity(pw, www, args.bundle, tests, m["default_encoder"].removeprefix("image_"))
-            result["parity"].append({**p8, "vectors": "int8"})
-            result["parity"][0]["vectors"] = "float16"
+            result["parity"] = parities(pw, www, args.bundle, tests, big, m["default_encoder"])
             page_browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*BASE_ARGS, "--disable-gpu"])
+            export_web(args.bundle, www / "bundle", overwrite=True)
             with static_server(www) as url:
                 page = page_browser.new_page()
                 page.goto(url)

@@ -85,7 +85,7 @@ interface Rerank {
   imageTokens: number | null;
 }
 
-let ortPromise: Promise<Ort> | null = null;
+const ortModules: Partial<Record<"wasm" | "webgpu", Promise<Ort>>> = {};
 
 function scriptBase(): string {
   try {
@@ -96,8 +96,8 @@ function scriptBase(): string {
 }
 
 async function loadOrt(backend: "wasm" | "webgpu", opts: LoadOptions): Promise<Ort> {
-  ortPromise ??= (backend === "webgpu" ? import("onnxruntime-web/webgpu") : import("onnxruntime-web/wasm")) as Promise<Ort>;
-  const ort = await ortPromise;
+  ortModules[backend] ??= (backend === "webgpu" ? import("onnxruntime-web/webgpu") : import("onnxruntime-web/wasm")) as Promise<Ort>;
+  const ort = await ortModules[backend]!;
   ort.env.wasm.wasmPaths = opts.wasmPaths ?? `${scriptBase()}ort/`;
   ort.env.wasm.numThreads = opts.threads ?? 1;
   ort.env.logLevel = "error";

@@ -30,6 +30,8 @@ export interface LoadOptions {
   threads?: number;
   /** Image variant to run, e.g. "image_int8" (default: the bundle's default_encoder). */
   encoder?: string;
+  /** onnxruntime-web's graph optimisation level (default "all"). */
+  graphOptimization?: "disabled" | "basic" | "extended" | "all";
 }
 
 export interface SearchOptions {
@@ -151,7 +153,7 @@ export class Retriever {
     // The encoder session (which also fetches and compiles the WASM runtime) starts as soon as its file is
     // verified, while the vectors and records are fetched and hashed.
     const sessionP = Promise.all([ortP, bundle.file(entry.file)])
-      .then(([ort, model]) => createSession(ort, model, backend, `${bundle.base}${entry.file}`));
+      .then(([ort, model]) => createSession(ort, model, backend, `${bundle.base}${entry.file}`, opts.graphOptimization));
     const [session, vecBytes, scaleBytes, recipeBytes] = await Promise.all([sessionP, bundle.file(m.vectors.file),
       m.vectors.scales ? bundle.file(m.vectors.scales) : Promise.resolve(null), bundle.file(m.recipes.file)]);
     const ort = await ortP;
@@ -374,10 +376,11 @@ export class Retriever {
   }
 }
 
-async function createSession(ort: Ort, model: ArrayBuffer, backend: "wasm" | "webgpu", name: string): Promise<OrtTypes.InferenceSession> {
+async function createSession(ort: Ort, model: ArrayBuffer, backend: "wasm" | "webgpu", name: string,
+  level: LoadOptions["graphOptimization"] = "all"): Promise<OrtTypes.InferenceSession> {
   try {
     return await ort.InferenceSession.create(new Uint8Array(model), {
-      executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"], graphOptimizationLevel: "all",
+      executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"], graphOptimizationLevel: level,
     });
   } catch (e) {
     throw new BundleError(`model ${name}: onnxruntime-web cannot load it (${String(e)})`);

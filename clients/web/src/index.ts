@@ -11,10 +11,10 @@
 import type * as OrtTypes from "onnxruntime-web";
 import { BundleError, IntegrityError, type WebManifest, WebBundle } from "./bundle.js";
 import { ImageError, type PhotoInput, preprocess } from "./preprocess.js";
-import { float16ToFloat32, fuse, l2normalize, lateInteraction, type Scored, topK } from "./search.js";
+import { float16ToFloat32, fuse, l2normalize, lateInteraction, type Scored, topK, unitRows } from "./search.js";
 import { encodeRecipe, ingredientNames, nameWords, tokenize, cleanText, Vocabulary } from "./text.js";
 
-export { BundleError, cleanText, encodeRecipe, ImageError, IntegrityError, lateInteraction, nameWords, preprocess, tokenize,
+export { BundleError, cleanText, encodeRecipe, ImageError, IntegrityError, lateInteraction, nameWords, preprocess, tokenize, unitRows,
   topK, Vocabulary, WebBundle };
 export type { PhotoInput, WebManifest };
 
@@ -335,7 +335,7 @@ export class Retriever {
     let local: Float32Array;
     if (rr.kind === "late_interaction") {
       if (shape[1] !== rr.dim) throw new Error(`image tokens have width ${shape[1]}, the bundle's recipe tokens ${rr.dim}: re-ranking cannot compare them`);
-      local = lateInteraction(tokens, rr.dim, per);
+      local = lateInteraction(tokens, rr.dim, per, true);
     } else {
       local = await this.headScores(rr, tokens, shape, per);
     }
@@ -403,7 +403,9 @@ async function loadRerank(ort: Ort, bundle: WebBundle, backend: "wasm" | "webgpu
   const [tok, off, head] = await Promise.all([bundle.file(rs.tokens), bundle.file(rs.offsets),
     rs.model ? bundle.file(rs.model) : Promise.resolve(null)]);
   const offsets = new Uint32Array(off);
-  const tokens = float16ToFloat32(new Uint16Array(tok));
+  // Late interaction compares unit rows: normalise the recipes' once here, not per query (same float32 values).
+  const raw = float16ToFloat32(new Uint16Array(tok));
+  const tokens = rs.kind === "late_interaction" ? unitRows(raw, rs.dim) : raw;
   if (offsets.length !== bundle.manifest.vectors.count + 1 || offsets[offsets.length - 1] * rs.dim !== tokens.length) {
     throw new BundleError(`web bundle ${bundle.base}: re-rank offsets do not match the token rows`);
   }

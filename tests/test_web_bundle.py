@@ -102,3 +102,17 @@ def test_cli(bundle: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     assert info["recipes"] == 24 and info["variants"] == ["int8"] and info["rerank"] is True
+
+
+def test_a_signed_bundles_signature_travels_with_its_manifest(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    signed = tmp_path / "signed"
+    shutil.copytree(bundle, signed)
+    (signed / "manifest.sig").write_text('{"signature": "stand-in: malm bundle sign writes this file"}')
+    out = export_web(signed, tmp_path / "web").out
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["source"]["signatures"] == ["source/manifest.sig"]
+    assert (out / "source/manifest.sig").read_bytes() == (signed / "manifest.sig").read_bytes()
+    assert (out / "source/manifest.json").read_bytes() == (signed / "manifest.json").read_bytes()
+    assert "source/manifest.sig" in m["files"]

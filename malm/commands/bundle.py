@@ -1,8 +1,9 @@
-"""`malm bundle info | card`: what a bundle holds (ultralytics-style table) and its model card.
+"""`malm bundle info | card | web`: what a bundle holds (ultralytics-style table), its model card, its web export.
 
     malm bundle info bundle/                 # variants (size, quality, latency) and the index
     malm bundle info bundle/ --json
     malm bundle card bundle/ --data DATA     # regenerate README.md (+ examples.png from DATA's test photos)
+    malm bundle web bundle/ --out site/bundle   # the files the browser client (clients/web) fetches
 
 No torch: reads the manifest and report.json (and, for `card --data`, queries through the SDK).
 """
@@ -92,6 +93,32 @@ def card_command(
         typer.echo(json.dumps({"card": str(card), "examples": str(examples) if examples else None}))
     else:
         typer.echo(f"wrote {card}" + (f" and {examples}" if examples else ""))
+
+
+@bundle_app.command("web")
+def web_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory"),
+    out: Path = typer.Option(..., "--out", help="Directory to write the web bundle into (new or empty)"),
+    variant: list[str] = typer.Option([], "--variant", help="Image encoder variant(s) to ship (int8, int8_cpu, "
+                                                           "fp32); default: the first of int8, int8_cpu, fp32"),
+    vectors: str = typer.Option("float16", "--vectors", help="Recipe vectors as float16 or int8 (+ scales)"),
+    rerank: bool = typer.Option(True, "--rerank/--no-rerank", help="Ship the re-ranking data when the bundle has it"),
+    recipe_encoder: bool = typer.Option(True, "--recipe-encoder/--no-recipe-encoder",
+                                        help="Ship the recipe encoder + vocabulary (add recipes on the phone)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing web bundle at --out"),
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout"),
+) -> None:
+    """Write what a browser fetches (clients/web): the image encoder, recipe vectors and records, re-ranking
+    data, each file hashed in the web bundle's manifest.json."""
+    from malm.web_bundle import export_web
+
+    result = export_web(bundle, out, variant, vectors, rerank, overwrite, recipe_encoder)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        typer.echo(f"wrote {out}: {result.recipes} recipes, image encoder {', '.join(result.variants)}, "
+                   f"{result.vectors} vectors{', re-ranking' if result.rerank else ''}, "
+                   f"{result.bytes / 1e6:.2f} MB")
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 
 from malm._atomic import atomic_path
+from malm.edge_index.hnsw import HnswIndex
+from malm.edge_index.records import _UNITS
+from malm.edge_index.rerank import TokenStore
+from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, MalmError
+from malm.sdk.backends.ort import OrtSession
+from malm.sdk.bundle_loader import open_bundle
 
 WEB_FORMAT = "malm-web-bundle"
 WEB_FORMAT_VERSION = 1
@@ -103,8 +109,6 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 def _io_names(path: Path) -> dict[str, Any]:
     """What the client must know about an ONNX model before running it (read with onnxruntime, no torch)."""
-    from malm.sdk.backends.ort import OrtSession
-
     s = OrtSession(path, threads=1)
     meta = s.session.get_modelmeta().custom_metadata_map
     return {"inputs": s.input_names, "outputs": s.output_names,
@@ -114,11 +118,6 @@ def _io_names(path: Path) -> dict[str, Any]:
 def export_web(bundle: str | Path, out: str | Path, variants: Sequence[str] = (), vectors: str = "float16",
                rerank: bool = True, overwrite: bool = False, recipe_encoder: bool = True) -> WebExport:
     """Write the web bundle of `bundle` into `out` (a new or empty directory, or `overwrite`)."""
-    from malm.edge_index.hnsw import HnswIndex
-    from malm.edge_index.rerank import TokenStore
-    from malm.edge_index.store import RecipeStore
-    from malm.sdk.bundle_loader import open_bundle
-
     if vectors not in VECTOR_DTYPES:
         raise MalmError(f"vectors must be one of {VECTOR_DTYPES}, got {vectors!r}")
     src = open_bundle(bundle, check_hashes="full")  # a web bundle is only as good as what it was made from
@@ -197,7 +196,6 @@ def _export_into(src: Any, stage: Path, out: Path, variants: list[str], vectors:
     if has_rerank:
         manifest["rerank"] = _export_rerank(src, rs, stage, labels, TokenStore)
     _carry_source(src, stage, manifest)
-    from malm.edge_index.records import _UNITS
 
     # The words an ingredient line's name leaves out (quantities, units, preparation): one list, Python's.
     manifest["names"] = {"units": sorted(_UNITS)}

@@ -110,6 +110,7 @@ def web_command(
 ) -> None:
     """Write what a browser fetches (clients/web): the image encoder, recipe vectors and records, re-ranking
     data, each file hashed in the web bundle's manifest.json."""
+    # on use only: keeps numpy, Pillow and hnswlib out of the command line's start
     from malm.web_bundle import export_web
 
     result = export_web(bundle, out, variant, vectors, rerank, overwrite, recipe_encoder)

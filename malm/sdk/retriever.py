@@ -41,6 +41,7 @@ from malm.sdk.backends.base import EncoderOutput, ImageBackend
 from malm.sdk.backends.ort import OrtImageBackend, OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
 from malm.sdk.image_io import ImageInput, describe, load_image
+from malm.signing import TrustedKey, TrustPolicy
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,14 @@ class _Snapshot:
     rerank: _Rerank | None
 
 
-def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None) -> _Snapshot:
-    bundle = open_bundle(root, check_hashes)
+def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None,
+                   policy: TrustPolicy | None = None) -> _Snapshot:
+    bundle = open_bundle(root, check_hashes, policy=policy)
     section = bundle.index  # typed and validated by open_bundle (malm.manifest.IndexSection)
-    store = RecipeStore.open(bundle.path(section.store))
-    index = HnswIndex.load(bundle.path(section.file), section.settings, store.labels())
+    # Both read once from the verified bytes (Bundle.read_bytes), into memory: never the file again.
+    store = RecipeStore.from_bytes(bundle.read_bytes(section.store), str(bundle.path(section.store)))
+    index = HnswIndex.load_bytes(bundle.read_bytes(section.file), str(bundle.path(section.file)), section.settings,
+                                 store.labels())
     rerank = None
     rs = bundle.sections.rerank
     if rs is not None:
@@ -121,7 +125,8 @@ def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None) ->
         tokens = TokenStore.load(bundle.path(rs.tokens), bundle.path(rs.offsets))
         scorer: LocalScorer
         if rs.kind == "matching_head":
-            scorer = MatchingHeadScorer(OrtSession(bundle.path(str(rs.model)), threads=threads), tokens.dim)
+            scorer = MatchingHeadScorer(OrtSession(bundle.path(str(rs.model)), threads=threads,
+                                                   model_bytes=bundle.read_bytes(str(rs.model))), tokens.dim)
         else:
             scorer = LateInteractionScorer()
         rerank = _Rerank(rs, tokens, scorer)
@@ -132,7 +137,8 @@ class Retriever:
     """Image → recipes over a verified bundle. Build with `Retriever.load`."""
 
     def __init__(self, snapshot: _Snapshot, backend: ImageBackend, threads: int | None, check_hashes: bool | str,
-                 self_check: _selfcheck.SelfCheck | None = None) -> None:
+                 self_check: _selfcheck.SelfCheck | None = None, policy: TrustPolicy | None = None) -> None:
+        self._policy = policy
         self._snap = snapshot
         self._backend = backend
         self._self_check = self_check
@@ -143,7 +149,8 @@ class Retriever:
 
     @classmethod
     def load(cls, bundle: str | os.PathLike[str], backend: str = "auto", variant: str = "auto",
-             threads: int | None = None, verify: bool | str = True, strict_selfcheck: bool = False) -> Retriever:
+             threads: int | None = None, verify: bool | str = True, strict_selfcheck: bool = False,
+             trusted_keys: Iterable[TrustedKey] | None = None, require_signature: bool | None = None) -> Retriever:
         """Open `bundle` (verifying every file's sha256) and its image encoder.
 
         verify: True hashes each file once per (size, mtime, inode) and remembers it, so a restart
@@ -156,9 +163,15 @@ class Retriever:
         The encoder is self-checked against the bundle's fp32 reference embeddings once per (bundle, machine,
         backend) (`malm.sdk.selfcheck`); with variant "auto" one that disagrees is replaced by the next
         (int8_cpu -> int8 -> fp32) with a warning. strict_selfcheck: raise `SelfCheckError` instead.
+
+        trusted_keys: Ed25519 public keys (`malm bundle keygen`'s .pub files) whose signature over the manifest
+        (`manifest.sig`, `malm bundle sign`) is accepted; require_signature: refuse an unsigned bundle (default:
+        when any key is trusted, or $MALM_REQUIRE_SIGNATURE=1; $MALM_TRUSTED_KEYS adds keys). A bundle whose
+        signature does not verify is always refused.
         """
         root = Path(bundle)
-        snap = _load_snapshot(root, verify, threads)
+        policy = TrustPolicy.resolve(trusted_keys, require_signature)
+        snap = _load_snapshot(root, verify, threads, policy)
 
         tries = [_selfcheck.Target(*t) for t in targets(snap.bundle, backend, variant)]
         encoder, result = _selfcheck.choose(snap.bundle, tries, lambda v: create_backend(snap.bundle, backend, v,
@@ -170,7 +183,7 @@ class Retriever:
             if encoder.variant != pick:
                 why += f"; {pick} disagreed with the fp32 reference in the self-check on this CPU, so {encoder.variant}"
             encoder.variant_reason = why
-        return cls(snap, encoder, threads, verify, result)
+        return cls(snap, encoder, threads, verify, result, policy)
 
     # information ---------------------------------------------------------------------------------
     @property
@@ -214,6 +227,7 @@ class Retriever:
             "threads": self._threads,
             "verification": {"mode": snap.bundle.verification, "files": len(manifest.get("files") or {}),
                              "format_version": manifest.get("format_version"),
+                             "signed_by": snap.bundle.signed_by,
                              "malm_version": manifest.get("malm_version")},
             "cpu": cpu_features().to_dict(),
         }
@@ -366,7 +380,7 @@ class Retriever:
             self._reload()
 
     def _reload(self) -> None:
-        new = _load_snapshot(self._snap.bundle.root, self._check_hashes, self._threads)
+        new = _load_snapshot(self._snap.bundle.root, self._check_hashes, self._threads, self._policy)
         self._snap = new  # one reference assignment: searches see the old or the new snapshot
 
 

@@ -118,7 +118,7 @@ def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBack
     providers = select_providers(available_providers())
     chosen, why = explain_variant(bundle, variant, providers[0])
     rel = _image_file(bundle, chosen)
-    ort_backend = OrtImageBackend(bundle.path(rel), chosen, providers, threads)
+    ort_backend = OrtImageBackend(bundle.path(rel), chosen, providers, threads, bundle.read_bytes(rel))
     if ort_backend.device != providers[0]:
         # ONNX Runtime falls back silently when a provider fails to start (no CUDA libraries, a TensorRT
         # mismatch): the session's own list says what runs. "auto" then takes that provider's variant.
@@ -127,7 +127,8 @@ def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBack
         if actual != chosen:
             chosen, rel = actual, _image_file(bundle, actual)
             _, why = explain_variant(bundle, variant, ort_backend.device)
-            ort_backend = OrtImageBackend(bundle.path(rel), chosen, ort_backend.session.providers, threads)
+            ort_backend = OrtImageBackend(bundle.path(rel), chosen, ort_backend.session.providers, threads,
+                                          bundle.read_bytes(rel))
             ort_backend.requested_device = providers[0]
         why += f" (note: {providers[0]} was listed but the session runs on {ort_backend.device})"
     ort_backend.variant_reason = why

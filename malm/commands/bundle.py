@@ -3,6 +3,8 @@
     malm bundle info bundle/                 # variants (size, quality, latency) and the index
     malm bundle info bundle/ --json
     malm bundle card bundle/ --data DATA     # regenerate README.md (+ examples.png from DATA's test photos)
+    malm bundle keygen --out release         # release.key + release.pub (Ed25519)
+    malm bundle sign bundle/ --key release.key   # manifest.sig; devices load with --trusted-key release.pub
 
 No torch: reads the manifest and report.json (and, for `card --data`, queries through the SDK).
 """
@@ -15,7 +17,7 @@ from typing import Any
 
 import typer
 
-bundle_app = typer.Typer(help="Inspect a bundle: its variants, index and model card.", no_args_is_help=True,
+bundle_app = typer.Typer(help="Inspect and sign a bundle: its variants, index, model card and signature.", no_args_is_help=True,
                          pretty_exceptions_show_locals=False)
 
 
@@ -94,6 +96,29 @@ def card_command(
         typer.echo(json.dumps({"card": str(card), "examples": str(examples) if examples else None}))
     else:
         typer.echo(f"wrote {card}" + (f" and {examples}" if examples else ""))
+
+
+@bundle_app.command("keygen")
+def keygen_command(
+    out: Path = typer.Option(Path("malm-signing"), "--out", help="Writes OUT.key (private, 0600) and OUT.pub"),
+) -> None:
+    """A new Ed25519 key pair for `malm bundle sign` (keep the .key off devices; ship the .pub)."""
+    from malm.signing import key_id, keygen, load_public_key
+
+    priv, pub = keygen(out)
+    typer.echo(f"wrote {priv} (private: keep it secret) and {pub} (key id {key_id(load_public_key(pub))[:16]})")
+
+
+@bundle_app.command("sign")
+def sign_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory"),
+    key: Path = typer.Option(..., "--key", help="Private key from `malm bundle keygen` (OUT.key)"),
+) -> None:
+    """Hash every file, then sign the manifest (which holds every file's sha256): writes manifest.sig."""
+    from malm.signing import sign_bundle
+
+    sig, kid = sign_bundle(bundle, key)
+    typer.echo(f"signed {bundle} with key {kid[:16]}: {sig}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -437,3 +438,15 @@ def test_store_is_read_from_the_verified_bytes(bundle: Path) -> None:
         before = [h.title for h in r.search(photo(4), k=3)]
         _store_rows(bundle, "UPDATE recipes SET title = 'tampered'")
         assert [h.title for h in r.search(photo(4), k=3)] == before
+
+
+def test_model_card_keeps_manifest_text_inert(bundle: Path) -> None:
+    from malm.model_card import render_card
+
+    m = read_manifest(bundle)
+    evil = "x</td><script>alert(1)</script>\n# [click](http://evil.example) ![i](http://t) `| a |"
+    m["model"] = {"name": evil, "checkpoint_sha256": "`x"}
+    m["encoders"]["image_fp32"]["file"] = "a|b`c"
+    card = render_card(m, {"data": evil, "notes": [evil]})
+    assert "<script>" not in card and not re.search(r"(?<!\\)\]\(", card) and "\n# [" not in card
+    assert "a|b" not in card and "&lt;script&gt;" in card

@@ -132,6 +132,10 @@ def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBack
             ort_backend.requested_device = providers[0]
         why += f" (note: {providers[0]} was listed but the session runs on {ort_backend.device})"
     ort_backend.variant_reason = why
+    hw = ort_backend.session.input_shape("image")[2:]
+    if any(isinstance(v, int) and v != bundle.preprocess.size for v in hw):
+        raise BundleError(f"bundle {bundle.root}: image encoder {rel} takes {hw} pixels, the manifest's "
+                          f"'preprocess.size' is {bundle.preprocess.size}")
     if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
         raise BundleError(f"bundle {bundle.root}: image encoder {rel} gives dim {ort_backend.dim}, "
                           f"the index has dim {bundle.dim}")

@@ -112,7 +112,11 @@ class OrtSession:
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else self.output_names
-        values = self.session.run(names, dict(feeds))
+        try:
+            values = self.session.run(names, dict(feeds))
+        except Exception as e:  # noqa: BLE001 - ORT's own types: inputs the model does not take (a bundle mismatch)
+            raise BundleError(f"model {self.path}: ONNX Runtime cannot run it on these inputs "
+                              f"({str(e).strip()[:300]})") from None
         return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
 

@@ -22,7 +22,9 @@ def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "au
     from malm.sdk.diagnostics import runtime_report
 
     report = runtime_report()
-    if bundle is not None:
+    if bundle is not None and report["hnswlib_build"]["runs_here"] is False:
+        report["bundle"] = {"bundle": str(bundle), "error": "not loaded: hnswlib does not run on this CPU"}
+    elif bundle is not None:
         try:
             from malm.sdk import Retriever
 
@@ -41,6 +43,7 @@ def _yes(flag: Any) -> str:
 def _print(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -65,6 +68,8 @@ def _print(report: dict[str, Any]) -> None:
     table.add_row("photos", f"JPEG draft decoding, WebP {_yes(fmt['webp'])}, HEIC "
                   + (f"pillow-heif {fmt['heic']}" if fmt["heic"] else "[dim]no (pip install 'malm[heic]')[/dim]"))
     table.add_row("hnswlib", report["hnswlib"] or "-")
+    hb = report["hnswlib_build"]
+    table.add_row("hnswlib build", Text(f"{hb['instructions']} instructions ({hb['source'] or '-'}); {hb['check']}"))
     b = report.get("bundle")
     if b is not None and "error" not in b:
         v = b["verification"]

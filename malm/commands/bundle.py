@@ -101,24 +101,33 @@ def card_command(
 @bundle_app.command("keygen")
 def keygen_command(
     out: Path = typer.Option(Path("malm-signing"), "--out", help="Writes OUT.key (private, 0600) and OUT.pub"),
+    json_out: bool = typer.Option(False, "--json", help="Print the written paths and the key id as JSON"),
 ) -> None:
     """A new Ed25519 key pair for `malm bundle sign` (keep the .key off devices; ship the .pub)."""
     from malm.signing import key_id, keygen, load_public_key
 
     priv, pub = keygen(out)
-    typer.echo(f"wrote {priv} (private: keep it secret) and {pub} (key id {key_id(load_public_key(pub))[:16]})")
+    kid = key_id(load_public_key(pub))
+    if json_out:
+        typer.echo(json.dumps({"private_key": str(priv), "public_key": str(pub), "key_id": kid}))
+    else:
+        typer.echo(f"wrote {priv} (private: keep it secret) and {pub} (key id {kid[:16]})")
 
 
 @bundle_app.command("sign")
 def sign_command(
     bundle: Path = typer.Argument(..., help="Bundle directory"),
     key: Path = typer.Option(..., "--key", help="Private key from `malm bundle keygen` (OUT.key)"),
+    json_out: bool = typer.Option(False, "--json", help="Print the signature file and the key id as JSON"),
 ) -> None:
     """Hash every file, then sign the manifest (which holds every file's sha256): writes manifest.sig."""
     from malm.signing import sign_bundle
 
     sig, kid = sign_bundle(bundle, key)
-    typer.echo(f"signed {bundle} with key {kid[:16]}: {sig}")
+    if json_out:
+        typer.echo(json.dumps({"signature": str(sig), "key_id": kid}))
+    else:
+        typer.echo(f"signed {bundle} with key {kid[:16]}: {sig}")
 
 
 def register(app: typer.Typer) -> None:

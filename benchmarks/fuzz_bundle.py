@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def _apply(m: dict[str, Any], path: tuple[Any, ...], action: str, value: Any, ke
         parent[last][key] = value
     elif action == "deep":
         v: Any = value
-        for _ in range(40 + len(key) * 20):
+        for _ in range(40 + min(len(key), 30) * 20):  # <= 640 levels: json.dumps recurses (the parser's
+            # RecursionError beyond ~1,000 levels is tested in tests/test_bundle_trust.py)
             v = [v]
         parent[last] = v
 
@@ -171,7 +173,7 @@ class Fuzz:
         return tmp.read_bytes(), edits
 
 
-def child(manifests: int, rows: int, out: Path, seed: int) -> int:
+def child(manifests: int, rows: int, out: Path, seed: int, shrink: bool = True) -> int:
     """Run both properties here (the parent watches for a crash). Exit 0 and summary.json when they hold."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hseed
@@ -180,19 +182,24 @@ def child(manifests: int, rows: int, out: Path, seed: int) -> int:
     out.mkdir(parents=True, exist_ok=True)
     fuzz = Fuzz(Path(tempfile.mkdtemp(prefix="malm-fuzz-bundle-")))
     st_mod, value_st, text_st = _strategies()
-    common = dict(deadline=None, database=None, derandomize=False, suppress_health_check=list(HealthCheck))
+    from hypothesis import Phase
+
+    common: dict[str, Any] = dict(deadline=None, database=None, derandomize=False,
+                                  suppress_health_check=list(HealthCheck))
+    if not shrink:
+        common["phases"] = [Phase.explicit, Phase.reuse, Phase.generate]
     t0 = time.perf_counter()
     failures: list[str] = []
 
     @hseed(seed)
-    @settings(max_examples=manifests, **common)
+    @settings(max_examples=max(manifests, 1), **common)
     @given(data=st.data())
     def manifest_property(data: Any) -> None:
         text, edits = fuzz.mutate_manifest(data, value_st, text_st)
         fuzz.run("manifest", text, None, edits)
 
     @hseed(seed + 1)
-    @settings(max_examples=rows, **common)
+    @settings(max_examples=max(rows, 1), **common)
     @given(data=st.data())
     def store_property(data: Any) -> None:
         raw, edits = fuzz.mutate_store(data, value_st)
@@ -202,7 +209,9 @@ def child(manifests: int, rows: int, out: Path, seed: int) -> int:
         try:
             prop()
         except Exception as e:  # the property failed: hypothesis has shrunk and printed the example
-            failures.append(f"{prop.__name__}: {type(e).__name__}: {str(e)[:2000]}")
+            for sub in getattr(e, "exceptions", None) or [e]:
+                tb = "".join(traceback.format_exception(sub)[-6:])
+                failures.append(f"{prop.__name__}: {type(sub).__name__}: {str(sub)[:1500]}\n{tb[-2500:]}")
     counts = dict(sorted(fuzz.outcomes.items()))
     total = {k: sum(v for kk, v in counts.items() if kk.startswith(k + ":")) for k in ("manifest", "store")}
     summary = {"examples": total, "outcomes": counts, "failures": failures, "seconds": round(time.perf_counter() - t0, 1),
@@ -219,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/fuzz-bundle"))
     ap.add_argument("--child", action="store_true", help="run here, not in a watched child process")
+    ap.add_argument("--no-shrink", action="store_true", help="report a failure as found (faster)")
     ap.add_argument("--result", type=Path, help="also write the summary with the machine info here (JSON)")
     a = ap.parse_args(argv)
     if a.child:
-        return child(a.manifests, a.rows, a.out, a.seed)
+        return child(a.manifests, a.rows, a.out, a.seed, not a.no_shrink)
     cmd = [sys.executable, "-m", "benchmarks.fuzz_bundle", "--child", "--manifests", str(a.manifests), "--rows",
-           str(a.rows), "--seed", str(a.seed), "--out", str(a.out)]
+           str(a.rows), "--seed", str(a.seed), "--out", str(a.out), *(["--no-shrink"] if a.no_shrink else [])]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     summary_path = a.out / "summary.json"
     if proc.returncode < 0 or not summary_path.is_file():

@@ -123,6 +123,9 @@ def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None,
             if not bundle.listed(rel):
                 raise BundleError(f"bundle {root}: re-rank file {rel!r} is not listed (and hashed) in the manifest")
         tokens = TokenStore.load(bundle.path(rs.tokens), bundle.path(rs.offsets))
+        if tokens.dim != rs.dim:
+            raise BundleError(f"bundle {root}: re-rank tokens have width {tokens.dim}, manifest 'rerank.dim' says "
+                              f"{rs.dim}")
         scorer: LocalScorer
         if rs.kind == "matching_head":
             scorer = MatchingHeadScorer(OrtSession(bundle.path(str(rs.model)), threads=threads,
@@ -323,8 +326,8 @@ class Retriever:
         if rerank and snap.rerank is not None and tokens is not None and labels:
             rr = snap.rerank
             if rr.settings.kind == "late_interaction" and tokens.shape[-1] != rr.tokens.dim:
-                raise MalmError(f"image tokens have width {tokens.shape[-1]}, the bundle's recipe tokens "
-                                f"{rr.tokens.dim}: re-ranking cannot compare them")
+                raise BundleError(f"bundle {snap.bundle.root}: image tokens have width {tokens.shape[-1]}, its "
+                                  f"recipe tokens {rr.tokens.dim}: re-ranking cannot compare them")
             recipe_tokens = [rr.tokens.get(label) for label in labels]
             local = rr.scorer(tokens, recipe_tokens)
             # Recipes added without token features keep their global score instead of a local 0.

@@ -181,7 +181,7 @@ def stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
-def _file_stats(path: Path) -> list[list[int]]:
+def file_stats(path: Path) -> list[list[int]]:
     """stat_key of a file, or of every file under a directory (an .mlpackage)."""
     files = [path] if path.is_file() else _tree_files(path)
     return [stat_key(f.stat()) for f in files]
@@ -205,7 +205,7 @@ def verify_files(root: Path, manifest: dict[str, Any], *, cached: bool) -> dict[
     for rel, path in paths.items():
         if not path.exists():
             raise BundleError(f"bundle {root}: missing file {rel}")
-    before = {rel: _file_stats(path) for rel, path in paths.items()}
+    before = {rel: file_stats(path) for rel, path in paths.items()}
     key = hashlib.sha256(json.dumps(["v2", str(root.resolve()), files], sort_keys=True).encode()).hexdigest()
     stamp = verify_cache_dir() / f"{key}.json"
     if cached:
@@ -221,7 +221,7 @@ def verify_files(root: Path, manifest: dict[str, Any], *, cached: bool) -> dict[
             raise BundleError(f"bundle {root}: {rel} has {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
         if digest != entry["sha256"]:
             raise BundleError(f"bundle {root}: {rel} does not match its sha256 in the manifest (tampered or corrupted)")
-    after = {rel: _file_stats(path) for rel, path in paths.items()}
+    after = {rel: file_stats(path) for rel, path in paths.items()}
     changed = sorted(rel for rel in files if after[rel] != before[rel])
     if changed:
         raise BundleError(f"bundle {root}: {', '.join(changed)} changed while being verified; load it again")

@@ -208,6 +208,10 @@ def test_file_changed_after_verification_is_not_read(bundle: Path) -> None:
         b.read_bytes(store)
     time.sleep(0.01)
     b.read_bytes(b.index.file)  # untouched files still read
+    b.unchanged_path("encoders/image_fp32.onnx")  # what TensorRT / CoreML get: a path, checked unchanged
+    os.utime(bundle / "encoders/image_fp32.onnx")
+    with pytest.raises(BundleError, match="changed after it was verified"):
+        b.unchanged_path("encoders/image_fp32.onnx")
 
 
 def test_unlisted_encoder_is_refused_even_without_selfcheck(bundle: Path) -> None:

@@ -16,6 +16,7 @@ from malm.bundle import (
     MAX_MANIFEST_BYTES,
     RACY_NS,
     check_listed,
+    file_stats,
     read_manifest,
     safe_relpath,
     stat_key,
@@ -48,6 +49,15 @@ class Bundle:
         if rel not in self.sections.files:
             raise BundleError(f"bundle {self.root}: {rel} is not listed (and hashed) in the manifest")
         return safe_relpath(self.root, rel)
+
+    def unchanged_path(self, rel: str) -> Path:
+        """`path(rel)` for a reader that opens it itself (a TensorRT build, a CoreML package): refused when the
+        file (or any file under the directory) changed since it was verified."""
+        path = self.path(rel)
+        expected = self.stamps.get(rel)
+        if expected is not None and file_stats(path) != expected:
+            raise BundleError(f"bundle {self.root}: {rel} changed after it was verified; load it again")
+        return path
 
     def read_bytes(self, rel: str) -> bytes:
         """The bytes of a listed file, read once, that are the bytes verified: a file whose stat_key

@@ -150,7 +150,7 @@ def _tensorrt(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend
     if not trt_entry:
         raise BundleError(f"bundle {bundle.root}: has no TensorRT-ready ONNX (export with --target tensorrt)")
     rel = trt_entry.file
-    return TensorRTBackend(bundle.path(rel), bundle.file_hash(rel), trt_entry.precision or "fp16")
+    return TensorRTBackend(bundle.unchanged_path(rel), bundle.file_hash(rel), trt_entry.precision or "fp16")
 
 
 def _coreml(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
@@ -160,7 +160,7 @@ def _coreml(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
     entry = bundle.encoder("image_coreml")
     if not entry:
         raise BundleError(f"bundle {bundle.root}: has no CoreML model (export with --target coreml)")
-    return CoreMLBackend(bundle.path(entry.file), bundle.preprocess, entry.precision or "fp16")
+    return CoreMLBackend(bundle.unchanged_path(entry.file), bundle.preprocess, entry.precision or "fp16")
 
 
 # name -> factory(bundle, variant, threads). A new backend: a module here implementing `ImageBackend` (its

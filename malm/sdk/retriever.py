@@ -156,7 +156,7 @@ class Retriever:
              trusted_keys: Iterable[TrustedKey] | None = None, require_signature: bool | None = None) -> Retriever:
         """Open `bundle` (verifying every file's sha256) and its image encoder.
 
-        verify: True hashes each file once per (size, mtime, inode) and remembers it, so a restart
+        verify: True hashes each file once per (size, mtime, ctime, inode, device) and remembers it, so a restart
         does not re-hash a large index; "full" hashes every file on every load; False skips it.
 
         backend: "auto" | "onnxruntime" | "tensorrt" | "coreml"; variant: "auto" | "int8_cpu" | "int8" | "fp32"

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean check-aarch64 browser
+.PHONY: demo test docs lint typecheck bench clean check-aarch64 browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(BIN)/python:
 # [train] range then needs nothing more (an unpinned torch would pull a multi-GB CUDA build).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[all,bench,dev,e2e,tensorboard,plot]"
+	$(BIN)/pip install -q -e ".[all,bench,dev,docs,e2e,tensorboard,plot]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,9 +31,15 @@ browser:
 	else echo "make test: the browser tests need chromium (sudo apt-get install chromium), or MALM_SKIP_BROWSER_TESTS=1"; \
 	  exit 1; fi
 
+# The documentation site (docs/ + mkdocs.yml) into build/site; --strict turns a broken link, a page missing
+# from the navigation or an API docstring that cannot be rendered into a failure.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 test: $(STAMP) browser
 	$(BIN)/ruff check malm tests benchmarks examples
 	$(BIN)/mypy malm/sdk malm/edge_index
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 
 bench: $(STAMP)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _recipe1m_fixture import make_recipe1m
 from typer.testing import CliRunner
 
 from malm.cli import app
@@ -20,7 +19,7 @@ runner = CliRunner()
 MALM = Path(sys.executable).parent / "malm"
 
 
-def test_data_prepare_builds_then_reuses(tmp_path) -> None:
+def test_data_prepare_builds_then_reuses(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m")
     first = runner.invoke(app, ["data", "prepare", str(root), "--min-freq", "1"])
     assert first.exit_code == 0, first.output
@@ -34,7 +33,7 @@ def test_data_prepare_builds_then_reuses(tmp_path) -> None:
     assert manifest["settings"]["min_freq"] == 1
 
 
-def test_data_prepare_options(tmp_path) -> None:
+def test_data_prepare_options(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m", images_subdir="pics")
     cache = tmp_path / "elsewhere"
     r = runner.invoke(app, ["data", "prepare", str(root), "--images", str(root / "pics"), "--cache", str(cache),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from _tiny_run import make_dataset, tiny_config
 
 from malm.export.student import (
     LITE0_STAGES,
@@ -136,15 +136,16 @@ def test_hybrid_presets_exist_for_every_method() -> None:
     assert load_preset("malm").model.image.backbone == "vit"  # the full presets keep ViT-B/16
 
 
-def test_train_and_export_a_hybrid_teacher_through_the_cli(tmp_path: Path) -> None:
+def test_train_and_export_a_hybrid_teacher_through_the_cli(tmp_path: Path, make_dataset: Callable[..., Path],
+                                                            tiny_config: Callable[..., Path]) -> None:
     """`malm train` with a hybrid config, then `malm export` distils the EfficientNet-Lite0 student from it."""
     data = make_dataset(tmp_path / "data", n_train=16, n_val=4, n_test=8)
     cfg_path = tiny_config(tmp_path / "c.json", epochs=1)
     d = json.loads(cfg_path.read_text())
     d["model"]["image"].update({"backbone": "hybrid_effnet_lite0", "image_size": 32, "patch_size": 16,
                                 "stem_stages": 4})
-    d["loss"]["mask"] = {"enabled": True, "ratio": 0.5, "full_image_triplet": True}
-    d["loss"]["distill"] = {"enabled": True, "weight": 1.0, "ema_decay": 0.9, "predictor_layers": 1}
+    d["loss"]["mask"] = {"enabled": True, "ratio": 0.5, "full_image_retrieval": True}
+    d["loss"]["self_distill"] = {"weight": 1.0, "ema_decay": 0.9, "predictor_layers": 1}
     cfg_path.write_text(json.dumps(d))
     run = tmp_path / "run"
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from _sdk_bundle import make_bundle
 
 from malm import Retriever
 from malm.bundle import BundleWriter, read_manifest, verify
@@ -17,9 +16,9 @@ from malm.errors import BundleError
 from malm.sdk.bundle_loader import open_bundle
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "good", 20)
+@pytest.fixture
+def good(tiny_bundle: Path) -> Path:
+    return tiny_bundle  # shared (tests/conftest.py): `bundle` below copies it before a test changes it
 
 
 @pytest.fixture

@@ -17,7 +17,10 @@ from typing import Any
 
 import typer
 
-bundle_app = typer.Typer(help="Inspect and sign a bundle: its variants, index, model card and signature.", no_args_is_help=True,
+from malm.console import console as data_console
+
+bundle_app = typer.Typer(help="Inspect and sign a bundle: its variants, index, model card and signature.",
+                         no_args_is_help=True,
                          pretty_exceptions_show_locals=False)
 
 
@@ -51,20 +54,18 @@ def info_command(
     if json_out:
         typer.echo(json.dumps(info, indent=1, ensure_ascii=False))
         return
-    from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    console.print(f"{escape(str(bundle))}: model {info['model'] or '?'}, malm {info['malm_version']}, "
-                  f"{info['files']} files, {info['bytes'] / 1e6:.2f} MB" + (", hashes verified" if verify else ""),
-                  highlight=False)
+    # Manifest strings (model name, file names, versions) are whatever the bundle's maker wrote: plain text.
+    console = data_console()
+    console.print(f"{bundle}: model {info['model'] or '?'}, malm {info['malm_version']}, "
+                  f"{info['files']} files, {info['bytes'] / 1e6:.2f} MB" + (", hashes verified" if verify else ""))
     table = Table(title=f"image encoders (image→recipe on {info['eval_pairs'] or '?'} held-out pairs)",
                   title_justify="left")
     for col in ("variant", "file", "size MB", "R@1", "R@5", "medR", "cos", "ms 1t"):
         table.add_column(col, justify="left" if col in ("variant", "file") else "right")
     for r in info["variants"]:
-        table.add_row(r["variant"], escape(r["file"]) if r["shipped"] else "(not shipped)",
+        table.add_row(str(r["variant"]), str(r["file"]) if r["shipped"] else "(not shipped)",
                       _cell(r["size_mb"], "{:.2f}"), _cell(r["R@1"], "{:.1f}"), _cell(r["R@5"], "{:.1f}"),
                       _cell(r["medR"], "{:.1f}"), _cell(r["cosine_to_teacher"], "{:.4f}"),
                       _cell(r["latency_ms_1t"], "{:.2f}"))
@@ -75,7 +76,7 @@ def info_command(
     else:
         console.print(f"index: {idx['recipes']} recipes, dim {idx['dim']}, space {idx['space']}, M {idx['M']}, "
                       f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}, "
-                      f"rerank {idx['rerank'] or 'none'}", highlight=False)
+                      f"rerank {idx['rerank'] or 'none'}")
 
 
 @bundle_app.command("card")

@@ -43,7 +43,7 @@ def prepare_command(
 
 
 def _register_synth() -> None:
-    from malm.training.synth.cli import synth_command  # light (no torch), like this module
+    from malm.commands.synth import synth_command  # light (no torch), like this module
 
     data_app.command("synth")(synth_command)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from malm.console import printable  # light (stdlib only; rich is not imported by it)
 from malm.demo import DemoConfig  # light (stdlib only): the defaults live in one place
 
 
@@ -27,7 +28,7 @@ def demo_command(
 
     cfg = DemoConfig(out=out, recipes=recipes, seed=seed, preset=preset, epochs=epochs,
                     distill_epochs=distill_epochs, coreml=coreml, queries=queries, student=student)
-    summary = run_demo(cfg, log=lambda m: typer.echo(m, err=True))
+    summary = run_demo(cfg, log=lambda m: typer.echo(printable(m), err=True))  # the log quotes recipe titles
     if json_out:
         import json
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 
+from malm.console import console, line, styled
+
 
 def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "auto") -> dict[str, Any]:
     from malm.errors import MalmError
@@ -36,15 +38,15 @@ def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "au
     return report
 
 
-def _yes(flag: Any) -> str:
-    return "[green]yes[/green]" if flag else "[dim]no[/dim]"
+def _yes(flag: Any) -> Any:
+    return styled("yes", "green") if flag else styled("no", "dim")
 
 
 def _print(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    # Paths, CPU names, manifest strings and error messages are data: plain text, colour only via `styled`.
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -52,21 +54,22 @@ def _print(report: dict[str, Any]) -> None:
     cpu = report["cpu"]
     table.add_row("platform", f"{report['platform']}, Python {report['python']}, {report['cpu_count']} CPUs")
     table.add_row("CPU", f"{cpu['model']}: {' '.join(cpu['flags']) or 'no listed features'} ({cpu['source']})")
-    table.add_row("int8 path", cpu["int8_path"])
+    table.add_row("int8 path", str(cpu["int8_path"]))
     dists = ", ".join(f"{k} {v}" for k, v in ort["distributions"].items()) or "none installed"
     table.add_row("ONNX Runtime", f"{ort['version'] or '-'} ({dists})")
     table.add_row("providers", ", ".join(ort["providers_available"]) or "-")
     trt, coreml = report["tensorrt"], report["coreml"]
     trt_dists = ", ".join(f"{k} {v}" for k, v in trt["distributions"].items())
-    table.add_row("TensorRT", f"ORT provider {_yes(trt['ort_provider'])}, python module {_yes(trt['python_module'])}"
-                  + (f" ({trt_dists})" if trt_dists else ""))
-    table.add_row("CoreML", f"ORT provider {_yes(coreml['ort_provider'])}, macOS {_yes(coreml['macos'])}, "
-                  f"coremltools {coreml['coremltools'] or '-'}")
+    table.add_row("TensorRT", line("ORT provider ", _yes(trt["ort_provider"]), ", python module ",
+                                   _yes(trt["python_module"]), f" ({trt_dists})" if trt_dists else ""))
+    table.add_row("CoreML", line("ORT provider ", _yes(coreml["ort_provider"]), ", macOS ", _yes(coreml["macos"]),
+                                 f", coremltools {coreml['coremltools'] or '-'}"))
     gpu = report["gpu"]
-    table.add_row("NVIDIA GPU", _yes(gpu["nvidia_gpu"]) + (" (Jetson)" if gpu["jetson"] else ""))
+    table.add_row("NVIDIA GPU", line(_yes(gpu["nvidia_gpu"]), " (Jetson)" if gpu["jetson"] else ""))
     fmt = report["image_formats"]
-    table.add_row("photos", f"JPEG draft decoding, WebP {_yes(fmt['webp'])}, HEIC "
-                  + (f"pillow-heif {fmt['heic']}" if fmt["heic"] else "[dim]no (pip install 'malm[heic]')[/dim]"))
+    table.add_row("photos", line("JPEG draft decoding, WebP ", _yes(fmt["webp"]), ", HEIC ",
+                                 f"pillow-heif {fmt['heic']}" if fmt["heic"]
+                                 else styled("no (pip install 'malm[heic]')", "dim")))
     table.add_row("hnswlib", report["hnswlib"] or "-")
     hb = report["hnswlib_build"]
     table.add_row("hnswlib build", Text(f"{hb['instructions']} instructions ({hb['source'] or '-'}); {hb['check']}"))
@@ -80,12 +83,12 @@ def _print(report: dict[str, Any]) -> None:
         for key, value in b.items():  # sections other SDK parts add (e.g. the int8 self-check)
             if key not in _SHOWN and value is not None:
                 table.add_row(key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    out = Console()
+    out = console()
     out.print(table)
     for p in report["problems"]:
-        out.print(f"[red]problem[/red]: {p}", highlight=False)
+        out.print(styled("problem", "red"), ": ", str(p), sep="")
     if not report["problems"]:
-        out.print("[green]no problems found[/green]")
+        out.print(styled("no problems found", "green"))
 
 
 _SHOWN = {"bundle", "backend", "variant", "device", "recipes", "dim", "rerank", "providers", "variant_reason",

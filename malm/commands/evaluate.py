@@ -13,6 +13,7 @@ from typing import Literal
 import typer
 
 from malm.commands._options import split_ints
+from malm.console import console as data_console
 from malm.errors import MalmError
 
 
@@ -35,7 +36,6 @@ def _load_npz(path: Path):  # -> tuple[np.ndarray, np.ndarray]
 
 
 def _print_table(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from malm.training.evaluate import TABLE_HEADER, table_rows
@@ -44,8 +44,8 @@ def _print_table(result: dict) -> None:
     for col in TABLE_HEADER:
         table.add_column(col, justify="left" if col in ("direction", "size") else "right")
     for cells in table_rows(result):
-        table.add_row(*cells)
-    console = Console()
+        table.add_row(*map(str, cells))
+    console = data_console()  # notes quote file names: plain text, never markup
     console.print(table)
     for note in result["notes"]:
         console.print(f"note: {note}")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import typer
 
 from malm.commands._options import split_list
+from malm.console import console, styled
 from malm.errors import MalmError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
@@ -101,12 +102,11 @@ def query_command(
                    "encoder": {k_: info[k_] for k_ in ("backend", "variant", "encoder", "device", "selfcheck")}}
         typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
-        from rich.console import Console
-
-        out, err_console = Console(), Console(stderr=True)
+        # Titles, ingredients and photo paths are data (an app user may title a recipe "[/]"): never markup.
+        out, err_console = console(), console(stderr=True)
         for r in results:
             if r["error"]:
-                err_console.print(f"[red]error[/red]: {r['error']}", highlight=False)
+                err_console.print(styled("error", "red"), ": ", r["error"], sep="")
             else:
                 out.print(_table(r["photo"], r["_hits"]))
     if failed:

@@ -271,10 +271,12 @@ class PreprocessSection:
             if key in d and (not _is_int(d[key]) or not 0 < d[key] <= bound):
                 raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be an "
                                   f"integer in [1, {bound}], got {d[key]!r})")
-        for key in ("mean", "std"):
-            if key in d and (not isinstance(d[key], list) or len(d[key]) != 3 or not all(map(_is_num, d[key]))):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be 3 finite "
-                                  f"numbers, got {d[key]!r})")
+        # Pixels are scaled to [0, 1] first: means far outside it, or stds near 0, overflow float32.
+        for key, lo, hi in (("mean", -1e3, 1e3), ("std", 1e-3, 1e3)):
+            if key in d and (not isinstance(d[key], list) or len(d[key]) != 3
+                             or not all(_is_num(v) and lo <= v <= hi for v in d[key])):
+                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be 3 numbers in "
+                                  f"[{lo:g}, {hi:g}], got {str(d[key])[:80]})")
         for key in ("crop", "interpolation"):
             if key in d and not isinstance(d[key], str):
                 raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be a string)")

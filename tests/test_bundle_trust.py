@@ -383,6 +383,8 @@ MANIFEST_ATTACKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "long_string": lambda m: m.update(created="x" * (2 << 20)),
     "deep_nesting": _deep,
     "M_huge": lambda m: m["index"].update(M=5000),
+    "mean_huge": lambda m: m["preprocess"].update(mean=[1e308, 0.4, 0.4]),
+    "std_tiny": lambda m: m["preprocess"].update(std=[1e-300, 0.2, 0.2]),
 }
 
 

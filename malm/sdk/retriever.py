@@ -303,6 +303,8 @@ class Retriever:
                     part[i] = ImageError(f"image {describe(im)}: cannot be preprocessed ({e})")
             if pixels:
                 out = self._backend.encode(np.stack(pixels), tokens=rerank)
+                if not np.isfinite(out.embedding).all():  # a model (or preprocessing) from the bundle gave NaN
+                    raise BundleError(f"bundle {snap.bundle.root}: the image encoder gave non-finite embeddings")
                 for j, i in enumerate(slots):
                     tokens = out.tokens[j] if out.tokens is not None else None
                     part[i] = self._rank(snap, out.embedding[j], tokens, k, rerank, excluded)

@@ -355,6 +355,33 @@ def test_crafted_index_is_refused_in_a_live_process(bundle: Path, name: str) -> 
     assert "index" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_crafted_index_is_refused_when_read_through_the_open_file(bundle: Path) -> None:
+    """A stamped, old bundle: the index is checked and handed to hnswlib through the same open file (no copy);
+    a crafted one is refused there too (in a child process: a miss would crash it)."""
+    _craft(bundle, CRAFTED["upper_neighbour_on_level0"])
+    _age(bundle)
+    photo(1).save(bundle.parent / "p.png")
+    for _ in range(2):  # the first load stamps the files, the second reads the index through open_stable
+        out = _cli("query", str(bundle.parent / "p.png"), "--bundle", str(bundle), "--json")
+        assert out.returncode == 2 and "not on that level" in out.stderr, (out.returncode, out.stderr[-500:])
+
+
+def test_index_is_read_through_the_open_file_when_it_is_stamped(bundle: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from malm.edge_index.hnsw import HnswIndex
+
+    used: list[str] = []
+    real_file, real_bytes = HnswIndex.load_file.__func__, HnswIndex.load_bytes.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(HnswIndex, "load_file", classmethod(lambda c, *a: used.append("file") or real_file(c, *a)))
+    monkeypatch.setattr(HnswIndex, "load_bytes", classmethod(lambda c, *a: used.append("bytes") or real_bytes(c, *a)))
+    Retriever.load(bundle).close()  # files written moments ago: read as bytes, hashed again
+    _age(bundle)
+    Retriever.load(bundle).close()
+    with Retriever.load(bundle) as r:
+        assert r.search(photo(7), k=1)[0].recipe_id == "rec0007"
+    assert used[0] == "bytes" and used[-1] == "file", used
+
+
 def test_valid_index_passes_the_checks(bundle: Path) -> None:
     m = read_manifest(bundle)
     data = (bundle / m["index"]["file"]).read_bytes()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import hnswlib
 import numpy as np
@@ -149,6 +149,23 @@ class HnswIndex:
         (`hnsw_file.validate`: hnswlib would crash on a crafted file). hnswlib reads only from a path, so it
         gets a private in-memory copy (memfd) of exactly these bytes, never the file again."""
         live = set(int(x) for x in live)
+        head = cls._check(data, where, settings, live)
+        with _private_copy(data) as copy:
+            return cls._load(copy, head, where, settings, live)
+
+    @classmethod
+    def load_file(cls, f: BinaryIO, where: str, settings: IndexSettings, live: Collection[int]) -> HnswIndex:
+        """Load from an open file whose bytes the caller knows are the verified ones and stay so
+        (`Bundle.open_stable`): checked, then read by hnswlib through the same open file (/proc/self/fd), so
+        the checked copy is freed before hnswlib allocates its own (peak memory: one index)."""
+        if not Path("/proc/self/fd").is_dir():
+            return cls.load_bytes(f.read(), where, settings, live)
+        live = set(int(x) for x in live)
+        head = cls._check(f.read(), where, settings, live)  # the bytes are dropped when _check returns
+        return cls._load(f"/proc/self/fd/{f.fileno()}", head, where, settings, live)
+
+    @staticmethod
+    def _check(data: bytes, where: str, settings: IndexSettings, live: set[int]) -> hnsw_file.IndexHeader:
         if len(live) != settings.count:
             raise BundleError(f"index {where}: manifest count {settings.count} but the store has {len(live)} recipes")
         head = hnsw_file.validate(data, where, settings.dim, settings.M, live)
@@ -158,12 +175,16 @@ class HnswIndex:
         if settings.max_elements > head.max_elements:
             raise BundleError(f"index {where}: manifest 'index.max_elements' {settings.max_elements} is larger than "
                               f"the index file's capacity {head.max_elements}")
+        return head
+
+    @classmethod
+    def _load(cls, source: str, head: hnsw_file.IndexHeader, where: str, settings: IndexSettings,
+              live: set[int]) -> HnswIndex:
         index = hnswlib.Index(space=settings.space, dim=settings.dim)
-        with _private_copy(data) as copy:
-            try:
-                index.load_index(copy, max_elements=head.max_elements, allow_replace_deleted=True)
-            except (RuntimeError, MemoryError) as e:
-                raise BundleError(f"index {where}: cannot be loaded ({e})") from None
+        try:
+            index.load_index(source, max_elements=head.max_elements, allow_replace_deleted=True)
+        except (RuntimeError, MemoryError) as e:
+            raise BundleError(f"index {where}: cannot be loaded ({e})") from None
         return cls(index, replace(settings, max_elements=index.max_elements), live)
 
     # properties ------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from malm.bundle import (
+    CTIME_RACY_NS,
     MANIFEST,
     MAX_MANIFEST_BYTES,
     RACY_NS,
@@ -59,6 +61,37 @@ class Bundle:
             raise BundleError(f"bundle {self.root}: {rel} changed after it was verified; load it again")
         return path
 
+    def _racy(self, st: os.stat_result) -> bool:
+        """Changed so shortly before the check that a later write could have kept the same times."""
+        return st.st_mtime_ns >= self.verified_ns - RACY_NS or st.st_ctime_ns >= self.verified_ns - CTIME_RACY_NS
+
+    @contextmanager
+    def open_stable(self, rel: str) -> Iterator[BinaryIO | None]:
+        """An open file that holds the verified bytes, for a reader that takes a file (hnswlib, by
+        /proc/self/fd), without a copy in memory: its fstat equals the stamp taken before it was hashed, and
+        still does after the reader is done (ctime changes on any write, and only the kernel sets it).
+        None when that cannot be shown (verification off, or a change within the clock's tick of the check):
+        the caller then reads `read_bytes`."""
+        expected = self.stamps.get(rel)
+        path = self.path(rel)
+        if expected is None:
+            yield None
+            return
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise BundleError(f"bundle {self.root}: {rel} cannot be read ({e.strerror})") from None
+        with f:
+            st = os.fstat(f.fileno())
+            if [stat_key(st)] != expected:
+                raise BundleError(f"bundle {self.root}: {rel} changed after it was verified; load it again")
+            if self._racy(st):
+                yield None
+                return
+            yield f
+            if [stat_key(os.fstat(f.fileno()))] != expected:
+                raise BundleError(f"bundle {self.root}: {rel} changed while it was read; load it again")
+
     def read_bytes(self, rel: str) -> bytes:
         """The bytes of a listed file, read once, that are the bytes verified: a file whose stat_key
         (size, mtime, ctime, inode, device) differs from the one taken before hashing changed after the
@@ -74,8 +107,7 @@ class Bundle:
         if expected is not None:
             if [stat_key(st)] != expected:
                 raise BundleError(f"bundle {self.root}: {rel} changed after it was verified; load it again")
-            if max(st.st_mtime_ns, st.st_ctime_ns) >= self.verified_ns - RACY_NS \
-                    and hashlib.sha256(data).hexdigest() != self.file_hash(rel):
+            if self._racy(st) and hashlib.sha256(data).hexdigest() != self.file_hash(rel):
                 raise BundleError(f"bundle {self.root}: {rel} does not match its sha256 in the manifest")
         return data
 

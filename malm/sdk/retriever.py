@@ -114,8 +114,10 @@ def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None,
     section = bundle.index  # typed and validated by open_bundle (malm.manifest.IndexSection)
     # Both read once from the verified bytes (Bundle.read_bytes), into memory: never the file again.
     store = RecipeStore.from_bytes(bundle.read_bytes(section.store), str(bundle.path(section.store)))
-    index = HnswIndex.load_bytes(bundle.read_bytes(section.file), str(bundle.path(section.file)), section.settings,
-                                 store.labels())
+    where = str(bundle.path(section.file))
+    with bundle.open_stable(section.file) as f:  # the largest file: no copy beside hnswlib's when it can be shown
+        index = HnswIndex.load_file(f, where, section.settings, store.labels()) if f is not None else \
+            HnswIndex.load_bytes(bundle.read_bytes(section.file), where, section.settings, store.labels())
     rerank = None
     rs = bundle.sections.rerank
     if rs is not None:

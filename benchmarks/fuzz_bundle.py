@@ -210,7 +210,7 @@ def child(manifests: int, rows: int, out: Path, seed: int, shrink: bool = True) 
             prop()
         except Exception as e:  # the property failed: hypothesis has shrunk and printed the example
             for sub in getattr(e, "exceptions", None) or [e]:
-                tb = "".join(traceback.format_exception(sub)[-6:])
+                tb = "".join(traceback.format_tb(sub.__traceback__)[-4:])
                 failures.append(f"{prop.__name__}: {type(sub).__name__}: {str(sub)[:1500]}\n{tb[-2500:]}")
     counts = dict(sorted(fuzz.outcomes.items()))
     total = {k: sum(v for kk, v in counts.items() if kk.startswith(k + ":")) for k in ("manifest", "store")}

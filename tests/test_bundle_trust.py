@@ -456,11 +456,13 @@ def _store_rows(bundle: Path, sql: str) -> None:
     "UPDATE recipes SET title = x'ff00'",
     "UPDATE recipes SET tags = '[1, 2]'",
     "UPDATE recipes SET names = '[[[' ",
+    "UPDATE recipes SET id = '' WHERE id = 'rec0002'",
+    "UPDATE recipes SET title = CAST(x'41ff80' AS TEXT)",
 ])
 def test_bad_store_rows_are_bundle_errors_at_search(bundle: Path, sql: str) -> None:
     _store_rows(bundle, sql)
     with Retriever.load(bundle) as r:
-        with pytest.raises(BundleError, match="recipe store .* column") as e:
+        with pytest.raises(BundleError, match="recipe store .*(column|valid recipe)") as e:
             r.search(photo(2), k=3, exclude_ingredients=["peanut butter"] if "names" in sql else ())
         _one_line(e)
 

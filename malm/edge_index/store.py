@@ -71,7 +71,7 @@ class RecipeStore:
                 conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
                                        check_same_thread=False)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise BundleError(f"recipe store {path}: not a malm recipe store ({e})") from None
         if row is None or str(row[0]) != str(SCHEMA_VERSION):
             conn.close()
@@ -87,7 +87,7 @@ class RecipeStore:
             conn.deserialize(data)
             conn.execute("PRAGMA query_only = 1")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except (sqlite3.DatabaseError, OverflowError) as e:
+        except (sqlite3.DatabaseError, OverflowError, UnicodeDecodeError) as e:
             conn.close()
             raise BundleError(f"recipe store {where}: not a malm recipe store ({e})") from None
         if row is None or str(row[0]) != str(SCHEMA_VERSION):
@@ -172,6 +172,8 @@ class RecipeStore:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as e:  # a corrupted page, a missing table or column
             raise BundleError(f"recipe store {self.path}: cannot be read ({e})") from None
+        except UnicodeDecodeError:  # a TEXT cell that is not UTF-8
+            raise BundleError(f"recipe store {self.path}: a text column is not UTF-8") from None
 
     def _record(self, row: Any) -> RecipeRecord:
         """A row as a RecipeRecord, each column checked (the store is bundle input: untrusted)."""
@@ -181,8 +183,11 @@ class RecipeStore:
                 raise BundleError(f"recipe store {self.path}: recipe {label} column '{col}' is not text")
         lists = [self._text_list(label, col, v) for col, v in (("ingredients", row[3]), ("instructions", row[4]),
                                                                 ("tags", row[6]))]
-        return RecipeRecord(id=str(row[1]), title=str(row[2]), ingredients=lists[0], instructions=lists[1],
-                            url=str(row[5]), tags=lists[2])
+        try:
+            return RecipeRecord(id=str(row[1]), title=str(row[2]), ingredients=lists[0], instructions=lists[1],
+                                url=str(row[5]), tags=lists[2])
+        except ValueError as e:  # RecordError: e.g. an empty id
+            raise BundleError(f"recipe store {self.path}: recipe {label} is not a valid recipe ({e})") from None
 
     def _text_list(self, label: object, col: str, value: object) -> tuple[str, ...]:
         try:
@@ -195,7 +200,8 @@ class RecipeStore:
 
     def names(self, label: int) -> list[str]:
         with self._lock:
-            row = self._conn.execute("SELECT names FROM recipes WHERE label = ?", (int(label),)).fetchone()
+            found = self._query("SELECT names FROM recipes WHERE label = ?", (int(label),))
+            row = found[0] if found else None
         return [] if row is None else list(self._text_list(label, "names", row[0]))
 
     def labels_with_ingredient(self, term: str) -> set[int]:

@@ -43,6 +43,24 @@ def _fmt(v: Any, spec: str = "{:.1f}") -> str:
     return spec.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
 
+def _md(s: str) -> str:
+    """Text from a manifest as inert Markdown: no new block, link, image, HTML tag, code-span or table break."""
+    for a, b in (("\r", " "), ("\n", " "), ("`", "'"), ("|", "\\|"), ("[", "\\["), ("]", "\\]"), ("<", "&lt;"),
+                 (">", "&gt;")):
+        s = s.replace(a, b)
+    return s
+
+
+def _md_tree(v: Any) -> Any:
+    if isinstance(v, str):
+        return _md(v)
+    if isinstance(v, dict):
+        return {_md(str(k)): _md_tree(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_md_tree(x) for x in v]
+    return v
+
+
 def variant_rows(manifest: dict[str, Any], report: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per image-encoder variant: name, file, kind, precision, size, quality, latency.
 
@@ -99,19 +117,20 @@ def _data_source(manifest: dict[str, Any], report: dict[str, Any]) -> tuple[str,
                 meta = json.loads(synth.read_text())
             except (OSError, ValueError):
                 meta = {}
-            bits = ", ".join(f"{k} {meta[k]}" for k in ("recipes", "seed", "image_size") if k in meta)
+            bits = _md(", ".join(f"{k} {meta[k]}" for k in ("recipes", "seed", "image_size") if k in meta))
             return f"the procedural food benchmark ({bits})" if bits else "the procedural food benchmark", True
-        return f"Recipe1M-layout data at `{where}`", False
+        return f"Recipe1M-layout data at `{_md(str(where))}`", False
     return "not recorded in this bundle", False
 
 
 def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, examples: bool = False) -> str:
     """The card's Markdown (pure: from the manifest and report only)."""
     report = report or {}
+    data, procedural = _data_source(manifest, report)
+    manifest, report = _md_tree(manifest), _md_tree(report)  # manifest text is untrusted: inert in Markdown
     model = manifest.get("model") or {}
     student = manifest.get("student") or {}
     emb = manifest.get("embedding") or {}
-    data, procedural = _data_source(manifest, report)
     name = model.get("name") or "malm model"
     arch = student.get("arch")
     lines = [

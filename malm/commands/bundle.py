@@ -4,6 +4,8 @@
     malm bundle info bundle/ --json
     malm bundle card bundle/ --data DATA     # regenerate README.md (+ examples.png from DATA's test photos)
     malm bundle web bundle/ --out site/bundle   # the files the browser client (clients/web) fetches
+    malm bundle keygen --out release         # release.key + release.pub (Ed25519)
+    malm bundle sign bundle/ --key release.key   # manifest.sig; devices load with --trusted-key release.pub
 
 No torch: reads the manifest and report.json (and, for `card --data`, queries through the SDK).
 """
@@ -21,7 +23,8 @@ from malm.bundle import verify as verify_files
 from malm.console import console as data_console
 from malm.model_card import _report, index_summary, variant_rows, write_model_card
 
-bundle_app = typer.Typer(help="Inspect a bundle: its variants, index and model card.", no_args_is_help=True,
+bundle_app = typer.Typer(help="Inspect and sign a bundle: its variants, index, model card and signature.",
+                         no_args_is_help=True,
                          pretty_exceptions_show_locals=False)
 
 
@@ -120,6 +123,38 @@ def web_command(
         typer.echo(f"wrote {out}: {result.recipes} recipes, image encoder {', '.join(result.variants)}, "
                    f"{result.vectors} vectors{', re-ranking' if result.rerank else ''}, "
                    f"{result.bytes / 1e6:.2f} MB")
+@bundle_app.command("keygen")
+def keygen_command(
+    out: Path = typer.Option(Path("malm-signing"), "--out", help="Writes OUT.key (private, 0600) and OUT.pub"),
+    json_out: bool = typer.Option(False, "--json", help="Print the written paths and the key id as JSON"),
+) -> None:
+    """A new Ed25519 key pair for `malm bundle sign` (keep the .key off devices; ship the .pub)."""
+    # on use only: cryptography loads only for the commands that sign
+    from malm.signing import key_id, keygen, load_public_key
+
+    priv, pub = keygen(out)
+    kid = key_id(load_public_key(pub))
+    if json_out:
+        typer.echo(json.dumps({"private_key": str(priv), "public_key": str(pub), "key_id": kid}))
+    else:
+        typer.echo(f"wrote {priv} (private: keep it secret) and {pub} (key id {kid[:16]})")
+
+
+@bundle_app.command("sign")
+def sign_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory"),
+    key: Path = typer.Option(..., "--key", help="Private key from `malm bundle keygen` (OUT.key)"),
+    json_out: bool = typer.Option(False, "--json", help="Print the signature file and the key id as JSON"),
+) -> None:
+    """Hash every file, then sign the manifest (which holds every file's sha256): writes manifest.sig."""
+    # on use only: cryptography loads only for the commands that sign
+    from malm.signing import sign_bundle
+
+    sig, kid = sign_bundle(bundle, key)
+    if json_out:
+        typer.echo(json.dumps({"signature": str(sig), "key_id": kid}))
+    else:
+        typer.echo(f"signed {bundle} with key {kid[:16]}: {sig}")
 
 
 def register(app: typer.Typer) -> None:

@@ -26,7 +26,9 @@ def doctor_report(bundle: Path | None, backend: str = "auto", variant: str = "au
     from malm.sdk.diagnostics import runtime_report
 
     report = runtime_report()
-    if bundle is not None:
+    if bundle is not None and report["hnswlib_build"]["runs_here"] is False:
+        report["bundle"] = {"bundle": str(bundle), "error": "not loaded: hnswlib does not run on this CPU"}
+    elif bundle is not None:
         try:
             # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
             from malm.sdk import Retriever
@@ -45,6 +47,7 @@ def _yes(flag: Any) -> Any:
 
 def _print(report: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     # Paths, CPU names, manifest strings and error messages are data: plain text, colour only via `styled`.
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -73,6 +76,8 @@ def _print(report: dict[str, Any]) -> None:
                                  f"pillow-heif {fmt['heic']}" if fmt["heic"]
                                  else styled("no (pip install 'malm[heic]')", "dim")))
     table.add_row("hnswlib", report["hnswlib"] or "-")
+    hb = report["hnswlib_build"]
+    table.add_row("hnswlib build", Text(f"{hb['instructions']} instructions ({hb['source'] or '-'}); {hb['check']}"))
     b = report.get("bundle")
     if b is not None and "error" not in b:
         v = b["verification"]

@@ -72,6 +72,12 @@ def query_command(
     strict_selfcheck: bool = typer.Option(False, "--strict-selfcheck",
                                           help="Fail if the image encoder disagrees with the bundle's fp32 "
                                                "reference on this machine (instead of falling back)"),
+    trusted_key: list[Path] | None = typer.Option(None, "--trusted-key",
+                                                  help="Ed25519 public key (.pub) whose signature of the bundle "
+                                                       "is accepted (repeatable); makes a signature required"),
+    require_signature: bool | None = typer.Option(None, "--require-signature/--no-require-signature",
+                                                  help="Refuse an unsigned bundle (default: when a key is "
+                                                       "trusted, or $MALM_REQUIRE_SIGNATURE=1)"),
 ) -> None:
     """Find the recipes that match food photos, with the bundle's on-device encoder and index."""
     # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
@@ -80,7 +86,8 @@ def query_command(
     if k < 1:
         raise MalmError(f"-k must be >= 1, got {k}")
     retriever = Retriever.load(bundle, backend=backend, variant=variant, threads=threads,
-                               strict_selfcheck=strict_selfcheck)
+                               strict_selfcheck=strict_selfcheck, trusted_keys=trusted_key,
+                               require_signature=require_signature)
     items = expand_photos(photos)
     readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]
     answers = retriever.search_batch([str(path) for _, path in readable], k=k, rerank=rerank,

@@ -16,6 +16,7 @@ from typing import Any
 
 from malm.cpu_features import cpu_features
 from malm.errors import MalmError
+from malm.native_build import hnswlib_build
 from malm.sdk.backends.ort import import_onnxruntime, select_providers
 from malm.sdk.backends.registry import BACKENDS
 
@@ -89,6 +90,8 @@ def gpu_hints() -> dict[str, Any]:
 def problems(report: dict[str, Any]) -> list[str]:
     """What the user should fix, in words, from a `runtime_report`."""
     out: list[str] = []
+    if (report.get("hnswlib_build") or {}).get("advice"):
+        out.append(report["hnswlib_build"]["advice"])
     ort = report["onnxruntime"]
     if ort["error"]:
         out.append(ort["error"])
@@ -120,6 +123,7 @@ def runtime_report() -> dict[str, Any]:
         "gpu": gpu_hints(),
         "image_formats": image_formats(),
         "hnswlib": _version("hnswlib") or _version("chroma-hnswlib"),
+        "hnswlib_build": hnswlib_build(),  # checked in a child process: a SIGILL there, not here
     }
     report["problems"] = problems(report)
     return report

@@ -110,7 +110,7 @@ def create_onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> Ima
     providers = select_providers(available_providers())
     chosen, why = explain_variant(bundle, variant, providers[0])
     rel = _image_file(bundle, chosen)
-    ort_backend = OrtImageBackend(bundle.path(rel), chosen, providers, threads)
+    ort_backend = OrtImageBackend(bundle.path(rel), chosen, providers, threads, bundle.read_bytes(rel))
     if ort_backend.device != providers[0]:
         # ONNX Runtime falls back silently when a provider fails to start (no CUDA libraries, a TensorRT
         # mismatch): the session's own list says what runs. "auto" then takes that provider's variant.
@@ -119,10 +119,15 @@ def create_onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> Ima
         if actual != chosen:
             chosen, rel = actual, _image_file(bundle, actual)
             _, why = explain_variant(bundle, variant, ort_backend.device)
-            ort_backend = OrtImageBackend(bundle.path(rel), chosen, ort_backend.session.providers, threads)
+            ort_backend = OrtImageBackend(bundle.path(rel), chosen, ort_backend.session.providers, threads,
+                                          bundle.read_bytes(rel))
             ort_backend.requested_device = providers[0]
         why += f" (note: {providers[0]} was listed but the session runs on {ort_backend.device})"
     ort_backend.variant_reason = why
+    hw = ort_backend.session.input_shape("image")[2:]
+    if any(isinstance(v, int) and v != bundle.preprocess.size for v in hw):
+        raise BundleError(f"bundle {bundle.root}: image encoder {rel} takes {hw} pixels, the manifest's "
+                          f"'preprocess.size' is {bundle.preprocess.size}")
     if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
         raise BundleError(f"bundle {bundle.root}: image encoder {rel} gives dim {ort_backend.dim}, "
                           f"the index has dim {bundle.dim}")

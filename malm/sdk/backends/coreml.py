@@ -64,4 +64,4 @@ def create(bundle: Bundle, variant: str, threads: int | None) -> CoreMLBackend:
     entry = bundle.encoder("image_coreml")
     if not entry:
         raise BundleError(f"bundle {bundle.root}: has no CoreML model (export with --target coreml)")
-    return CoreMLBackend(bundle.path(entry.file), bundle.preprocess, entry.precision or "fp16")
+    return CoreMLBackend(bundle.unchanged_path(entry.file), bundle.preprocess, entry.precision or "fp16")

@@ -167,4 +167,4 @@ def create(bundle: Bundle, variant: str, threads: int | None) -> TensorRTBackend
     if not trt_entry:
         raise BundleError(f"bundle {bundle.root}: has no TensorRT-ready ONNX (export with --target tensorrt)")
     rel = trt_entry.file
-    return TensorRTBackend(bundle.path(rel), bundle.file_hash(rel), trt_entry.precision or "fp16")
+    return TensorRTBackend(bundle.unchanged_path(rel), bundle.file_hash(rel), trt_entry.precision or "fp16")

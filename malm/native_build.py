@@ -21,6 +21,8 @@ import subprocess
 import sys
 from typing import Any
 
+from malm.cpu_features import cpu_features
+
 REINSTALL = ("HNSWLIB_NO_NATIVE=1 pip install --force-reinstall --no-cache-dir --no-binary hnswlib "
              "'hnswlib>=0.8'")
 # Imports hnswlib and runs one add + query: the code paths its SIMD distance functions are on.
@@ -88,8 +90,6 @@ def hnswlib_build(cpu_flags: set[str] | None = None, code: str = PROBE) -> dict[
 
 def _cpu_flags() -> set[str]:
     try:
-        from malm.cpu_features import cpu_features
-
         return set(cpu_features().flags)
     except Exception:  # noqa: BLE001 - only a hint; the probe is what decides
         return set()

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from malm._atomic import write_text_atomic
+from malm.bundle import MANIFEST, read_manifest, verify
 from malm.errors import BundleError, MalmError
 
 SIGNATURE = "manifest.sig"
@@ -120,9 +122,6 @@ def _load_private_key(path: Path) -> Any:
 def sign_bundle(root: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> tuple[Path, str]:
     """Hash every file (a signature vouches for the files as they are now), then sign the manifest's bytes.
     Returns (manifest.sig, the key's id)."""
-    from malm._atomic import write_text_atomic
-    from malm.bundle import MANIFEST, read_manifest, verify
-
     root = Path(root)
     key = _load_private_key(Path(key_path))
     data = (root / MANIFEST).read_bytes() if (root / MANIFEST).is_file() else b""

@@ -27,7 +27,7 @@ GOAL_ADDED_MS = 10.0  # per query, 1 thread
 
 
 def split_photos(data: Path, split: str) -> tuple[list[str], list[str]]:
-    from malm.training.data import load_recipe1m  # pure-Python reader, no torch
+    from malm.recipe1m import load_recipe1m  # pure-Python reader, no torch
 
     rows = [(r.image_paths[0], r.id) for r in load_recipe1m(data).recipes if r.partition == split and r.image_paths]
     return [str(p) for p, _ in rows], [i for _, i in rows]

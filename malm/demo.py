@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from malm.demo_report import write_report
 from malm.errors import MalmError
+from malm.recipe1m import load_recipe1m
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,8 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
                      log, capture=True)
         evaluation = json.loads(text)
         evaluation_file.write_text(json.dumps(evaluation, indent=2))
-    from malm.training.evaluate import format_table
+    # on use only: keeps numpy out of the command line's start
+    from malm.evaluation import format_table
 
     log(format_table(evaluation))
     done()
@@ -175,7 +179,6 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
     summary["whole_index"] = whole_index
     summary["cpu_seconds"] = cpu
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from malm.demo_report import write_report
 
     report = write_report(out / "report.html", summary, run / "metrics.jsonl")
     log("\n== summary ==")
@@ -202,16 +205,12 @@ def _cpu_seconds() -> float:
 
 def _test_photos(data: Path) -> list[tuple[Path, str, str]]:
     """Every test recipe that has a photo: (its first photo, recipe id, title), in the data's order."""
-    from malm.training.data import load_recipe1m  # no torch: the reader is pure Python
-
     return [(Path(r.image_paths[0]), r.id, r.title) for r in load_recipe1m(data).recipes
             if r.partition == "test" and r.image_paths]
 
 
 def shown_photos(everything: list[tuple[Path, str, str]], n: int, seed: int) -> list[tuple[Path, str, str]]:
     """The photos the report shows: a seeded random sample (not the first few, not the best few)."""
-    import random
-
     return random.Random(seed).sample(everything, min(n, len(everything)))
 
 
@@ -223,8 +222,9 @@ def _query_test_photos(cfg: DemoConfig, data: Path, bundle: Path, log: Log) -> t
     """The shown photos' top 5 before and after re-ranking, and every test photo through the SDK against the
     bundle's whole index (train, val and test recipes: what a user's query meets, unlike the Recipe1M
     protocol, which ranks among the test pairs only), with and without re-ranking, on 1 thread."""
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.sdk import Retriever
-    from malm.sdk.measure import rerank_comparison
+    from malm.sdk.measure import measure, rerank_comparison
 
     everything = _test_photos(data)
     retriever = Retriever.load(bundle, threads=1)
@@ -256,8 +256,6 @@ def _query_test_photos(cfg: DemoConfig, data: Path, bundle: Path, log: Log) -> t
         sdk["threads"] = 1
         g = sdk["global"]
     else:
-        from malm.sdk.measure import measure
-
         m = measure(retriever, photos, truth, k=5)
         g = {"top1_percent": m.recall["R@1"], "top5_percent": m.recall["R@5"]}
         sdk = {"photos": len(photos), "enabled": False, "note": "the bundle has no re-ranking data", "global": g}
@@ -277,6 +275,7 @@ def _query_test_photos(cfg: DemoConfig, data: Path, bundle: Path, log: Log) -> t
 
 def _records(retriever: Any, ids: list[str]) -> list[dict[str, Any]]:
     """Hit-like dicts (id, title, ingredients; no score) for recipe ids, from the bundle's recipe store."""
+    # on use only: keeps sqlite3 and numpy out of the command line's start
     from malm.edge_index.store import RecipeStore
 
     with RecipeStore.open(retriever.bundle.path(retriever.bundle.index.store)) as store:

@@ -28,6 +28,51 @@ OFFSETS_FILE = "rerank/recipe_offsets.npy"
 OBJECT_SECTIONS = ("files", "encoders", "index", "rerank", "preprocess", "embedding", "model", "libraries", "quality",
                    "selfcheck")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Bounds on what a manifest may ask of the loader: beyond them a value is an attack or a corruption, never a
+# real bundle (each would otherwise cost gigabytes at load or overflow a C integer in hnswlib / SQLite).
+MAX_INT = 2**63 - 1  # every integer fits a signed 64-bit C integer
+MAX_DEPTH = 32  # JSON nesting
+MAX_STRING = 1 << 20  # characters in one manifest string
+MAX_NAME = 4096  # characters in a file name
+MAX_DIM = 65_536  # embedding / token width
+MAX_M = 1024  # hnswlib graph degree
+MAX_EF = 100_000  # hnswlib beam widths
+MAX_ELEMENTS = 1 << 34  # recipes in one index (labels too)
+MAX_CANDIDATES = 100_000  # re-ranked candidates
+MAX_SIDE = 8192  # preprocess size / resize, in pixels
+MAX_PIXELS = 1 << 30  # preprocess.max_pixels (Pillow's own bomb limit is ~179 M)
+MAX_SELFCHECK = 100_000  # self-check reference inputs
+
+
+def check_limits(d: Any, where: str, path: str = "manifest", depth: int = 0) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, integers outside int64 and overlong strings anywhere in `d`,
+    naming the field (e.g. `index.max_elements`)."""
+    if depth > MAX_DEPTH:
+        raise BundleError(f"{where}: {path} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(d, Mapping):
+        for k, v in d.items():
+            if not isinstance(k, str) or len(k) > MAX_NAME:
+                raise BundleError(f"{where}: {path} has an invalid key ({str(k)[:40]!r}...)")
+            check_limits(v, where, f"{path}.{k}" if path != "manifest" else k, depth + 1)
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            check_limits(v, where, f"{path}[{i}]", depth + 1)
+    elif _is_int(d) and not -MAX_INT - 1 <= d <= MAX_INT:
+        raise BundleError(f"{where}: manifest '{path}' is out of range (a 64-bit integer), got {str(d)[:24]}...")
+    elif isinstance(d, str) and len(d) > MAX_STRING:
+        raise BundleError(f"{where}: manifest '{path}' is too long ({len(d)} characters > {MAX_STRING})")
+
+
+def _bounded(section: str, **values: int) -> None:
+    """ValueError naming the first of `values` (name=value) above its bound in _BOUNDS."""
+    for name, value in values.items():
+        bound = _BOUNDS[name]
+        if value > bound:
+            raise ValueError(f"{section}: {name} must be <= {bound}, got {value}")
+
+
+_BOUNDS = {"dim": MAX_DIM, "M": MAX_M, "ef_construction": MAX_EF, "ef_search": MAX_EF, "count": MAX_ELEMENTS,
+           "max_elements": MAX_ELEMENTS, "next_label": MAX_ELEMENTS, "candidates": MAX_CANDIDATES}
 
 
 def _obj(d: Any, where: str, name: str) -> Mapping[str, Any]:
@@ -72,6 +117,8 @@ class IndexSettings:
                              f"{self.ef_construction}, {self.ef_search})")
         if self.count < 0 or self.max_elements < 0 or self.next_label < 0:
             raise ValueError("index: count, max_elements and next_label must be >= 0")
+        _bounded("index", dim=self.dim, M=self.M, ef_construction=self.ef_construction, ef_search=self.ef_search,
+                 count=self.count, max_elements=self.max_elements, next_label=self.next_label)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,13 +173,7 @@ class RerankSettings:
     offsets: str = OFFSETS_FILE
     model: str | None = None
     default: bool = False  # switched on by default only where a measurement showed a gain
-    # False: the bundle keeps the re-ranking data, but `rerank=True` is refused, with `disabled_reason` (e.g.
-    # the export's validation showed no gain at any weight). Absent in older bundles: enabled.
-    enabled: bool = True
-    disabled_reason: str | None = None
-    # How `weight` was chosen: validation queries through the bundle itself (malm/export/rerank_calibration.py),
-    # with top-1/top-5 before and after; None for a bundle whose weight was never measured.
-    calibration: Mapping[str, Any] | None = None
+    enabled: bool = True  # False: `rerank=True` refused; extra "disabled_reason" says why, "calibration" how weight was chosen
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
 
     def __post_init__(self) -> None:
@@ -142,6 +183,7 @@ class RerankSettings:
             raise ValueError(f"rerank: weight must be in [0, 1], got {self.weight}")
         if self.candidates < 1 or self.dim < 1:
             raise ValueError("rerank: candidates and dim must be >= 1")
+        _bounded("rerank", dim=self.dim, candidates=self.candidates)
         if self.kind == "matching_head" and not self.model:
             raise ValueError("rerank: kind 'matching_head' needs 'model' (the ONNX file)")
 
@@ -169,12 +211,6 @@ class RerankSettings:
                 raise BundleError(f"{where}: bad rerank section in the manifest ('{key}' must be a file name)")
         if "weight" in d and not _is_num(d["weight"]):
             raise BundleError(f"{where}: bad rerank section in the manifest ('weight' must be a number)")
-        if "enabled" in d and not isinstance(d["enabled"], bool):
-            raise BundleError(f"{where}: bad rerank section in the manifest ('enabled' must be true or false)")
-        if d.get("disabled_reason") is not None and not isinstance(d["disabled_reason"], str):
-            raise BundleError(f"{where}: bad rerank section in the manifest ('disabled_reason' must be a string)")
-        if d.get("calibration") is not None and not isinstance(d["calibration"], Mapping):
-            raise BundleError(f"{where}: bad rerank section in the manifest ('calibration' must be an object)")
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:
@@ -232,14 +268,16 @@ class PreprocessSection:
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest") -> PreprocessSection:
         d = _obj(d, where, "preprocess")
-        for key in ("size", "resize", "max_pixels"):
-            if key in d and (not _is_int(d[key]) or d[key] <= 0):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be a positive "
-                                  f"integer, got {d[key]!r})")
-        for key in ("mean", "std"):
-            if key in d and (not isinstance(d[key], list) or len(d[key]) != 3 or not all(map(_is_num, d[key]))):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be 3 finite "
-                                  f"numbers, got {d[key]!r})")
+        for key, bound in (("size", MAX_SIDE), ("resize", MAX_SIDE), ("max_pixels", MAX_PIXELS)):
+            if key in d and (not _is_int(d[key]) or not 0 < d[key] <= bound):
+                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be an "
+                                  f"integer in [1, {bound}], got {d[key]!r})")
+        # Pixels are scaled to [0, 1] first: means far outside it, or stds near 0, overflow float32.
+        for key, lo, hi in (("mean", -1e3, 1e3), ("std", 1e-3, 1e3)):
+            if key in d and (not isinstance(d[key], list) or len(d[key]) != 3
+                             or not all(_is_num(v) and lo <= v <= hi for v in d[key])):
+                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be 3 numbers in "
+                                  f"[{lo:g}, {hi:g}], got {str(d[key])[:80]})")
         for key in ("crop", "interpolation"):
             if key in d and not isinstance(d[key], str):
                 raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be a string)")
@@ -264,8 +302,9 @@ class EmbeddingSection:
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest") -> EmbeddingSection:
         d = _obj(d, where, "embedding")
-        if not _is_int(d.get("dim")) or d["dim"] <= 0:
-            raise BundleError(f"{where}: manifest 'embedding.dim' is missing or invalid")
+        if not _is_int(d.get("dim")) or not 0 < d["dim"] <= MAX_DIM:
+            raise BundleError(f"{where}: manifest 'embedding.dim' is missing or invalid (an integer in [1, "
+                              f"{MAX_DIM}])")
         if not isinstance(d.get("metric", "cosine"), str):
             raise BundleError(f"{where}: manifest 'embedding.metric' must be a string")
         return cls(d["dim"], d.get("metric", "cosine"), _extra(d, cls))
@@ -293,13 +332,14 @@ class SelfCheckSection:
             if not isinstance(d.get(key), str) or not d[key]:
                 raise BundleError(f"{where}: bad selfcheck section (needs '{key}' file name)")
         mc = d.get("min_cosine", DEFAULT_MIN_COSINE)
-        if isinstance(mc, bool) or not isinstance(mc, (int, float)) or not math.isfinite(mc) or not -1 <= mc <= 1:
-            raise BundleError(f"{where}: selfcheck min_cosine must be a number in [-1, 1], got {mc!r}")
+        # 0 or below would pass any encoder: the check switched off by the manifest.
+        if not _is_num(mc) or not 0 < mc <= 1:
+            raise BundleError(f"{where}: selfcheck min_cosine must be a number in (0, 1], got {mc!r}")
         count = d.get("count", 0)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise BundleError(f"{where}: selfcheck count must be a non-negative integer, got {count!r}")
+        if not _is_int(count) or not 0 <= count <= MAX_SELFCHECK:
+            raise BundleError(f"{where}: selfcheck count must be an integer in [0, {MAX_SELFCHECK}], got {count!r}")
         expected = d.get("expected") or {}
-        if not isinstance(expected, Mapping) or not all(isinstance(v, (int, float)) for v in expected.values()):
+        if not isinstance(expected, Mapping) or not all(map(_is_num, expected.values())):
             raise BundleError(f"{where}: selfcheck expected must map encoder names to cosines")
         return cls(d["inputs"], d["fp32_embeddings"], count, float(mc), dict(expected), str(d.get("exported_on", "")))
 
@@ -344,9 +384,11 @@ class Manifest:
         if d.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{where}: format version {d.get('format_version')!r} is not supported "
                               f"(expects {FORMAT_VERSION})")
+        check_limits(d, where)
         for key in OBJECT_SECTIONS:
             if d.get(key) is not None:
                 _obj(d[key], where, key)
+        _check_quality(d.get("quality"), where)
         files = {}
         for rel, e in (d.get("files") or {}).items():
             if (not isinstance(e, Mapping) or not isinstance(e.get("sha256"), str) or not _SHA256.fullmatch(e["sha256"])
@@ -371,6 +413,17 @@ class Manifest:
             extra={k: v for k, v in d.items() if k not in _TOP_KEYS},
         )
 
+    def referenced(self) -> dict[str, str]:
+        """Every bundle file a reader opens -> what it is (each must be listed in `files`, and so hashed)."""
+        out = {e.file: f"encoder {n!r}" for n, e in self.encoders.items()}
+        if self.index is not None:
+            out.update({self.index.file: "index file", self.index.store: "index store"})
+        if self.rerank is not None:
+            out.update({rel: "re-rank file" for rel in self.rerank.files()})
+        if self.selfcheck is not None:
+            out.update({self.selfcheck.inputs: "self-check data", self.selfcheck.fp32_embeddings: "self-check data"})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {**self.extra, "format": FORMAT, "format_version": self.format_version,
                              "malm_version": self.malm_version, "created": self.created,
@@ -384,6 +437,13 @@ class Manifest:
             if section is not None:
                 d[key] = section.to_dict()
         return d
+
+
+def _check_quality(q: Any, where: str) -> None:
+    """`quality`: variant -> an object of metrics (readers index into each variant's entry)."""
+    for variant, v in (q or {}).items():
+        if v is not None and not isinstance(v, Mapping):
+            raise BundleError(f"{where}: manifest 'quality.{variant}' must be an object, got {type(v).__name__}")
 
 
 _TOP_KEYS = {"format", *(f.name for f in fields(Manifest) if f.name != "extra")}

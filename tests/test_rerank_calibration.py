@@ -14,6 +14,7 @@ from _sdk_bundle import make_bundle, photo_features, recipe, save_photos
 
 from malm.bundle import load_manifest, verify
 from malm.edge_index.builder import Encoded, build_index
+from malm.edge_index.rerank import calibration, check_section, disabled_reason
 from malm.errors import BundleError, MalmError
 from malm.export import rerank_calibration as rc
 from malm.manifest import RerankSettings
@@ -60,8 +61,9 @@ def test_weight_chosen_through_the_bundle_is_recorded_and_search_reproduces_it(t
     rc.record(bundle, result)
     verify(bundle)
     rr = load_manifest(bundle).rerank
-    assert rr is not None and rr.enabled and rr.weight == result["weight"] and rr.disabled_reason is None
-    assert rr.calibration is not None and rr.calibration["top1_after"] == result["top1_after"]
+    assert rr is not None and rr.enabled and rr.weight == result["weight"] and disabled_reason(rr) is None
+    cal = calibration(rr)
+    assert cal is not None and cal["top1_after"] == result["top1_after"]
     with Retriever.load(bundle, threads=1) as r:
         assert r.can_rerank and r.rerank_note is None and r.info()["rerank_weight"] == result["weight"]
         # The user's path (search with rerank=True, the recorded weight) gives exactly the calibrated numbers.
@@ -81,7 +83,7 @@ def test_rerank_that_cannot_help_ships_disabled_with_the_reason(tmp_path: Path) 
     assert not result["enabled"] and "no fusion weight raised top-1" in result["disabled_reason"]
     rc.record(bundle, result)
     rr = load_manifest(bundle).rerank
-    assert rr is not None and not rr.enabled and rr.disabled_reason == result["disabled_reason"]
+    assert rr is not None and not rr.enabled and disabled_reason(rr) == result["disabled_reason"]
     with Retriever.load(bundle, threads=1) as r:
         assert not r.can_rerank and "disabled in this bundle" in (r.rerank_note or "")
         with pytest.raises(MalmError, match="re-ranking is disabled in this bundle .*no fusion weight"):
@@ -109,12 +111,14 @@ def test_no_usable_queries_disables_rerank(tmp_path: Path) -> None:
 
 def test_rerank_section_reads_old_bundles_and_refuses_bad_fields() -> None:
     old = RerankSettings.from_manifest({"dim": 4, "kind": "late_interaction", "weight": 0.5})
-    assert old.enabled and old.disabled_reason is None and old.calibration is None
+    assert old.enabled and disabled_reason(old) is None and calibration(old) is None
+    check_section(old, "old")
     new = RerankSettings.from_manifest({"dim": 4, "enabled": False, "disabled_reason": "x", "calibration": {"a": 1}})
     assert new.to_dict()["enabled"] is False and new.to_dict()["calibration"] == {"a": 1}
+    assert disabled_reason(new) == "x" and calibration(new) == {"a": 1}
     for bad in ({"enabled": "no"}, {"disabled_reason": 3}, {"calibration": [1]}):
         with pytest.raises(BundleError, match="bad rerank section"):
-            RerankSettings.from_manifest({"dim": 4, **bad})
+            check_section(RerankSettings.from_manifest({"dim": 4, **bad}), "b")
 
 
 def test_validation_queries_are_a_seeded_sample_of_the_val_split(tmp_path: Path) -> None:

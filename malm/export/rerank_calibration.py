@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from malm.bundle import BundleWriter
+from malm.edge_index.store import RecipeStore
 from malm.errors import MalmError
+from malm.export.report import summary_line, to_markdown
+from malm.recipe1m import load_recipe1m
+from malm.sdk import Retriever
+
+__all__ = ["MAX_QUERIES", "MIN_GAIN", "WEIGHTS", "Query", "calibrate", "record", "summary_line", "validation_queries"]
 
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MIN_GAIN = 0.5  # top-1 points on validation a weight must add for re-ranking to ship switched on
@@ -43,8 +50,6 @@ class Query:
 
 def validation_queries(data_dir: Path, split: str = SPLIT, limit: int = MAX_QUERIES, seed: int = 0) -> list[Query]:
     """One photo per `split` recipe that has one (a seeded sample of `limit` when there are more)."""
-    from malm.training.data import load_recipe1m  # the reader is pure Python: no torch
-
     found = [Query(Path(r.image_paths[0]), r.id) for r in load_recipe1m(data_dir).recipes
              if r.partition == split and r.image_paths]
     if len(found) > limit:
@@ -65,8 +70,6 @@ def calibrate(bundle: Path, queries: Sequence[Query], weights: Sequence[float] =
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure re-ranking on `queries` through `bundle`; returns the manifest's `calibration` record with
     `weight`, `enabled` and (when off) `disabled_reason`."""
-    from malm.sdk import Retriever
-
     say = log or (lambda _m: None)
     with Retriever.load(bundle, threads=threads) as r:
         manifest = r.bundle.sections
@@ -80,8 +83,6 @@ def calibrate(bundle: Path, queries: Sequence[Query], weights: Sequence[float] =
         if not r.backend.has_tokens:
             return {**base, "queries": 0, "weight": manifest.rerank.weight, "enabled": False,
                     "disabled_reason": f"the {r.backend.variant} image encoder has no 'tokens' output"}
-        from malm.edge_index.store import RecipeStore
-
         with RecipeStore.open(r.bundle.path(r.bundle.index.store)) as store:
             indexed = store.ids()  # a photo whose recipe is not indexed says nothing about re-ranking
         t0 = time.perf_counter()
@@ -120,21 +121,19 @@ def calibrate(bundle: Path, queries: Sequence[Query], weights: Sequence[float] =
 
 def record(bundle: Path, result: dict[str, Any]) -> None:
     """Write the calibration into the manifest's `rerank` section (weight, enabled, reason, the measurement)."""
-    from malm.bundle import BundleWriter
-
     with BundleWriter(bundle) as bw:
         rerank = bw.sections().rerank
         if rerank is None:
             raise MalmError(f"bundle {bundle}: no re-ranking section to record the calibration in")
         measured = {k: v for k, v in result.items() if k not in ("enabled", "disabled_reason")}
-        bw.set_rerank(replace(rerank, weight=float(result["weight"]), enabled=bool(result["enabled"]),
-                              disabled_reason=None if result["enabled"] else str(result["disabled_reason"]),
-                              calibration=measured))
+        extra = {k: v for k, v in rerank.extra.items() if k != "disabled_reason"}
+        extra["calibration"] = measured
+        if not result["enabled"]:
+            extra["disabled_reason"] = str(result["disabled_reason"])
+        bw.set_rerank(replace(rerank, weight=float(result["weight"]), enabled=bool(result["enabled"]), extra=extra))
         # The export report (report.json / report.md) carries the same measurement.
         report = _read_report(bw.root / "report.json")
         if report is not None:
-            from malm.export.report import to_markdown
-
             report["rerank"] = result
             bw.write_json("report.json", report)
             bw.write_text("report.md", to_markdown(report))
@@ -148,14 +147,3 @@ def _read_report(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) else None
-
-
-def summary_line(calibration: dict[str, Any] | None) -> str:
-    """One line for reports and `malm query`: the weight and the validation gain, or why it is off."""
-    if not calibration:
-        return "re-ranking: not calibrated"
-    if not calibration.get("enabled", True):
-        return f"re-ranking: off ({calibration.get('disabled_reason')})"
-    return (f"re-ranking: on, weight {calibration['weight']} (chosen on {calibration['queries']} "
-            f"{calibration['split']} photos through the bundle: top-1 {calibration['top1_before']}% -> "
-            f"{calibration['top1_after']}%, top-5 {calibration['top5_before']}% -> {calibration['top5_after']}%)")

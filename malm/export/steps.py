@@ -13,12 +13,21 @@ from typing import Any
 
 import numpy as np
 
-from malm import __version__
-from malm.bundle import sha256_path
+from malm._version import __version__
+from malm.bundle import load_manifest, sha256_path
+from malm.edge_index.builder import build_index, shipped_matching_head, use_matching_head
+from malm.edge_index.records import ReadReport, dedupe
 from malm.errors import MalmError
+from malm.export import report as rp
+from malm.export import rerank_calibration as rc
 from malm.export.context import EvalData, Log, Progress, Student, Teacher, no_progress
-from malm.export.registry import ExportOptions
+from malm.export.matching_head import head_source
+from malm.export.registry import TARGETS, ExportOptions
+from malm.model_card import write_model_card
 from malm.preprocess import PreprocessConfig
+from malm.recipe1m import load_recipe1m
+from malm.sdk.examples import write_examples
+from malm.training.data import RecipeImageDataset, prepare
 
 
 def checkpoint_file(run: Path, tag: str) -> Path:
@@ -31,6 +40,7 @@ def checkpoint_file(run: Path, tag: str) -> Path:
 
 
 def load_teacher(run: Path, tag: str) -> Teacher:
+    # on use only: loads torch
     from malm.training.checkpoint import load_model
 
     if not run.is_dir():
@@ -49,8 +59,6 @@ def deploy_preprocess(teacher: Teacher, options: ExportOptions) -> PreprocessCon
 
 def prepare_data(teacher: Teacher, data_dir: Path) -> Any:
     """The data with the training vocabulary and text limits, so recipe tokens mean what the teacher learned."""
-    from malm.training.data import prepare
-
     if not data_dir.is_dir():
         raise MalmError(f"--data {data_dir}: not a directory")
     prepared = prepare(data_dir, min_freq=teacher.config.data.min_freq, limits=teacher.config.data.limits())
@@ -64,6 +72,7 @@ def prepare_data(teacher: Teacher, data_dir: Path) -> Any:
 def make_student(teacher: Teacher, options: ExportOptions, pp: PreprocessConfig, prepared: Any,
                  distill_cfg: Any, pretrained: bool, log: Log, progress: Progress = no_progress) -> Student:
     """Distil (or load from the run's cache) the edge student; `--student none` exports the teacher's tower."""
+    # on use only: loads torch
     from malm.export.distill import DistillConfig, StudentFeatures, TeacherImage, distill
     from malm.export.distill import cache_key as distill_key
     from malm.export.student import StudentConfig
@@ -95,8 +104,6 @@ def make_student(teacher: Teacher, options: ExportOptions, pp: PreprocessConfig,
 
 def _eval_items(prepared: Any, pp: PreprocessConfig, limit: int) -> list[dict[str, Any]]:
     """The first `limit` paired test items (eval transform), falling back to val when test has no photos."""
-    from malm.training.data import RecipeImageDataset
-
     for split in ("test", "val"):
         if split not in prepared.splits:
             continue
@@ -113,6 +120,7 @@ def _images(items: list[dict[str, Any]]) -> np.ndarray:
 def eval_data(teacher: Teacher, pp: PreprocessConfig, prepared: Any, data_dir: Path, eval_images: int,
               parity_images: int) -> EvalData:
     """Real test photos in the deployment transform, and the teacher's embeddings of them and their recipes."""
+    # on use only: loads torch
     from malm.training.embed import embed_images, embed_recipes
 
     items = _eval_items(prepared, pp, max(eval_images, parity_images))
@@ -132,7 +140,7 @@ def eval_data(teacher: Teacher, pp: PreprocessConfig, prepared: Any, data_dir: P
 def reference_rows(teacher: Teacher, student: Student, data: EvalData, tag: str,
                    latency_runs: int) -> dict[str, dict[str, Any]]:
     """The report's reference rows: the teacher's image tower in torch fp32, and the student before export."""
-    from malm.export import report as rp
+    # on use only: loads torch
     from malm.export.distill import TeacherImage, mean_cosine_to_teacher
     from malm.training.embed import embed_images
 
@@ -190,8 +198,6 @@ def resolve_options(teacher: Teacher, options: ExportOptions, log: Log) -> Expor
     if tokens is None:
         tokens = False
         if "tokens" in _target_options(options.target) and student == "none":
-            from malm.export.matching_head import head_source
-
             trained = getattr(getattr(teacher.config.loss, "matching", None), "enabled", False)
             try:
                 has_head = trained and head_source(teacher.run, teacher.tag) is not None
@@ -206,8 +212,6 @@ def resolve_options(teacher: Teacher, options: ExportOptions, log: Log) -> Expor
 
 
 def _target_options(target: str) -> frozenset[str]:
-    from malm.export.registry import TARGETS
-
     return TARGETS[target].options
 
 
@@ -217,15 +221,10 @@ def index_and_calibrate(run: Path, tag: str, data_dir: Path, bundle: Path, log: 
     (build one from `data_dir`, all splits, when it has none), then choose the fusion weight on validation
     photos through the bundle and record it (malm/export/rerank_calibration.py). Returns the calibration, or
     None (with a log line) when the bundle's existing index cannot re-rank."""
-    from malm.bundle import load_manifest
-    from malm.edge_index.builder import build_index, shipped_matching_head, use_matching_head
-    from malm.export import rerank_calibration as rc
-
     manifest = load_manifest(bundle)
     shipped = shipped_matching_head(bundle)
     if manifest.index is None:
-        from malm.edge_index.records import ReadReport, dedupe
-        from malm.training.data import load_recipe1m
+        # on use only: loads torch
         from malm.training.embed import torch_recipe_encoder
 
         records = list(dedupe(load_recipe1m(data_dir).recipes, ReadReport()))
@@ -251,8 +250,6 @@ def index_and_calibrate(run: Path, tag: str, data_dir: Path, bundle: Path, log: 
 def _model_card(bundle: Path, data_dir: Path, log: Log) -> None:
     """examples.png and the model card, as `malm index build` draws them (best effort: a picture)."""
     try:
-        from malm.model_card import write_examples, write_model_card
-
         if write_examples(bundle, data_dir, split="test") is not None:
             write_model_card(bundle)
     except (ImportError, MalmError) as e:

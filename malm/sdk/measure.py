@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from malm.edge_index.rerank import calibration
 from malm.errors import MalmError
 from malm.sdk.image_io import ImageInput
 from malm.sdk.retriever import Retriever
@@ -80,7 +81,7 @@ def rerank_comparison(retriever: Retriever, photos: Sequence[ImageInput], true_i
                            "variant": retriever.backend.variant, "backend": retriever.backend.name,
                            "weight": snap_rr.weight if snap_rr else None,
                            "enabled": bool(snap_rr and snap_rr.enabled), "note": retriever.rerank_note,
-                           "calibration": dict(snap_rr.calibration) if snap_rr and snap_rr.calibration else None}
+                           "calibration": calibration(snap_rr) if snap_rr else None}
     ranks: dict[str, list[int | None]] = {"global": [], "reranked": []}
     ms: dict[str, list[float]] = {"global": [], "reranked": []}
     # CPU time of this thread too: with 1 intra-op thread ONNX Runtime runs on the caller's thread, so it is

@@ -29,7 +29,7 @@ class OnnxRecipeEncoder:
         if not entry or not bundle.listed("vocab.json"):
             raise BundleError(f"bundle {bundle.root}: has no ONNX recipe encoder + vocab.json to encode recipes "
                               "on the device; pass --checkpoint to encode with the trained model")
-        self.session = OrtSession(bundle.path(entry.file), threads=threads)
+        self.session = OrtSession(bundle.path(entry.file), threads=threads, model_bytes=bundle.read_bytes(entry.file))
         if set(INPUTS) - set(self.session.input_names) or "embedding" not in self.session.output_names:
             raise BundleError(f"bundle {bundle.root}: recipe encoder has inputs {self.session.input_names}, "
                               f"outputs {self.session.output_names}; expected {INPUTS} -> embedding")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from malm.export.context import Artifacts, ExportContext
+from malm.export.report import size_mb
 
 # --weights mode → (manifest name, bundle path, precision); "none" is the fp16 model every export writes.
 VARIANTS = {
@@ -22,8 +23,8 @@ VARIANTS = {
 
 
 def build(ctx: ExportContext) -> Artifacts:
+    # on use only: loads torch
     from malm.export import coreml
-    from malm.export.report import size_mb
 
     meta = {k: ctx.meta[k] for k in ("malm_version", "model_hash", "embedding_dim", "preprocess", "config_hash")}
     modes = ["none"] + ([ctx.options.weight_mode] if ctx.options.weight_mode != "none" else [])

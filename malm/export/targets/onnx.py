@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from malm.errors import MalmError
+from malm.export import matching_head as mh
 from malm.export.context import Artifacts, ExportContext
+from malm.export.quantize import VARIANTS, qdq_properties, quantize_int8
 
 FP32 = "encoders/image_fp32.onnx"
 INT8 = "encoders/image_int8.onnx"
@@ -31,6 +33,7 @@ def build(ctx: ExportContext) -> Artifacts:
 
 
 def _image_fp32(ctx: ExportContext) -> tuple[Artifacts, np.ndarray]:
+    # on use only: loads torch
     from malm.export import onnx_export as ox
 
     tokens = ctx.options.tokens
@@ -64,8 +67,8 @@ _INT8_VARIANTS = (
 
 def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> Artifacts:
     """The int8 variants of image_fp32.onnx; `emb32` / `r32` are fp32's embeddings and retrieval row."""
+    # on use only: loads torch
     from malm.export import onnx_export as ox
-    from malm.export.quantize import VARIANTS, qdq_properties, quantize_int8
 
     out = Artifacts()
     want = ctx.options.calibration_images
@@ -98,6 +101,7 @@ def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> A
 
 def int8_scope(ctx: ExportContext) -> str:
     """"linear" when the exported encoder is a hybrid teacher's own tower (`--student none`), else "all"."""
+    # on use only: loads torch
     from malm.training.models.hybrid import HybridViT
 
     own_tower = ctx.student.manifest is None
@@ -106,8 +110,6 @@ def int8_scope(ctx: ExportContext) -> str:
 
 def _matching_head(ctx: ExportContext) -> Artifacts:
     """With --tokens, ship the run's trained matching head for re-ranking (when the preset trained one)."""
-    from malm.export import matching_head as mh
-
     out = Artifacts()
     run, tag = ctx.teacher.run, ctx.teacher.tag
     head = mh.load_trained_head(run, ctx.teacher.config, tag)  # refuses a head of another step than --tag
@@ -129,6 +131,7 @@ def _matching_head(ctx: ExportContext) -> Artifacts:
 
 
 def _recipe_encoder(ctx: ExportContext) -> Artifacts:
+    # on use only: loads torch
     from malm.export import onnx_export as ox
     from malm.training.embed import stack_recipes
 

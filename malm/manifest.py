@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from malm.errors import BundleError
 
@@ -361,7 +361,7 @@ class TokenizerSection:
     rules: str = "malm-text-1"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    LIMITS = ("max_title_tokens", "max_ingredients", "max_instructions", "max_tokens")
+    LIMITS: ClassVar[tuple[str, ...]] = ("max_title_tokens", "max_ingredients", "max_instructions", "max_tokens")
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest") -> TokenizerSection:
@@ -375,8 +375,8 @@ class TokenizerSection:
         if d.get("rules", "malm-text-1") not in TOKENIZER_RULES:
             raise BundleError(f"{where}: manifest tokenizer rules {d.get('rules')!r} are not supported by this malm "
                               f"(it implements {TOKENIZER_RULES})")
-        return cls(*(d[k] for k in cls.LIMITS), d.get("vocab", "vocab.json"), d.get("rules", "malm-text-1"),
-                   _extra(d, cls))
+        return cls(d["max_title_tokens"], d["max_ingredients"], d["max_instructions"], d["max_tokens"],
+                   d.get("vocab", "vocab.json"), d.get("rules", "malm-text-1"), _extra(d, cls))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.extra, **{k: getattr(self, k) for k in self.LIMITS}, "vocab": self.vocab, "rules": self.rules}

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ _INT8_VARIANTS = (
 def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> Artifacts:
     """The int8 variants of image_fp32.onnx; `emb32` / `r32` are fp32's embeddings and retrieval row."""
     from malm.export import onnx_export as ox
-    from malm.export.quantize import VARIANTS, qdq_properties, quantize_int8
+    from malm.export.quantize import VARIANTS, ImageCalibration, qdq_properties, quantize_int8
 
     out = Artifacts()
     want = ctx.options.calibration_images
@@ -81,8 +82,8 @@ def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> A
         path = ctx.tmp / filename
         ctx.log(message.format(n=len(calib)))
         with ctx.progress(f"calibrating {filename}", len(calib)) as advance:
-            info = quantize_int8(fp32, path, calib, ctx.student.preprocess, **VARIANTS[name], scope=scope,
-                                 on_image=advance)
+            info = quantize_int8(fp32, path, ImageCalibration(calib, ctx.student.preprocess),
+                                 replace(VARIANTS[name], scope=scope), on_item=advance)
         ox.set_metadata(path, ctx.meta_for(role="image", precision="int8", **extra))
         emb8 = ox.run_image(ox.session(path, threads=2), ctx.data.eval_images)
         row = ctx.quality(emb8, path)

@@ -24,7 +24,7 @@ from malm.errors import MalmError
 from malm.export import int8_gate, steps
 from malm.export.context import Artifacts, ExportContext, Log, Progress, no_progress
 from malm.export.registry import TARGETS, ExportOptions, require
-from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
+from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection, TokenizerSection
 from malm.preprocess import PreprocessConfig
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "coremltools", "numpy", "tensorrt")
@@ -108,6 +108,11 @@ def write_bundle(bundle: Path, ctx: ExportContext, artifacts: Artifacts, report:
             bw.set_encoder(name, EncoderEntry.from_dict(entry, f"export into {bundle}", name))
         if selfcheck:
             bw.set_selfcheck(selfcheck)
+        if artifacts.recipe_selfcheck:
+            bw.set_recipe_selfcheck(artifacts.recipe_selfcheck)
+        if vocab.is_file() and any(e.get("role") == "recipe" for e in artifacts.encoders.values()):
+            # The text limits the recipe encoders were exported with, stated (docs/bundle-format.md, "Tokenizer").
+            bw.set_tokenizer(TokenizerSection(**config.data.limits().to_dict()))
         bw.add_quality(report["variants"])
         merged = merge_report(bw.root, report, teacher.sha256)
         bw.write_json("report.json", merged)

@@ -5,6 +5,7 @@
     encoders/image_int8_cpu.onnx    --int8: uint8 activations (what x86 ONNX Runtime runs fast)
     rerank/matching_head.onnx       --tokens, when the run trained a matching head
     encoders/recipe_fp32.onnx       unless --no-recipe-encoder
+    encoders/recipe_int8.onnx       --int8 (and tensorrt/recipe_static.onnx, selfcheck/recipe_*.npy): recipe.py
 """
 
 from __future__ import annotations
@@ -160,4 +161,8 @@ def _recipe_encoder(ctx: ExportContext) -> Artifacts:
                            parity_min_cosine=worst)
     out.add(path, RECIPE, "recipe_fp32", entry, {"size_mb": round(path.stat().st_size / 1e6, 3),
                                                  "parity_min_cosine": worst})
+    if opts.int8:  # the recipe encoder ships like the image encoder (malm/export/recipe.py)
+        from malm.export import recipe
+
+        return Artifacts.join(out, recipe.int8_variants(ctx, path))
     return out

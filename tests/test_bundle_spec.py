@@ -381,3 +381,59 @@ def test_the_documented_draft_scale(size: tuple[int, int], scale: int) -> None:
     w, h = size
     spec = next((s for s in (8, 4, 2) if w % s == 0 and h % s == 0 and min(w, h) / s >= 256), 1)
     assert spec == draft_scale(w, h, 256) == scale
+
+
+# ---- 3. the hnswlib file layout the page documents ----------------------------------------------------------------
+
+
+def read_hnsw_as_documented(path: Path) -> dict[str, object]:
+    """Parse an index file with nothing but the page's table: header, level-0 records, upper-level link lists."""
+    data = path.read_bytes()
+    (offset_level0, max_elements, count, size_per_element, label_offset, offset_data) = struct.unpack_from("<6Q", data)
+    maxlevel, enterpoint = struct.unpack_from("<iI", data, 48)
+    max_m, max_m0, m = struct.unpack_from("<3Q", data, 56)
+    (mult,) = struct.unpack_from("<d", data, 80)
+    (ef_construction,) = struct.unpack_from("<Q", data, 88)
+    dim = (label_offset - offset_data) // 4
+    vectors, labels, deleted = [], [], []
+    for i in range(count):
+        rec = 96 + i * size_per_element
+        header = struct.unpack_from("<I", data, rec)[0]
+        deleted.append(bool(data[rec + 2] & 1))
+        assert header & 0xFFFF <= max_m0
+        vectors.append(np.frombuffer(data, np.float32, dim, rec + offset_data))
+        labels.append(struct.unpack_from("<Q", data, rec + label_offset)[0])
+    pos = 96 + count * size_per_element
+    for _ in range(count):  # upper-level links: a uint32 byte count, then that many bytes
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4 + n
+    return {"dim": dim, "M": m, "ef_construction": ef_construction, "max_elements": max_elements, "count": count,
+            "vectors": np.stack(vectors), "labels": labels, "deleted": deleted, "end": pos, "size": len(data),
+            "offset_level0": offset_level0, "max_m": max_m, "max_m0": max_m0, "mult": mult, "maxlevel": maxlevel,
+            "enterpoint": enterpoint}
+
+
+def test_the_documented_hnswlib_layout_reads_a_real_index(tmp_path: Path) -> None:
+    from malm.edge_index.hnsw import HnswIndex, IndexSettings
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 24)).astype(np.float32)
+    index = HnswIndex.create(IndexSettings(dim=24, M=8, ef_construction=50), capacity=400)
+    labels = index.add(x)
+    index.remove(labels[10:20])
+    settings = index.save(tmp_path / "i.hnsw")
+    got = read_hnsw_as_documented(tmp_path / "i.hnsw")
+    assert got["end"] == got["size"], "the page's layout must account for every byte"
+    assert (got["dim"], got["M"], got["ef_construction"], got["max_elements"], got["count"]) == (
+        24, settings.M, settings.ef_construction, settings.max_elements, 300)
+    assert got["offset_level0"] == 0 and got["max_m0"] == 2 * settings.M and got["max_m"] == settings.M
+    assert got["labels"] == labels  # slot i holds label i here: no slot was reused
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(got["vectors"], unit, atol=1e-6)  # stored normalized
+    assert [i for i, d in enumerate(got["deleted"]) if d] == labels[10:20]
+    # The page's similarity: 1 - distance for "ip"; exact search over the live vectors gives hnswlib's top 10.
+    live = [i for i, d in enumerate(got["deleted"]) if not d]
+    q = unit[:5]
+    exact = [[live[j] for j in np.argsort(-(unit[live] @ qi), kind="stable")[:10]] for qi in q]
+    found = [[label for label, _ in row] for row in index.search(q, 10)]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)]) >= 0.95

@@ -224,9 +224,14 @@ def convert_recipe(model: nn.Module, out_path: Path, example: dict[str, np.ndarr
                 warnings.simplefilter("ignore")
                 program = torch.export.export(module, args).run_decompositions({})
                 parity = float(torch.nn.functional.cosine_similarity(program.module()(*args), module(*args)).min())
-            mlmodel = ct.convert(program, inputs=[ct.TensorType(name=k, dtype=np.int32) for k in RECIPE_INPUTS],
-                                 outputs=[ct.TensorType(name="embedding")], convert_to="mlprogram",
-                                 compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16)
+            with warnings.catch_warnings():
+                # The attention mask's float32 minimum becomes -inf in fp16 (what masking means); numpy warns.
+                warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                mlmodel = ct.convert(program, inputs=[ct.TensorType(name=k, dtype=np.int32) for k in RECIPE_INPUTS],
+                                     outputs=[ct.TensorType(name="embedding")], convert_to="mlprogram",
+                                     compute_precision=ct.precision.FLOAT16,
+                                     minimum_deployment_target=ct.target.iOS16)
         except Exception as e:  # noqa: BLE001 - torch.export and coremltools raise many types; say which step
             raise MalmError(f"CoreML conversion of the recipe encoder failed ({type(e).__name__}: {e})") from None
         for k, v in (metadata or {}).items():

@@ -177,6 +177,7 @@ def coreml_variant(ctx: ExportContext) -> Artifacts:
         out.notes.append("recipe encoder not converted to CoreML: this model reads MiniLM sentence vectors, "
                          "not vocab ids")
         return out
+    t0 = time.perf_counter()
     path = ctx.tmp / "recipe.mlpackage"
     example = held_out(ctx.data.prepared, 1)
     meta = {k: ctx.meta[k] for k in ("malm_version", "config_hash")}
@@ -184,9 +185,11 @@ def coreml_variant(ctx: ExportContext) -> Artifacts:
     ctx.log(f"{RECIPE_COREML}: converted (fp16); {info['prediction']}")
     entry = {"file": RECIPE_COREML, "kind": "coreml", "role": "recipe", "precision": "fp16",
              "model_hash": ctx.teacher.sha256, "inputs": info["inputs"], "outputs": info["outputs"],
+             "exported_parity": info["exported_parity"],
              "spec": {k: info[k] for k in ("spec_version", "model_type", "fp16_compute")}}
     out.add(path, RECIPE_COREML, "recipe_coreml", entry, {"size_mb": round(size_mb(path), 3),
                                                           "note": info["prediction"]})
+    out.notes.append(f"recipe encoder CoreML: {time.perf_counter() - t0:.1f}s (torch.export, conversion, spec check)")
     return out
 
 

@@ -70,6 +70,8 @@ def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = 
         report = _report(ctx, artifacts)
         if gate:
             report["int8_gate"] = gate
+            if "recipe_int8" in artifacts.variants:  # gated in malm/export/recipe.py, listed with the image ones
+                gate["variants"]["recipe_int8"] = artifacts.variants["recipe_int8"]["gate"]
         write_bundle(req.bundle, ctx, artifacts, report, selfcheck)
     report["bundle"] = str(req.bundle)
     if student.manifest:

@@ -97,7 +97,7 @@ def main() -> None:
         "machine": machine_info(), "procedure": "malm export --target onnx --int8, then --target coreml "
                                                 "(--student none), the demo's trained run, base code then this code",
         "seconds": times,
-        "added_seconds": {k: round(times["branch"][k][m] - times["base"][k][m], 1)
+        "added_seconds": {f"{k}_{m}": round(times["branch"][k][m] - times["base"][k][m], 1)
                           for k in ("onnx", "coreml") for m in ("wall_s", "cpu_s")} if times else {},
         "bundle_bytes": {"base": sum(base.values()), "branch": sum(branch.values())},
         "added_files": added, "added_bytes": sum(added.values()),

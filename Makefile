@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean check-aarch64 browser
+.PHONY: demo test docs lint typecheck bench clean check-aarch64 browser web
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(BIN)/python:
 # [train] range then needs nothing more (an unpinned torch would pull a multi-GB CUDA build).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[all,bench,dev,e2e,tensorboard,plot]"
+	$(BIN)/pip install -q -e ".[all,bench,dev,docs,e2e,tensorboard,plot]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,9 +31,28 @@ browser:
 	else echo "make test: the browser tests need chromium (sudo apt-get install chromium), or MALM_SKIP_BROWSER_TESTS=1"; \
 	  exit 1; fi
 
-test: $(STAMP) browser
+# The documentation site (docs/ + mkdocs.yml) into build/site; --strict turns a broken link, a page missing
+# from the navigation or an API docstring that cannot be rendered into a failure (not --quiet: it hides the
+# warnings that --strict counts).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The browser client (clients/web) and the offline app, built from the committed package-lock.json:
+# node_modules/ and dist/ are git-ignored. Needs node >= 18 and npm (apt-get install nodejs npm).
+web:
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  if [ -n "$$MALM_SKIP_BROWSER_TESTS" ]; then echo "web client not built: no npm (MALM_SKIP_BROWSER_TESTS is set)"; exit 0; fi; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing node and npm for the web client (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "make test: the web client needs node and npm (sudo apt-get install nodejs npm)"; exit 1; fi; fi; \
+	cd clients/web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+test: $(STAMP) browser web
 	$(BIN)/ruff check malm tests benchmarks examples
 	$(BIN)/mypy malm/sdk malm/edge_index
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 
 bench: $(STAMP)

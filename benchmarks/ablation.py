@@ -58,23 +58,23 @@ METHODS = [
     Method(
         "malm-tiny no-mask",
         "malm-tiny",
-        {"loss.mask.enabled": False, "loss.distill.enabled": False},
+        {"loss.mask.enabled": False, "loss.self_distill.weight": 0.0},
         "no mask augmentation (distillation needs masked patches, so it goes too)",
     ),
-    Method("malm-tiny no-distill", "malm-tiny", {"loss.distill.enabled": False}, "no self-distillation"),
+    Method("malm-tiny no-distill", "malm-tiny", {"loss.self_distill.weight": 0.0}, "no self-distillation"),
     Method("malm-tiny no-local", "malm-tiny", {"loss.matching.local_weight": 0.0}, "global matching only"),
     Method("malm-tiny mask-0.5", "malm-tiny", {"loss.mask.ratio": 0.5}, "mask ratio 0.5"),
     Method("malm-tiny mask-0.9", "malm-tiny", {"loss.mask.ratio": 0.9}, "mask ratio 0.9"),
     Method(
         "malm-tiny full-triplet",
         "malm-tiny",
-        {"loss.mask.full_image_triplet": True},
+        {"loss.mask.full_image_retrieval": True},
         "triplet on an extra unmasked pass (train = test input); matching/distill keep the masked pass",
     ),
     Method(
         "malm-tiny full-triplet no-local",
         "malm-tiny",
-        {"loss.mask.full_image_triplet": True, "loss.matching.local_weight": 0.0},
+        {"loss.mask.full_image_retrieval": True, "loss.matching.local_weight": 0.0},
         "full-image triplet, global matching only",
     ),
     Method(
@@ -87,7 +87,7 @@ METHODS = [
         "malm-tiny full-triplet pair-neg-3 local-pairs",
         "malm-tiny",
         {
-            "loss.mask.full_image_triplet": True,
+            "loss.mask.full_image_retrieval": True,
             "loss.matching.mode": "paper",
             "loss.matching.pair_negatives": 3,
             "loss.matching.local_pairs": True,
@@ -160,10 +160,10 @@ def _config(method: Method, base: dict[str, Any]) -> Any:
 
 def evaluate(run_dir: Path, data: Path) -> dict[str, Any]:
     """Test-split 1k metrics of the run's `last` checkpoint (all pairs when fewer than 1k)."""
+    from malm.evaluation import retrieval_metrics
     from malm.training.checkpoint import load_model
     from malm.training.data import RecipeImageDataset, prepare
     from malm.training.embed import embed_pairs
-    from malm.training.evaluate import retrieval_metrics
 
     loaded = load_model(run_dir, tag="last")
     cfg = loaded.config

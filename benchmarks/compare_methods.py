@@ -177,7 +177,7 @@ def _reranked_ranks(sims: np.ndarray, cand: np.ndarray, local: np.ndarray, w: fl
 
 def rerank_eval(model: Any, head: Any, val: dict[str, Any], test: dict[str, Any], n_cand: int,
                 val_queries: int | None = None) -> dict[str, Any]:
-    from malm.training.evaluate import _subsets, metrics_from_ranks
+    from malm.evaluation import _subsets, metrics_from_ranks
 
     def subset(e: dict[str, Any], idx: np.ndarray, scores: PairScores,
                queries: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,10 +239,10 @@ def head_cost_ms(head: Any, e: dict[str, Any], n_cand: int, queries: int = 60) -
 def evaluate_one(run_dir: Path, data: Path, n_cand: int, rerank_only: bool = False) -> dict[str, Any]:
     """Test metrics of a trained run and, with an image-grounded head, its re-ranking; `rerank_only`: only
     {"rerank": ...} (or {} without such a head)."""
+    from malm.evaluation import retrieval_metrics
     from malm.export.matching_head import load_trained_head, score_kind
     from malm.training.checkpoint import load_model
     from malm.training.data import RecipeImageDataset, prepare
-    from malm.training.evaluate import retrieval_metrics
 
     loaded = load_model(run_dir, tag="last")
     model, cfg = loaded.model.eval(), loaded.config

@@ -34,7 +34,7 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 def metrics(r: np.ndarray) -> dict[str, float]:
-    from malm.training.evaluate import metrics_from_ranks
+    from malm.evaluation import metrics_from_ranks
 
     return {k: round(v, 3) for k, v in metrics_from_ranks(r).items()}
 

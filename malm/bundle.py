@@ -40,13 +40,14 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from malm import __version__
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm._lock import try_lock, unlock
+from malm._version import __version__
 from malm.errors import BundleError, MalmError
 from malm.manifest import (
     FORMAT,
     FORMAT_VERSION,
+    MAX_NAME,
     EmbeddingSection,
     EncoderEntry,
     IndexSection,
@@ -60,6 +61,9 @@ from malm.manifest import (
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+MAX_MANIFEST_BYTES = 64 << 20  # a real manifest is a few kB; more is an attack on the JSON parser's memory
+RACY_NS = 2_000_000_000  # file times are coarse: a file changed within this of a check may keep its times
+CTIME_RACY_NS = 200_000_000
 
 
 def sha256_path(path: Path) -> tuple[str, int]:
@@ -67,7 +71,7 @@ def sha256_path(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     total = 0
     if path.is_dir():
-        for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+        for sub in _tree_files(path):
             rel = sub.relative_to(path).as_posix().encode()
             h.update(len(rel).to_bytes(8, "little") + rel)
             digest, size = sha256_path(sub)
@@ -81,6 +85,18 @@ def sha256_path(path: Path) -> tuple[str, int]:
     return h.hexdigest(), total
 
 
+def _tree_files(path: Path) -> list[Path]:
+    """The files under a directory (an .mlpackage), sorted; a symlink inside it is refused: following it
+    would hash (and run) bytes from outside the bundle."""
+    out = []
+    for p in path.rglob("*"):
+        if p.is_symlink():
+            raise BundleError(f"bundle file {path}: contains a symbolic link ({p.relative_to(path)}), refused")
+        if p.is_file():
+            out.append(p)
+    return sorted(out)
+
+
 def safe_relpath(root: Path, rel: str) -> Path:
     """Resolve `rel` inside `root`, refusing absolute paths, `..` and links that escape."""
     if not isinstance(rel, str) or any(ord(c) < 32 for c in rel):  # NUL and control characters
@@ -89,6 +105,8 @@ def safe_relpath(root: Path, rel: str) -> Path:
         rel.encode("utf-8")  # a lone surrogate from a JSON escape cannot be a file name
     except UnicodeEncodeError:
         raise BundleError(f"bundle {root}: manifest names an invalid file name: {rel!r}") from None
+    if len(rel) > MAX_NAME:
+        raise BundleError(f"bundle {root}: manifest names a file name of {len(rel)} characters (> {MAX_NAME})")
     p = PurePosixPath(rel)
     if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
         raise BundleError(f"bundle {root}: manifest names a file outside the bundle: {rel!r}")
@@ -98,18 +116,27 @@ def safe_relpath(root: Path, rel: str) -> Path:
     return full
 
 
-def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse and check the manifest's shape and version (not the file hashes: see verify)."""
+def read_manifest(root: str | os.PathLike[str], data: bytes | None = None) -> dict[str, Any]:
+    """Parse and check the manifest's shape and version (not the file hashes: see verify).
+
+    data: the manifest's bytes when the caller already read them (to check a signature over exactly these)."""
     root = Path(root)
     path = root / MANIFEST
     if not root.is_dir():
         raise BundleError(f"bundle {root}: not a directory")
     if not path.is_file():
         raise BundleError(f"bundle {root}: no {MANIFEST} (is this a malm bundle?)")
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"bundle {root}: {MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({e})") from None
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: bad JSON, or an integer of 5,000 digits
+        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({str(e)[:200]})") from None
+    except RecursionError:
+        raise BundleError(f"bundle {root}: {MANIFEST} is nested too deeply") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"bundle {root}: {MANIFEST} is not a malm bundle manifest")
     version = manifest.get("format_version")
@@ -136,65 +163,95 @@ def load_manifest(root: str | os.PathLike[str]) -> Manifest:
 
 
 def verify(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check every listed file exists with its recorded size and sha256. Returns the manifest."""
+    """Check every listed file exists with its recorded size and sha256, and that every file the SDK opens
+    is listed. Returns the manifest."""
     root = Path(root)
     manifest = manifest if manifest is not None else read_manifest(root)
-    for rel, entry in manifest.get("files", {}).items():
-        path = safe_relpath(root, rel)
-        if not path.exists():
-            raise BundleError(f"bundle {root}: missing file {rel}")
-        digest, size = sha256_path(path)
-        if size != entry["bytes"]:
-            raise BundleError(f"bundle {root}: {rel} has {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
-        if digest != entry["sha256"]:
-            raise BundleError(f"bundle {root}: {rel} does not match its sha256 in the manifest (tampered or corrupted)")
+    verify_files(root, manifest, cached=False)
     return manifest
 
 
-def _file_stats(path: Path) -> list[list[int]]:
-    """(size, mtime_ns, inode) of a file, or of every file under a directory (an .mlpackage)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    out = []
-    for f in files:
-        st = f.stat()
-        out.append([st.st_size, st.st_mtime_ns, st.st_ino])
-    return out
+def check_listed(root: Path, manifest: dict[str, Any]) -> None:
+    """Every file a reader opens (encoders, index, store, re-rank and self-check data) must be listed, and so
+    hashed: an unlisted file would be used unverified."""
+    files = manifest.get("files") or {}
+    for rel, what in Manifest.from_dict(manifest, f"bundle {root}").referenced().items():
+        if rel not in files:
+            raise BundleError(f"bundle {root}: {what} {rel!r} is not listed (and hashed) in the manifest's 'files'")
+
+
+def stat_key(st: os.stat_result) -> list[int]:
+    """What a file's identity and last change are remembered by. ctime is set by the kernel on every write
+    and metadata change and cannot be set back by `touch`, so a rewrite with a restored mtime still shows."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def file_stats(path: Path) -> list[list[int]]:
+    """stat_key of a file, or of every file under a directory (an .mlpackage)."""
+    files = [path] if path.is_file() else _tree_files(path)
+    return [stat_key(f.stat()) for f in files]
 
 
 def verify_cache_dir() -> Path:
     return Path(os.environ.get("MALM_CACHE_DIR") or Path.home() / ".cache" / "malm") / "verified"
 
 
-def verify_cached(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`verify`, but hash each file only once per (size, mtime, inode): a device restart skips re-hashing.
+def verify_files(root: Path, manifest: dict[str, Any], *, cached: bool) -> dict[str, list[list[int]]]:
+    """Hash every listed file (or, with `cached`, skip it when its stat_key is the one stamped after an
+    earlier full check) and return the stat_keys taken *before* hashing: a reader that later finds a file
+    with another key (`Bundle.read_bytes`) knows it changed after the check.
 
-    Hashing a large bundle (a 100k-recipe index is ~400 MB) dominates cold start. After a full
-    verification the files' stat signatures are stamped in the user's cache; a later load whose
-    files all still match skips hashing. Any rewrite, truncation or replacement changes the
-    signature and brings the full check back. It guards against corruption and stale files, not
-    an attacker who can also forge mtimes: use `verify` for that (`Retriever.load(verify="full")`).
+    A file that changes while it is hashed is refused (the keys are compared again after hashing), so a
+    stamp never vouches for bytes that were not the ones hashed.
     """
+    files = manifest.get("files") or {}
+    check_listed(root, manifest)
+    paths = {rel: safe_relpath(root, rel) for rel in files}
+    for rel, path in paths.items():
+        if not path.exists():
+            raise BundleError(f"bundle {root}: missing file {rel}")
+    before = {rel: file_stats(path) for rel, path in paths.items()}
+    key = hashlib.sha256(json.dumps(["v2", str(root.resolve()), files], sort_keys=True).encode()).hexdigest()
+    stamp = verify_cache_dir() / f"{key}.json"
+    if cached:
+        try:
+            if json.loads(stamp.read_text()) == before:
+                return before
+        except (OSError, ValueError):
+            pass  # no stamp yet or an unreadable one: check fully
+    for rel, path in paths.items():
+        entry = files[rel]
+        digest, size = sha256_path(path)
+        if size != entry["bytes"]:
+            raise BundleError(f"bundle {root}: {rel} has {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
+        if digest != entry["sha256"]:
+            raise BundleError(f"bundle {root}: {rel} does not match its sha256 in the manifest (tampered or corrupted)")
+    after = {rel: file_stats(path) for rel, path in paths.items()}
+    changed = sorted(rel for rel in files if after[rel] != before[rel])
+    if changed:
+        raise BundleError(f"bundle {root}: {', '.join(changed)} changed while being verified; load it again")
+    if cached:
+        # Like git's "racy" index entries: a file changed within the clock's tick of a stamp could keep its
+        # times, so only files whose last change is older than RACY_NS are stamped.
+        # ctime comes from the kernel's clock (ticks of a few ms), never from a user: a shorter window.
+        now = time.time_ns()
+        stats = [st for sts in before.values() for st in sts]
+        if all(st[1] < now - RACY_NS and st[2] < now - CTIME_RACY_NS for st in stats):
+            try:
+                write_text_atomic(stamp, json.dumps(before))
+            except OSError:
+                pass  # a read-only home only costs the next start a full check
+    return before
+
+
+def verify_cached(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`verify`, but hash each file only once per (size, mtime, ctime, inode, device): a restart skips
+    re-hashing (a 100k-recipe index is ~400 MB). Rewriting a file and restoring its mtime (`touch -r`) still
+    changes its ctime, which only the kernel sets, so the full check comes back. It does not hold against
+    someone who can set the system clock back (root): use `verify` or a signature for that."""
     root = Path(root)
     manifest = manifest if manifest is not None else read_manifest(root)
-    files = manifest.get("files", {})
-    key = hashlib.sha256(json.dumps([str(root.resolve()), files], sort_keys=True).encode()).hexdigest()
-    stamp = verify_cache_dir() / f"{key}.json"
-    try:
-        stats = {rel: _file_stats(safe_relpath(root, rel)) for rel in files}
-        if json.loads(stamp.read_text()) == stats:
-            return manifest
-    except (OSError, ValueError):
-        pass  # no stamp yet, a missing file (verify names it) or an unreadable stamp: check fully
-    verify(root, manifest)
-    try:
-        stats = {rel: _file_stats(safe_relpath(root, rel)) for rel in files}
-        # File times are coarse (ms ticks): a file changed in the same tick as a recent write keeps
-        # its mtime, so (like git's "racy" index entries) only files older than 2 s are stamped.
-        newest = max((st[1] for sts in stats.values() for st in sts), default=0)
-        if newest < time.time_ns() - 2_000_000_000:
-            write_text_atomic(stamp, json.dumps(stats))
-    except OSError:
-        pass  # a read-only home only costs the next start a full check
+    verify_files(root, manifest, cached=True)
     return manifest
 
 
@@ -234,7 +291,12 @@ class BundleWriter:
 
     def __enter__(self) -> BundleWriter:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # O_NOFOLLOW: a `.lock` planted as a symlink would make us create or write a file outside the bundle.
+            self._lock_fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise BundleError(f"bundle {self.root}: cannot open its lock file {LOCK} ({e.strerror}; a symlink "
+                              "is refused)") from None
         deadline = time.monotonic() + self.timeout
         while True:
             if try_lock(self._lock_fd):
@@ -404,7 +466,6 @@ class BundleWriter:
             _remove(staged)
         self._pending, self._fresh = {}, set()
         self._live = set(self.manifest.get("files") or {})
-        _write_card(self.root, self.manifest)
 
     def _remove_leftovers(self) -> None:
         """Staged files of a killed writer that no manifest references (we hold the lock: nobody else writes)."""
@@ -436,19 +497,6 @@ class BundleWriter:
         for f in files:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-
-
-def _write_card(root: Path, manifest: dict[str, Any]) -> None:
-    """The model card (README.md) beside the manifest, see malm.model_card. It is documentation, not a
-    runtime input: a failure to write it is a warning, never a failed (already committed) bundle write."""
-    try:
-        from malm.model_card import write_model_card
-
-        write_model_card(root, manifest)
-    except Exception as e:
-        import warnings
-
-        warnings.warn(f"bundle {root}: model card not written ({type(e).__name__}: {e})", stacklevel=2)
 
 
 def _remove(path: Path) -> None:

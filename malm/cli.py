@@ -11,11 +11,9 @@ inside its body, so `malm --help` and `malm query` start fast and never import t
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,11 @@ from typing import Any, NoReturn
 
 import typer
 
+from malm._version import __version__
+from malm.commands import bench, bundle, data, demo, doctor, evaluate, export, index, plot, query, train
+from malm.commands._options import escape_help
+from malm.console import printable
+from malm.crashlog import write_crash_file
 from malm.errors import MalmError
 
 app = typer.Typer(
@@ -40,8 +43,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from malm import __version__
-
         typer.echo(f"malm {__version__}")
         raise typer.Exit()
 
@@ -56,12 +57,8 @@ def _root(
 
 def _register() -> None:
     # Order here is the order in `malm --help`.
-    from malm.commands import bench, bundle, data, demo, evaluate, export, index, plot, query, train
-    from malm.commands._options import escape_help
-
-    for module in (demo, data, train, plot, evaluate, export, index, bundle, query, bench):
+    for module in (demo, data, train, plot, evaluate, export, index, bundle, query, bench, doctor):
         module.register(app)
-    __import__("malm.commands.doctor", fromlist=["register"]).register(app)  # last in --help
     escape_help(app)
 
 
@@ -103,7 +100,8 @@ def _fail(argv: list[str], message: str, code: int, show: Callable[[], None] | N
     if show is not None:
         show()
     else:
-        typer.echo(f"error: {message}", err=True)
+        # Messages quote user data (paths, manifest strings, titles): no control character reaches the terminal.
+        typer.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -119,19 +117,8 @@ def _command_name(argv: list[str]) -> str:
 
 
 def _write_traceback(command: str) -> Path | None:
-    """Write the current exception's traceback to the cache's crash folder; None if nowhere is writable."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{os.getpid()}-{command.replace(' ', '-')}.txt"
-    text = f"{command} (argv: {sys.argv!r})\n\n{traceback.format_exc()}"
-    base = os.environ.get("MALM_CACHE_DIR") or str(Path.home() / ".cache" / "malm")
-    for folder in (Path(base) / "crashes", Path(tempfile.gettempdir()) / "malm-crashes"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(text, encoding="utf-8")
-            return folder / name
-        except OSError:
-            continue
-    return None
+    """Write the current exception's traceback to a private crash file; None if nowhere is writable."""
+    return write_crash_file(command, sys.argv, traceback.format_exc())
 
 
 def main() -> None:
@@ -170,7 +157,7 @@ def main() -> None:
         hint = f"traceback in {where}" if where else "no traceback file could be written"
         message = f"{command} failed unexpectedly: {type(e).__name__}: {e}"
         _json_error(argv, message, 1)
-        typer.echo(f"error: {message} ({hint}; rerun with --debug to show it)", err=True)
+        typer.echo(f"error: {printable(message)} ({hint}; rerun with --debug to show it)", err=True)
         sys.exit(1)
 
 

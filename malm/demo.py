@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from malm.demo_report import write_report
 from malm.errors import MalmError
+from malm.recipe1m import load_recipe1m
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
                      log, capture=True)
         evaluation = json.loads(text)
         evaluation_file.write_text(json.dumps(evaluation, indent=2))
-    from malm.training.evaluate import format_table
+    # on use only: keeps numpy out of the command line's start
+    from malm.evaluation import format_table
 
     log(format_table(evaluation))
     done()
@@ -173,7 +176,6 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
     summary["whole_index"] = whole_index
     summary["cpu_seconds"] = cpu
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from malm.demo_report import write_report
 
     report = write_report(out / "report.html", summary, run / "metrics.jsonl")
     log("\n== summary ==")
@@ -200,8 +202,6 @@ def _cpu_seconds() -> float:
 
 def _test_photos(data: Path, n: int | None) -> list[tuple[Path, str, str]]:
     """The first `n` (None: all) test recipes that have a photo: (photo, recipe id, title)."""
-    from malm.training.data import load_recipe1m  # no torch: the reader is pure Python
-
     picked = []
     for recipe in load_recipe1m(data).recipes:
         if recipe.partition == "test" and recipe.image_paths:
@@ -225,6 +225,7 @@ def _search_whole_index(retriever: Any, data: Path) -> dict[str, Any]:
 
 
 def _query_test_photos(cfg: DemoConfig, data: Path, bundle: Path, log: Log) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.sdk import Retriever
 
     retriever = Retriever.load(bundle)

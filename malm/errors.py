@@ -14,3 +14,7 @@ class BundleError(MalmError):
 
 class ImageError(MalmError):
     """An image that cannot be decoded or is refused (e.g. above the pixel limit)."""
+
+
+class ConfigError(MalmError, ValueError):
+    """An invalid configuration value or key (from a preset, a config file or `--set`)."""

@@ -12,19 +12,28 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any
 
 from malm.errors import BundleError
+from malm.manifest_spec import (  # noqa: F401  (re-exported: the manifest's sections in one namespace)
+    DEFAULT_MIN_COSINE,
+    FUSIONS,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MISSING_TOKENS,
+    RECIPE_INPUTS,
+    SELFCHECK_DTYPES,
+    TOKENIZER_RULES,
+    PreprocessSection,
+    RecipeSelfCheckSection,
+    TokenizerSection,
+    _selfcheck_dtype,
+)
 
 FORMAT = "malm-bundle"
 FORMAT_VERSION = 1
-DEFAULT_MIN_COSINE = 0.98
 SPACES = ("ip", "cosine", "l2")  # hnswlib spaces
 RERANK_KINDS = ("late_interaction", "matching_head")
-FUSIONS = ("linear",)  # rerank.fusion values this version implements
-MISSING_TOKENS = ("global",)
-TOKENIZER_RULES = ("malm-text-1",)  # malm/text.py as docs/bundle-format.md specifies it
-SELFCHECK_DTYPES = ("float16", "float32")
 TOKENS_FILE = "rerank/recipe_tokens.npy"
 OFFSETS_FILE = "rerank/recipe_offsets.npy"
 # Sections a reader indexes into: a list or string there must be refused with the bundle's name, not surface
@@ -32,6 +41,49 @@ OFFSETS_FILE = "rerank/recipe_offsets.npy"
 OBJECT_SECTIONS = ("files", "encoders", "index", "rerank", "preprocess", "embedding", "model", "libraries", "quality",
                    "selfcheck")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Bounds on what a manifest may ask of the loader: beyond them a value is an attack or a corruption, never a
+# real bundle (each would otherwise cost gigabytes at load or overflow a C integer in hnswlib / SQLite).
+MAX_INT = 2**63 - 1  # every integer fits a signed 64-bit C integer
+MAX_DEPTH = 32  # JSON nesting
+MAX_STRING = 1 << 20  # characters in one manifest string
+MAX_NAME = 4096  # characters in a file name
+MAX_DIM = 65_536  # embedding / token width
+MAX_M = 1024  # hnswlib graph degree
+MAX_EF = 100_000  # hnswlib beam widths
+MAX_ELEMENTS = 1 << 34  # recipes in one index (labels too)
+MAX_CANDIDATES = 100_000  # re-ranked candidates
+MAX_SELFCHECK = 100_000  # self-check reference inputs
+
+
+def check_limits(d: Any, where: str, path: str = "manifest", depth: int = 0) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, integers outside int64 and overlong strings anywhere in `d`,
+    naming the field (e.g. `index.max_elements`)."""
+    if depth > MAX_DEPTH:
+        raise BundleError(f"{where}: {path} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(d, Mapping):
+        for k, v in d.items():
+            if not isinstance(k, str) or len(k) > MAX_NAME:
+                raise BundleError(f"{where}: {path} has an invalid key ({str(k)[:40]!r}...)")
+            check_limits(v, where, f"{path}.{k}" if path != "manifest" else k, depth + 1)
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            check_limits(v, where, f"{path}[{i}]", depth + 1)
+    elif _is_int(d) and not -MAX_INT - 1 <= d <= MAX_INT:
+        raise BundleError(f"{where}: manifest '{path}' is out of range (a 64-bit integer), got {str(d)[:24]}...")
+    elif isinstance(d, str) and len(d) > MAX_STRING:
+        raise BundleError(f"{where}: manifest '{path}' is too long ({len(d)} characters > {MAX_STRING})")
+
+
+def _bounded(section: str, **values: int) -> None:
+    """ValueError naming the first of `values` (name=value) above its bound in _BOUNDS."""
+    for name, value in values.items():
+        bound = _BOUNDS[name]
+        if value > bound:
+            raise ValueError(f"{section}: {name} must be <= {bound}, got {value}")
+
+
+_BOUNDS = {"dim": MAX_DIM, "M": MAX_M, "ef_construction": MAX_EF, "ef_search": MAX_EF, "count": MAX_ELEMENTS,
+           "max_elements": MAX_ELEMENTS, "next_label": MAX_ELEMENTS, "candidates": MAX_CANDIDATES}
 
 
 def _obj(d: Any, where: str, name: str) -> Mapping[str, Any]:
@@ -76,6 +128,8 @@ class IndexSettings:
                              f"{self.ef_construction}, {self.ef_search})")
         if self.count < 0 or self.max_elements < 0 or self.next_label < 0:
             raise ValueError("index: count, max_elements and next_label must be >= 0")
+        _bounded("index", dim=self.dim, M=self.M, ef_construction=self.ef_construction, ef_search=self.ef_search,
+                 count=self.count, max_elements=self.max_elements, next_label=self.next_label)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +195,7 @@ class RerankSettings:
             raise ValueError(f"rerank: weight must be in [0, 1], got {self.weight}")
         if self.candidates < 1 or self.dim < 1:
             raise ValueError("rerank: candidates and dim must be >= 1")
+        _bounded("rerank", dim=self.dim, candidates=self.candidates)
         if self.kind == "matching_head" and not self.model:
             raise ValueError("rerank: kind 'matching_head' needs 'model' (the ONNX file)")
         if self.fusion not in FUSIONS or self.missing_tokens not in MISSING_TOKENS:
@@ -212,76 +267,6 @@ class EncoderEntry:
 
 
 @dataclass(frozen=True)
-class PreprocessSection:
-    """The manifest's `preprocess` (malm.preprocess.PreprocessConfig.to_dict()); its values are checked by
-    PreprocessConfig itself (it needs Pillow), the types here."""
-
-    size: int = 224
-    resize: int = 256
-    crop: str = "center"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    max_pixels: int = 64_000_000
-    # docs/bundle-format.md's steps, named and parametrized (defaults: what bundles without these keys meant)
-    algorithm: str = "malm-preprocess-1"
-    exif_orientation: bool = True
-    alpha_background: tuple[int, ...] = (255, 255, 255)
-    max_aspect: float = 4.0
-    jpeg_draft: bool = True
-    layout: str = "NCHW"
-    dtype: str = "float32"
-    channels: str = "RGB"
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "manifest") -> PreprocessSection:
-        d = _obj(d, where, "preprocess")
-        _check_preprocess_spec_keys(d, where)
-        for key in ("size", "resize", "max_pixels"):
-            if key in d and (not _is_int(d[key]) or d[key] <= 0):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be a positive "
-                                  f"integer, got {d[key]!r})")
-        for key in ("mean", "std"):
-            if key in d and (not isinstance(d[key], list) or len(d[key]) != 3 or not all(map(_is_num, d[key]))):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be 3 finite "
-                                  f"numbers, got {d[key]!r})")
-        for key in ("crop", "interpolation"):
-            if key in d and not isinstance(d[key], str):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be a string)")
-        kw: dict[str, Any] = {k: (tuple(float(x) for x in d[k]) if k in ("mean", "std") else d[k])
-              for k in cls.__dataclass_fields__ if k in d and k != "extra"}
-        if "alpha_background" in kw:
-            kw["alpha_background"] = tuple(kw["alpha_background"])
-        return cls(**kw, extra=_extra(d, cls))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        d["alpha_background"] = list(self.alpha_background)
-        return {**self.extra, **d}
-
-
-def _check_preprocess_spec_keys(d: Mapping[str, Any], where: str) -> None:
-    """Types of the preprocess keys docs/bundle-format.md added (their values: PreprocessConfig)."""
-    def bad(key: str, what: str) -> BundleError:
-        return BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be {what}, got {d[key]!r})")
-
-    for key in ("algorithm", "layout", "dtype", "channels"):
-        if key in d and not isinstance(d[key], str):
-            raise bad(key, "a string")
-    for key in ("exif_orientation", "jpeg_draft"):
-        if key in d and not isinstance(d[key], bool):
-            raise bad(key, "true or false")
-    bg = d.get("alpha_background")
-    if "alpha_background" in d and (not isinstance(bg, list) or len(bg) != 3
-                                    or not all(_is_int(v) and 0 <= v <= 255 for v in bg)):
-        raise bad("alpha_background", "3 integers in 0..255")
-    if "max_aspect" in d and (not _is_num(d["max_aspect"]) or not 1 <= d["max_aspect"] <= 1e6):
-        raise bad("max_aspect", "a number in [1, 1e6]")
-
-
-@dataclass(frozen=True)
 class EmbeddingSection:
     """The manifest's `embedding`: the space the encoders and the index share."""
 
@@ -292,8 +277,9 @@ class EmbeddingSection:
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest") -> EmbeddingSection:
         d = _obj(d, where, "embedding")
-        if not _is_int(d.get("dim")) or d["dim"] <= 0:
-            raise BundleError(f"{where}: manifest 'embedding.dim' is missing or invalid")
+        if not _is_int(d.get("dim")) or not 0 < d["dim"] <= MAX_DIM:
+            raise BundleError(f"{where}: manifest 'embedding.dim' is missing or invalid (an integer in [1, "
+                              f"{MAX_DIM}])")
         if not isinstance(d.get("metric", "cosine"), str):
             raise BundleError(f"{where}: manifest 'embedding.metric' must be a string")
         return cls(d["dim"], d.get("metric", "cosine"), _extra(d, cls))
@@ -322,13 +308,14 @@ class SelfCheckSection:
             if not isinstance(d.get(key), str) or not d[key]:
                 raise BundleError(f"{where}: bad selfcheck section (needs '{key}' file name)")
         mc = d.get("min_cosine", DEFAULT_MIN_COSINE)
-        if isinstance(mc, bool) or not isinstance(mc, (int, float)) or not math.isfinite(mc) or not -1 <= mc <= 1:
-            raise BundleError(f"{where}: selfcheck min_cosine must be a number in [-1, 1], got {mc!r}")
+        # 0 or below would pass any encoder: the check switched off by the manifest.
+        if not _is_num(mc) or not 0 < mc <= 1:
+            raise BundleError(f"{where}: selfcheck min_cosine must be a number in (0, 1], got {mc!r}")
         count = d.get("count", 0)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise BundleError(f"{where}: selfcheck count must be a non-negative integer, got {count!r}")
+        if not _is_int(count) or not 0 <= count <= MAX_SELFCHECK:
+            raise BundleError(f"{where}: selfcheck count must be an integer in [0, {MAX_SELFCHECK}], got {count!r}")
         expected = d.get("expected") or {}
-        if not isinstance(expected, Mapping) or not all(isinstance(v, (int, float)) for v in expected.values()):
+        if not isinstance(expected, Mapping) or not all(map(_is_num, expected.values())):
             raise BundleError(f"{where}: selfcheck expected must map encoder names to cosines")
         return cls(d["inputs"], d["fp32_embeddings"], count, float(mc), dict(expected), str(d.get("exported_on", "")),
                    _selfcheck_dtype(d, where))
@@ -337,93 +324,6 @@ class SelfCheckSection:
         return {"inputs": self.inputs, "fp32_embeddings": self.fp32_embeddings, "count": self.count,
                 "min_cosine": self.min_cosine, "expected": dict(self.expected), "exported_on": self.exported_on,
                 "inputs_dtype": self.inputs_dtype}
-
-
-def _selfcheck_dtype(d: Mapping[str, Any], where: str) -> str:
-    dtype = d.get("inputs_dtype", "float16")
-    if dtype not in SELFCHECK_DTYPES:
-        raise BundleError(f"{where}: selfcheck inputs_dtype must be one of {SELFCHECK_DTYPES}, got {dtype!r}")
-    return str(dtype)
-
-
-@dataclass(frozen=True)
-class TokenizerSection:
-    """The manifest's `tokenizer`: how recipe text becomes the recipe encoder's ids (docs/bundle-format.md).
-
-    A bundle without it means: `vocab.json`, rules "malm-text-1", limits read off the recipe encoder's input shapes.
-    """
-
-    max_title_tokens: int  # T: title ids including <start> and <end>
-    max_ingredients: int  # Ni: ingredient lines kept
-    max_instructions: int  # Ns: instruction lines kept
-    max_tokens: int  # L: ids per ingredient / instruction line including <start> and <end>
-    vocab: str = "vocab.json"
-    rules: str = "malm-text-1"
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    LIMITS: ClassVar[tuple[str, ...]] = ("max_title_tokens", "max_ingredients", "max_instructions", "max_tokens")
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "manifest") -> TokenizerSection:
-        d = _obj(d, where, "tokenizer")
-        for key, low in zip(cls.LIMITS, (3, 1, 1, 3), strict=True):
-            if not _is_int(d.get(key)) or not low <= d[key] <= 100_000:
-                raise BundleError(f"{where}: manifest tokenizer '{key}' must be an integer in [{low}, 100000], "
-                                  f"got {d.get(key)!r}")
-        if not isinstance(d.get("vocab", "vocab.json"), str) or not d.get("vocab", "vocab.json"):
-            raise BundleError(f"{where}: manifest tokenizer 'vocab' must be a file name")
-        if d.get("rules", "malm-text-1") not in TOKENIZER_RULES:
-            raise BundleError(f"{where}: manifest tokenizer rules {d.get('rules')!r} are not supported by this malm "
-                              f"(it implements {TOKENIZER_RULES})")
-        return cls(d["max_title_tokens"], d["max_ingredients"], d["max_instructions"], d["max_tokens"],
-                   d.get("vocab", "vocab.json"), d.get("rules", "malm-text-1"), _extra(d, cls))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, **{k: getattr(self, k) for k in self.LIMITS}, "vocab": self.vocab, "rules": self.rules}
-
-
-RECIPE_INPUTS = ("title", "ingredients", "instructions")
-
-
-@dataclass(frozen=True)
-class RecipeSelfCheckSection:
-    """Held-out recipes' token ids (int32 .npy, one file per encoder input) and `recipe_fp32`'s embeddings of them,
-    run by the SDK where the bundle lands before it trusts an int8 recipe encoder (malm/sdk/recipe_encoder.py)."""
-
-    title: str  # [N, T] int32
-    ingredients: str  # [N, Ni, L] int32
-    instructions: str  # [N, Ns, L] int32
-    fp32_embeddings: str  # [N, D] float32
-    count: int = 0
-    min_cosine: float = DEFAULT_MIN_COSINE
-    expected: Mapping[str, float] = field(default_factory=dict)  # int8 variant -> its exact-math cosine at export
-    exported_on: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def files(self) -> list[str]:
-        return [self.title, self.ingredients, self.instructions, self.fp32_embeddings]
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "manifest") -> RecipeSelfCheckSection:
-        d = _obj(d, where, "recipe_selfcheck")
-        for key in (*RECIPE_INPUTS, "fp32_embeddings"):
-            if not isinstance(d.get(key), str) or not d[key]:
-                raise BundleError(f"{where}: bad recipe_selfcheck section (needs '{key}' file name)")
-        mc = d.get("min_cosine", DEFAULT_MIN_COSINE)
-        if not _is_num(mc) or not 0 < mc <= 1:
-            raise BundleError(f"{where}: recipe_selfcheck min_cosine must be a number in (0, 1], got {mc!r}")
-        if not _is_int(d.get("count", 0)) or d.get("count", 0) < 0:
-            raise BundleError(f"{where}: recipe_selfcheck count must be a non-negative integer")
-        expected = d.get("expected") or {}
-        if not isinstance(expected, Mapping) or not all(_is_num(v) for v in expected.values()):
-            raise BundleError(f"{where}: recipe_selfcheck expected must map encoder names to cosines")
-        return cls(d["title"], d["ingredients"], d["instructions"], d["fp32_embeddings"], d.get("count", 0),
-                   float(mc), dict(expected), str(d.get("exported_on", "")), _extra(d, cls))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, "title": self.title, "ingredients": self.ingredients, "instructions": self.instructions,
-                "fp32_embeddings": self.fp32_embeddings, "count": self.count, "min_cosine": self.min_cosine,
-                "expected": dict(self.expected), "exported_on": self.exported_on}
 
 
 @dataclass(frozen=True)
@@ -464,9 +364,11 @@ class Manifest:
         if d.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{where}: format version {d.get('format_version')!r} is not supported "
                               f"(expects {FORMAT_VERSION})")
+        check_limits(d, where)
         for key in OBJECT_SECTIONS:
             if d.get(key) is not None:
                 _obj(d[key], where, key)
+        _check_quality(d.get("quality"), where)
         files = {}
         for rel, e in (d.get("files") or {}).items():
             if (not isinstance(e, Mapping) or not isinstance(e.get("sha256"), str) or not _SHA256.fullmatch(e["sha256"])
@@ -493,6 +395,17 @@ class Manifest:
             extra={k: v for k, v in d.items() if k not in _TOP_KEYS},
         )
 
+    def referenced(self) -> dict[str, str]:
+        """Every bundle file a reader opens -> what it is (each must be listed in `files`, and so hashed)."""
+        out = {e.file: f"encoder {n!r}" for n, e in self.encoders.items()}
+        if self.index is not None:
+            out.update({self.index.file: "index file", self.index.store: "index store"})
+        if self.rerank is not None:
+            out.update({rel: "re-rank file" for rel in self.rerank.files()})
+        if self.selfcheck is not None:
+            out.update({self.selfcheck.inputs: "self-check data", self.selfcheck.fp32_embeddings: "self-check data"})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {**self.extra, "format": FORMAT, "format_version": self.format_version,
                              "malm_version": self.malm_version, "created": self.created,
@@ -509,6 +422,13 @@ class Manifest:
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key).to_dict()
         return d
+
+
+def _check_quality(q: Any, where: str) -> None:
+    """`quality`: variant -> an object of metrics (readers index into each variant's entry)."""
+    for variant, v in (q or {}).items():
+        if v is not None and not isinstance(v, Mapping):
+            raise BundleError(f"{where}: manifest 'quality.{variant}' must be an object, got {type(v).__name__}")
 
 
 _TOP_KEYS = {"format", *(f.name for f in fields(Manifest) if f.name != "extra")}

@@ -1,23 +1,25 @@
 """The model card of a bundle: `README.md` beside `manifest.json`, and the tables `malm bundle info` prints.
 
-Written by `BundleWriter.commit()` after every change to a bundle (export, index build/add/remove), so it
-always describes the manifest it sits beside; everything in it comes from the manifest and the export's
+Written by each bundle writer after its commit (`refresh_model_card`: the exporter, the index build/add/
+remove/re-rank writers), so it always describes the manifest it sits beside; everything in it comes from the manifest and the export's
 `report.json`, nothing is typed by hand. The card is documentation, not a runtime input: it is not listed
 in the manifest's hashed files (the SDK never reads it), and `write_model_card` can regenerate it at any
-time. A retrieval-examples grid (`examples.png`) is drawn by `write_examples` when the data is at hand
-(`malm index build` with a Recipe1M-layout folder).
+time. A retrieval-examples grid (`examples.png`) is drawn through the SDK by `malm.sdk.examples.write_examples`
+when the data is at hand (`malm index build` with a Recipe1M-layout folder).
 
-Light: stdlib at import; Pillow and the SDK only inside `write_examples`.
+Light: stdlib and the bundle schema; it never imports the SDK (the bundle writer stays below the SDK).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from malm._atomic import write_text_atomic
+from malm.bundle import read_manifest
 
 CARD = "README.md"
 EXAMPLES = "examples.png"
@@ -39,6 +41,24 @@ def _report(root: Path) -> dict[str, Any]:
 
 def _fmt(v: Any, spec: str = "{:.1f}") -> str:
     return spec.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def _md(s: str) -> str:
+    """Text from a manifest as inert Markdown: no new block, link, image, HTML tag, code-span or table break."""
+    for a, b in (("\r", " "), ("\n", " "), ("`", "'"), ("|", "\\|"), ("[", "\\["), ("]", "\\]"), ("<", "&lt;"),
+                 (">", "&gt;")):
+        s = s.replace(a, b)
+    return s
+
+
+def _md_tree(v: Any) -> Any:
+    if isinstance(v, str):
+        return _md(v)
+    if isinstance(v, dict):
+        return {_md(str(k)): _md_tree(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_md_tree(x) for x in v]
+    return v
 
 
 def variant_rows(manifest: dict[str, Any], report: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -97,20 +117,20 @@ def _data_source(manifest: dict[str, Any], report: dict[str, Any]) -> tuple[str,
                 meta = json.loads(synth.read_text())
             except (OSError, ValueError):
                 meta = {}
-            bits = ", ".join(f"{k} {meta[k]}" for k in ("recipes", "seed", "image_size") if k in meta)
+            bits = _md(", ".join(f"{k} {meta[k]}" for k in ("recipes", "seed", "image_size") if k in meta))
             return f"the procedural food benchmark ({bits})" if bits else "the procedural food benchmark", True
-        return f"Recipe1M-layout data at `{where}`", False
+        return f"Recipe1M-layout data at `{_md(str(where))}`", False
     return "not recorded in this bundle", False
 
 
 def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, examples: bool = False) -> str:
     """The card's Markdown (pure: from the manifest and report only)."""
     report = report or {}
+    data, procedural = _data_source(manifest, report)
+    manifest, report = _md_tree(manifest), _md_tree(report)  # manifest text is untrusted: inert in Markdown
     model = manifest.get("model") or {}
     student = manifest.get("student") or {}
-    pp = manifest.get("preprocess") or {}
     emb = manifest.get("embedding") or {}
-    data, procedural = _data_source(manifest, report)
     name = model.get("name") or "malm model"
     arch = student.get("arch")
     lines = [
@@ -138,6 +158,17 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
         "",
         "## Variants",
     ]
+    lines += _variant_lines(manifest, report) + _index_lines(manifest) + _use_lines(manifest)
+    if examples:
+        lines += ["", "## Retrieval examples",
+                  "Held-out photos (left) and the top recipes the bundle returns; a green frame marks the true "
+                  "recipe.", "", f"![retrieval examples]({EXAMPLES})"]
+    return "\n".join(lines) + "\n"
+
+
+def _variant_lines(manifest: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """The variants table: held-out retrieval, cosine to the teacher and latency of each image encoder."""
+    lines: list[str] = []
     rows = variant_rows(manifest, report)
     if rows:
         pairs = report.get("eval_pairs")
@@ -158,42 +189,45 @@ def render_card(manifest: dict[str, Any], report: dict[str, Any] | None = None, 
         lines.append("")
     for note in notes:
         lines.append(f"- note: {note}")
+    return lines
+
+
+def _index_lines(manifest: dict[str, Any]) -> list[str]:
     idx = index_summary(manifest)
-    lines += ["", "## Recipe index"]
     if idx["recipes"] is not None:
-        lines.append(f"{idx['recipes']} recipes, {idx['dim']}-d, hnswlib space `{idx['space']}`, M {idx['M']}, "
-                     f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}; re-ranking: "
-                     f"{idx['rerank'] or 'none'}" + (f" over the top {idx['rerank_candidates']}"
-                                                      if idx["rerank_candidates"] else "") + ".")
-    else:
-        lines.append("No index yet (`malm index build`).")
-    lines += ["", "## Preprocessing",
-              "Done by the SDK in numpy from the manifest (nothing to reimplement): "
-              f"resize the short side to {pp.get('resize', '?')} ({pp.get('interpolation', '?')}), "
-              f"{pp.get('crop', '?')} crop {pp.get('size', '?')}×{pp.get('size', '?')}, RGB, scale to [0, 1], "
-              f"normalise with mean {pp.get('mean', '?')} and std {pp.get('std', '?')}; EXIF orientation applied; "
-              f"images over {pp.get('max_pixels', '?')} pixels refused.",
-              "", "## Use", "```python",
-              "from malm.sdk import Retriever", "",
-              "retriever = Retriever.load(\"path/to/this/bundle\")",
-              "for hit in retriever.search(\"dinner.jpg\", k=5, exclude_ingredients=[\"peanut\"]):",
-              "    print(hit.rank, hit.score, hit.title)", "```",
-              "or `malm query dinner.jpg --bundle path/to/this/bundle`.",
-              "", "## Intended use and limits",
-              "- Intended: suggesting recipes for a food photo in an app, on a phone, a laptop or an edge box; "
-              "searching a recipe collection you own by photo.",
-              "- Not for: dietary, allergy or medical decisions. The allergen filter matches ingredient *names* in "
-              "the recipe text; it cannot see what is in the photographed dish. Always check the recipe.",
-              "- The model only knows the recipes in the index and the kinds of photos it was trained on; "
-              "photos far from them (other cuisines, non-food) still return the nearest recipes, with no "
-              "\"not food\" answer. Scores are cosine similarities, comparable within one query, not probabilities.",
-              "- int8 variants trade a little agreement with the teacher (the cosine column) for size and speed, "
-              "and int8 kernels differ across CPUs" + _selfcheck_sentence(manifest)]
-    if examples:
-        lines += ["", "## Retrieval examples",
-                  "Held-out photos (left) and the top recipes the bundle returns; a green frame marks the true "
-                  "recipe.", "", f"![retrieval examples]({EXAMPLES})"]
-    return "\n".join(lines) + "\n"
+        rerank = f" over the top {idx['rerank_candidates']}" if idx["rerank_candidates"] else ""
+        return ["", "## Recipe index",
+                f"{idx['recipes']} recipes, {idx['dim']}-d, hnswlib space `{idx['space']}`, M {idx['M']}, "
+                f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}; re-ranking: "
+                f"{idx['rerank'] or 'none'}{rerank}."]
+    return ["", "## Recipe index", "No index yet (`malm index build`)."]
+
+
+def _use_lines(manifest: dict[str, Any]) -> list[str]:
+    """Preprocessing, how to use the bundle, and its intended use and limits."""
+    pp = manifest.get("preprocess") or {}
+    return ["", "## Preprocessing",
+            "Done by the SDK in numpy from the manifest (nothing to reimplement): "
+            f"resize the short side to {pp.get('resize', '?')} ({pp.get('interpolation', '?')}), "
+            f"{pp.get('crop', '?')} crop {pp.get('size', '?')}×{pp.get('size', '?')}, RGB, scale to [0, 1], "
+            f"normalise with mean {pp.get('mean', '?')} and std {pp.get('std', '?')}; EXIF orientation applied; "
+            f"images over {pp.get('max_pixels', '?')} pixels refused.",
+            "", "## Use", "```python",
+            "from malm.sdk import Retriever", "",
+            "retriever = Retriever.load(\"path/to/this/bundle\")",
+            "for hit in retriever.search(\"dinner.jpg\", k=5, exclude_ingredients=[\"peanut\"]):",
+            "    print(hit.rank, hit.score, hit.title)", "```",
+            "or `malm query dinner.jpg --bundle path/to/this/bundle`.",
+            "", "## Intended use and limits",
+            "- Intended: suggesting recipes for a food photo in an app, on a phone, a laptop or an edge box; "
+            "searching a recipe collection you own by photo.",
+            "- Not for: dietary, allergy or medical decisions. The allergen filter matches ingredient *names* in "
+            "the recipe text; it cannot see what is in the photographed dish. Always check the recipe.",
+            "- The model only knows the recipes in the index and the kinds of photos it was trained on; "
+            "photos far from them (other cuisines, non-food) still return the nearest recipes, with no "
+            "\"not food\" answer. Scores are cosine similarities, comparable within one query, not probabilities.",
+            "- int8 variants trade a little agreement with the teacher (the cosine column) for size and speed, "
+            "and int8 kernels differ across CPUs" + _selfcheck_sentence(manifest)]
 
 
 def _selfcheck_sentence(manifest: dict[str, Any]) -> str:
@@ -212,8 +246,6 @@ def write_model_card(root: str | os.PathLike[str], manifest: dict[str, Any] | No
     """(Re)write `README.md` in the bundle `root` from its manifest (read if not given) and report."""
     root = Path(root)
     if manifest is None:
-        from malm.bundle import read_manifest
-
         manifest = read_manifest(root)
     text = render_card(manifest, _report(root), examples=(root / EXAMPLES).is_file())
     path = root / CARD
@@ -222,61 +254,10 @@ def write_model_card(root: str | os.PathLike[str], manifest: dict[str, Any] | No
     return path
 
 
-def write_examples(bundle: str | os.PathLike[str], data_dir: str | os.PathLike[str], n: int = 4, k: int = 3,
-                   split: str = "test") -> Path | None:
-    """Draw `examples.png`: `n` held-out photos of `data_dir`, each with the bundle's top `k` recipes.
-
-    Returns None (and draws nothing) when the data has no photos of that split or the bundle cannot search
-    yet (no image encoder or no index): the card simply has no examples section then.
-    """
-    from PIL import Image, ImageDraw
-
-    from malm.errors import MalmError
-    from malm.sdk import Retriever
-    from malm.training.data import load_recipe1m  # pure Python, no torch
-
-    bundle = Path(bundle)
-    recipes = load_recipe1m(Path(data_dir)).recipes
-    photos = {r.id: r.image_paths[0] for r in recipes if r.image_paths}
-    queries = [r for r in recipes if r.partition == split and r.image_paths][:n]
-    if not queries:
-        return None
+def refresh_model_card(root: str | os.PathLike[str]) -> None:
+    """Rewrite the card after a bundle write. It is documentation, not a runtime input: a failure to write it
+    is a warning, never a failed (already committed) bundle write."""
     try:
-        retriever = Retriever.load(bundle)
-    except MalmError:
-        return None
-    tile, pad, text_h = 128, 6, 34
-    grid = Image.new("RGB", ((k + 1) * (tile + pad) + pad, len(queries) * (tile + text_h + pad) + pad), "white")
-    draw = ImageDraw.Draw(grid)
-    for row, recipe in enumerate(queries):
-        y = pad + row * (tile + text_h + pad)
-        hits = retriever.search(recipe.image_paths[0], k=k)
-        # (photo or None, caption, whether it is the true recipe; None for the query itself)
-        cells: list[tuple[Path | None, str, bool | None]] = [(recipe.image_paths[0], "photo: " + recipe.title, None)]
-        cells += [(photos.get(h.recipe_id), f"{h.rank}. {h.title}", h.recipe_id == recipe.id) for h in hits]
-        for col, (path, caption, correct) in enumerate(cells):
-            x = pad + col * (tile + pad)
-            if path is not None:
-                with Image.open(path) as im:
-                    grid.paste(im.convert("RGB").resize((tile, tile)), (x, y))
-            else:
-                draw.rectangle([x, y, x + tile, y + tile], outline="gray")
-                draw.text((x + 6, y + tile // 2 - 6), "(no photo)", fill="gray")
-            if correct:
-                draw.rectangle([x - 3, y - 3, x + tile + 2, y + tile + 2], outline=(0, 170, 0), width=3)
-            words, lines_, line = caption.split(), [], ""
-            for w in words:  # wrap to the tile width, two lines at most
-                if draw.textlength(line + " " + w) > tile and line:
-                    lines_.append(line)
-                    line = w
-                else:
-                    line = (line + " " + w).strip()
-            lines_.append(line)
-            draw.multiline_text((x, y + tile + 2), "\n".join(lines_[:2]), fill="black", spacing=1)
-    out = bundle / EXAMPLES
-    from malm._atomic import atomic_path
-
-    with atomic_path(out) as tmp:
-        grid.save(tmp, format="PNG")
-    os.chmod(out, 0o644)
-    return out
+        write_model_card(root)
+    except Exception as e:  # noqa: BLE001 - any failure only costs the card
+        warnings.warn(f"bundle {root}: model card not written ({type(e).__name__}: {e})", stacklevel=2)

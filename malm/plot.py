@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from malm._atomic import atomic_path
 from malm.errors import MalmError
-from malm.training.metrics_log import JSONL, read_records
+from malm.metrics_log import JSONL, read_records
 
 
 def _pyplot() -> Any:
@@ -43,8 +44,6 @@ def _series(records: list[dict[str, Any]], kind: str, key: str, x: str = "step")
 
 def plot_run(run: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> list[Path]:
     """Write the run's curves as PNGs into `out` (default: the run directory); returns their paths."""
-    from malm._atomic import atomic_path
-
     run = Path(run)
     records = read_records(run / JSONL)
     train = [r for r in records if r.get("type") == "train"]

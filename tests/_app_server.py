@@ -43,12 +43,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def app_server(bundle: Path, log: Path) -> Iterator[str]:
+def app_server(bundle: Path, log: Path, args: tuple[str, ...] = ()) -> Iterator[str]:
+    with app_process(bundle, log, args) as (url, _):
+        yield url
+
+
+@contextmanager
+def app_process(bundle: Path, log: Path, args: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The app on a free port (`args`: its flags, e.g. limits): (url, process) once it answers."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(APP), "--bundle", str(bundle), "--port", str(port),
-                                 "--threads", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 "--threads", "1", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -60,7 +67,7 @@ def app_server(bundle: Path, log: Path) -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the app did not start (exit {proc.poll()}): {log.read_text()}") from None
                 time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

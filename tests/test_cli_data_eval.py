@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _recipe1m_fixture import make_recipe1m
 from typer.testing import CliRunner
 
 from malm.cli import app
@@ -20,7 +19,7 @@ runner = CliRunner()
 MALM = Path(sys.executable).parent / "malm"
 
 
-def test_data_prepare_builds_then_reuses(tmp_path) -> None:
+def test_data_prepare_builds_then_reuses(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m")
     first = runner.invoke(app, ["data", "prepare", str(root), "--min-freq", "1"])
     assert first.exit_code == 0, first.output
@@ -34,7 +33,7 @@ def test_data_prepare_builds_then_reuses(tmp_path) -> None:
     assert manifest["settings"]["min_freq"] == 1
 
 
-def test_data_prepare_options(tmp_path) -> None:
+def test_data_prepare_options(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m", images_subdir="pics")
     cache = tmp_path / "elsewhere"
     r = runner.invoke(app, ["data", "prepare", str(root), "--images", str(root / "pics"), "--cache", str(cache),
@@ -148,8 +147,8 @@ def test_eval_checkpoint_matches_embed_split(tmp_path) -> None:
     pytest.importorskip("torch", reason="--checkpoint needs the [train] extra")
     from _tiny_run import make_dataset, tiny_config
 
+    from malm.evaluation import retrieval_metrics
     from malm.training.embed import embed_split
-    from malm.training.evaluate import retrieval_metrics
 
     data = make_dataset(tmp_path / "r1m", n_train=16)
     run = tmp_path / "run"

@@ -26,7 +26,7 @@ def test_the_config_chooses_the_retrieval_loss_and_checks_it() -> None:
 
 def test_the_loss_is_the_mean_of_both_directions_cross_entropy() -> None:
     cfg = load_preset("ht-tiny").with_overrides({"loss.retrieval": "infonce", "loss.infonce_temperature": 0.1,
-                                                 "loss.triplet_weight": 2.0})
+                                                 "loss.retrieval_weight": 2.0})
     g = torch.Generator().manual_seed(0)
     img = F.normalize(torch.randn(5, 8, generator=g), dim=1)
     rec = F.normalize(torch.randn(5, 8, generator=g), dim=1)

@@ -8,13 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _tiny_run import make_dataset, tiny_config
 from safetensors.torch import load_file
-
-from malm.training.train import main
 
 
 def _free_port() -> int:
@@ -23,19 +21,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_rank_gloo_run_matches_single_process(tmp_path: Path) -> None:
+def test_two_rank_gloo_run_matches_single_process(tmp_path: Path, make_dataset: Callable[..., Path],
+                                                   tiny_config: Callable[..., Path],
+                                                   train_cli: Callable[[list[str]], int]) -> None:
     data = make_dataset(tmp_path / "data", n_train=16)
-    cfg_path = tiny_config(tmp_path / "c.json")
-    cfg = json.loads(cfg_path.read_text())
     # Losses over the gathered global batch only, no dropout: the two runs must then agree.
-    cfg["loss"]["recipe_ssl_weight"] = 0.0
-    cfg["model"]["recipe"]["dropout"] = 0.0
-    cfg_path.write_text(json.dumps(cfg))
+    cfg_path = tiny_config(tmp_path / "c.json", overrides={"loss.recipe_ssl_weight": 0.0, "model.recipe.dropout": 0.0})
 
-    assert main(["--data", str(data), "--preset", str(cfg_path), "--out", str(tmp_path / "single"), "--no-progress"]) == 0
+    assert train_cli(["--data", str(data), "--preset", str(cfg_path), "--out", str(tmp_path / "single"), "--no-progress"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "malm.training.train", "--data", str(data),
+           "--master_port", str(_free_port()), "-m", "malm", "train", "--json", "--data", str(data),
            "--preset", str(cfg_path), "--out", str(tmp_path / "ddp"), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from malm.training.losses.infonce import GlobalMatchingLoss, LocalMatchingLoss
+from malm.training.losses.matching import GlobalMatchingLoss, LocalMatchingLoss
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD, PER_RANK = 2, 3
@@ -30,7 +30,7 @@ WORKER = """
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
     from malm.training.distributed import all_gather_with_grad
-    from malm.training.losses.infonce import GlobalMatchingLoss, LocalMatchingLoss
+    from malm.training.losses.matching import GlobalMatchingLoss, LocalMatchingLoss
     rank, world, init, inputs, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)

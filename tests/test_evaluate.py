@@ -1,4 +1,4 @@
-"""The retrieval protocol against hand-computed cases (malm.training.evaluate)."""
+"""The retrieval protocol against hand-computed cases (malm.evaluation)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from malm.errors import MalmError
-from malm.training.evaluate import format_table, metrics_from_ranks, ranks, retrieval_metrics
+from malm.evaluation import format_table, metrics_from_ranks, ranks, retrieval_metrics
 
 
 def test_ranks_hand_computed() -> None:
@@ -75,7 +75,7 @@ def test_protocols_subset_counts_and_seeding() -> None:
 def test_tfood_bags_are_disjoint_and_the_mean_is_over_bags() -> None:
     # pairs 0..99 perfect, 100..199 hopeless: with two disjoint bags of 100 the mean R@1 must be the
     # mean of the two bags' R@1 — hand-check by evaluating the bags the protocol drew.
-    from malm.training.evaluate import _subsets
+    from malm.evaluation import _subsets
 
     bags = _subsets(400, 100, "tfood", np.random.default_rng(0))
     assert len(bags) == 4 and len(np.unique(np.concatenate(bags))) == 400
@@ -122,7 +122,7 @@ def test_format_table() -> None:
 
 
 def test_chunked_ranks_match_a_direct_computation(monkeypatch) -> None:
-    import malm.training.evaluate as ev
+    import malm.evaluation as ev
 
     rng = np.random.default_rng(7)
     q, c = rng.normal(size=(97, 5)), rng.normal(size=(97, 5))
@@ -135,5 +135,5 @@ def test_chunked_ranks_match_a_direct_computation(monkeypatch) -> None:
 
 
 def test_evaluate_imports_numpy_only() -> None:
-    code = "import malm.training.evaluate, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import malm.evaluation, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _tiny_run import make_dataset, tiny_config
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -33,7 +33,8 @@ def _invoke(args: list[str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def run(tmp_path_factory: pytest.TempPathFactory, make_dataset: Callable[..., Path],
+        tiny_config: Callable[..., Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
     data = make_dataset(root / "data", n_train=24, n_val=4, n_test=12)
     out = root / "run"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _tiny_run import make_dataset, tiny_config
 
 from malm.export.distill import DistillConfig, distill, mean_cosine_to_teacher
 from malm.export.student import StudentConfig, StudentImageEncoder
@@ -18,10 +17,11 @@ from malm.training.models.retrieval import RetrievalModel
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def setup(tmp_path_factory: pytest.TempPathFactory, make_dataset: Callable[..., Path],
+          tiny_preset: Callable[..., ExperimentConfig]) -> dict[str, object]:
     root = tmp_path_factory.mktemp("distill")
     data = make_dataset(root / "data", n_train=32, n_val=2, n_test=2)
-    config = ExperimentConfig.from_dict(json.loads(tiny_config(root / "c.json").read_text()))
+    config = tiny_preset()
     prepared = prepare(data, min_freq=config.data.min_freq, limits=config.data.limits())
     torch.manual_seed(0)
     teacher = RetrievalModel(config.model, vocab_size=len(prepared.vocab)).eval()

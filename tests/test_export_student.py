@@ -10,11 +10,10 @@ import torch.nn.functional as F
 
 from malm.export.losses import EmbeddingCosineLoss, RelationalRankingLoss, TokenCosineLoss
 from malm.export.losses.token_cosine import pool_tokens
-from malm.export.student import (
+from malm.export.student import StudentConfig, StudentImageEncoder
+from malm.training.models.efficientnet_lite import (
     EfficientNetLite0,
     SameConv2d,
-    StudentConfig,
-    StudentImageEncoder,
     imagenet_weights_path,
     load_imagenet_weights,
 )

@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from _tiny_run import make_dataset, tiny_config
 
-from malm.export.student import (
-    LITE0_STAGES,
-    EfficientNetLite0,
-    StudentConfig,
-    StudentImageEncoder,
-    load_imagenet_weights,
-)
-from malm.training import config as config_module
+from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.training.config import ConfigError, ImageEncoderConfig, load_preset
+from malm.training.lite0_stages import lite0_blocks, lite0_stem_stride
 from malm.training.models import hybrid
+from malm.training.models.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 from malm.training.models.hybrid import HybridViT, build_image_encoder, load_stem_weights
 from malm.training.models.vit import VisionTransformer, random_keep_idx
 from malm.training.task import Task
@@ -36,11 +31,8 @@ def _encoder(**kw: object) -> HybridViT:
     return enc
 
 
-def test_config_table_matches_the_student_architecture() -> None:
-    assert len(config_module._LITE0_STRIDE_CHANNELS) == len(LITE0_STAGES)
-    for (stride, channels), stage in zip(config_module._LITE0_STRIDE_CHANNELS, LITE0_STAGES, strict=True):
-        assert (stride, channels) == (stage[1], stage[3])
-    assert config_module.lite0_stem_stride(4) == 16 and config_module.lite0_stem_stride(3) == 8
+def test_stem_stride_of_the_stage_table() -> None:
+    assert lite0_stem_stride(4) == 16 and lite0_stem_stride(3) == 8 and lite0_blocks(4) == 8
 
 
 def test_config_rejects_a_patch_size_that_is_not_the_stem_stride() -> None:
@@ -64,7 +56,7 @@ def test_stem_is_the_imagenet_network_on_imagenet_normalized_input() -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         y = torch.nn.functional.relu6(full._bn0(full._conv_stem(x * student.in_scale + student.in_shift)))
-        for block in full._blocks[: sum(s[4] for s in LITE0_STAGES[:4])]:
+        for block in full._blocks[: lite0_blocks(4)]:
             y = block(y)
         ours = enc.eval().patch_embed.cnn(x)
     assert ours.shape == (2, 80, 4, 4)
@@ -136,15 +128,16 @@ def test_hybrid_presets_exist_for_every_method() -> None:
     assert load_preset("malm").model.image.backbone == "vit"  # the full presets keep ViT-B/16
 
 
-def test_train_and_export_a_hybrid_teacher_through_the_cli(tmp_path: Path) -> None:
+def test_train_and_export_a_hybrid_teacher_through_the_cli(tmp_path: Path, make_dataset: Callable[..., Path],
+                                                            tiny_config: Callable[..., Path]) -> None:
     """`malm train` with a hybrid config, then `malm export` distils the EfficientNet-Lite0 student from it."""
     data = make_dataset(tmp_path / "data", n_train=16, n_val=4, n_test=8)
     cfg_path = tiny_config(tmp_path / "c.json", epochs=1)
     d = json.loads(cfg_path.read_text())
     d["model"]["image"].update({"backbone": "hybrid_effnet_lite0", "image_size": 32, "patch_size": 16,
                                 "stem_stages": 4})
-    d["loss"]["mask"] = {"enabled": True, "ratio": 0.5, "full_image_triplet": True}
-    d["loss"]["distill"] = {"enabled": True, "weight": 1.0, "ema_decay": 0.9, "predictor_layers": 1}
+    d["loss"]["mask"] = {"enabled": True, "ratio": 0.5, "full_image_retrieval": True}
+    d["loss"]["self_distill"] = {"weight": 1.0, "ema_decay": 0.9, "predictor_layers": 1}
     cfg_path.write_text(json.dumps(d))
     run = tmp_path / "run"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,6 @@ from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch", reason="`malm index build` encodes with the torch recipe encoder")
 
-from _tiny_run import WORDS, make_dataset, tiny_config  # noqa: E402
-
 from malm.bundle import verify  # noqa: E402
 from malm.cli import app  # noqa: E402
 from malm.edge_index.hnsw import HnswIndex, IndexSettings  # noqa: E402
@@ -20,7 +19,8 @@ from malm.edge_index.store import RecipeStore  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def run_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def run_and_data(tmp_path_factory: pytest.TempPathFactory, make_dataset: Callable[..., Path],
+                 tiny_config: Callable[..., Path], tiny_words: list[str]) -> tuple[Path, Path]:
     from malm.text import Vocabulary
     from malm.training.checkpoint import save_run_files, save_weights
     from malm.training.config import load_preset
@@ -29,7 +29,7 @@ def run_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("idx")
     data = make_dataset(root / "data", n_train=6, n_val=2, n_test=8)
     config = load_preset(str(tiny_config(root / "tiny.json")))
-    vocab = Vocabulary(WORDS + ["cups", "cook", "the", "well", ".", "1", "2", "3"])
+    vocab = Vocabulary(tiny_words + ["cups", "cook", "the", "well", ".", "1", "2", "3"])
     torch.manual_seed(0)
     model = RetrievalModel(config.model, vocab_size=len(vocab)).eval()
     run = root / "run"
@@ -60,9 +60,9 @@ def test_build_from_recipe1m_folder_matches_the_model(run_and_data: tuple[Path, 
     card = (bundle / "README.md").read_text()
     assert "8 recipes, 16-d" in card and "ef_search 20" in card and not (bundle / "examples.png").exists()
     # The stored vectors are the model's own recipe embeddings.
+    from malm.recipe1m import load_recipe1m
     from malm.text import encode_recipe
     from malm.training.checkpoint import load_model
-    from malm.training.data import load_recipe1m
 
     loaded = load_model(run)
     store = RecipeStore.open(bundle / m["index"]["store"])
@@ -79,9 +79,9 @@ def test_build_from_recipe1m_folder_matches_the_model(run_and_data: tuple[Path, 
     assert np.allclose(stored, expected, atol=1e-5)
 
 
-def test_jsonl_build_add_remove(run_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_jsonl_build_add_remove(run_and_data: tuple[Path, Path], tmp_path: Path, tiny_words: list[str]) -> None:
     run, _ = run_and_data
-    lines = [{"id": f"j{i}", "title": f"{WORDS[i]} bowl", "ingredients": [f"1 cups {WORDS[i]}", "salt"],
+    lines = [{"id": f"j{i}", "title": f"{tiny_words[i]} bowl", "ingredients": [f"1 cups {tiny_words[i]}", "salt"],
               "instructions": ["cook the rice well ."]} for i in range(6)]
     recipes = tmp_path / "r.jsonl"
     recipes.write_text("\n".join(json.dumps(x) for x in lines) + "\n{bad json\n" + json.dumps({"id": "j0",
@@ -178,7 +178,8 @@ def test_rerank_with_an_exported_matching_head(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_build_uses_the_matching_head_that_export_shipped(run_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_build_uses_the_matching_head_that_export_shipped(run_and_data: tuple[Path, Path], tmp_path: Path,
+                                                         tiny_words: list[str]) -> None:
     """`malm export --tokens` writes rerank/matching_head.onnx; `index build` then stores the recipe token
     features it needs and points the rerank section at it, without --rerank-tokens."""
     from malm.bundle import BundleWriter
@@ -195,7 +196,7 @@ def test_build_uses_the_matching_head_that_export_shipped(run_and_data: tuple[Pa
         bw.manifest.setdefault("encoders", {})["matching_head"] = {"file": "rerank/matching_head.onnx",
                                                                    "kind": "onnx", "role": "rerank"}
     recipes = tmp_path / "r.jsonl"
-    recipes.write_text("\n".join(json.dumps({"id": f"j{i}", "title": f"{WORDS[i]} bowl", "ingredients": [WORDS[i]],
+    recipes.write_text("\n".join(json.dumps({"id": f"j{i}", "title": f"{tiny_words[i]} bowl", "ingredients": [tiny_words[i]],
                                              "instructions": ["cook ."]}) for i in range(4)))
     invoke("index", "build", "--checkpoint", str(run), "--recipes", str(recipes), "--bundle", str(bundle), "--M", "8")
     m = verify(bundle)

@@ -26,7 +26,7 @@ SMALL = {
     "model.image.image_size": 16, "model.image.patch_size": 4, "model.image.width": 32, "model.image.depth": 1,
     "model.image.heads": 2, "model.image.mlp_ratio": 2.0, "model.recipe.width": 32, "model.recipe.heads": 2,
     "model.recipe.dropout": 0.0, "model.embed_dim": 16, "loss.matching.heads": 2, "loss.mask.enabled": False,
-    "loss.distill.enabled": False, "loss.recipe_ssl_weight": 0.0, "loss.aux_warmup_epochs": 0.0,
+    "loss.self_distill.weight": 0.0, "loss.recipe_ssl_weight": 0.0, "loss.aux_warmup_epochs": 0.0,
 }  # fmt: skip
 
 

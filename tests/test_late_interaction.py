@@ -58,7 +58,7 @@ def test_malm_presets_use_late_and_paper_mode_keeps_its_own_local_loss() -> None
     for name in ("malm-tiny", "malm", "malm-hybrid-tiny"):
         cfg = load_preset(name)
         assert (cfg.loss.matching.mode, cfg.loss.matching.local_score) == ("itm", "late"), name
-        assert cfg.loss.mask.full_image_triplet, name
+        assert cfg.loss.mask.full_image_retrieval, name
     tiny = load_preset("malm-tiny").with_overrides({**SMALL, "loss.mask.enabled": True})
     assert Task(tiny, vocab_size=64).objectives[1].matching.late is not None
     paper = tiny.with_overrides({"loss.matching.mode": "paper"})
@@ -131,7 +131,7 @@ def test_late_local_loss_with_informative_images_drops_below_chance() -> None:
 
 def test_late_score_trains_on_the_whole_image_when_the_task_encodes_it(monkeypatch) -> None:
     """With the 75% mask, the late score reads the whole-image pass (what re-ranking sees at test time) when
-    loss.mask.full_image_triplet is on, and the visible patches of the masked view when it is off."""
+    loss.mask.full_image_retrieval is on, and the visible patches of the masked view when it is off."""
     seen: list[int] = []
     original = LateInteraction.all_pairs
 
@@ -145,7 +145,7 @@ def test_late_score_trains_on_the_whole_image_when_the_task_encodes_it(monkeypat
     batch = _batch(words, torch.arange(8), noise=False, g=g)
     for full in (True, False):
         cfg = load_preset("malm-tiny").with_overrides({**SMALL, "loss.mask.enabled": True,
-                                                       "loss.mask.full_image_triplet": full})
+                                                       "loss.mask.full_image_retrieval": full})
         Task(cfg, vocab_size=128).train()(batch, 0.5)
     patches = (16 // 4) ** 2
     assert seen == [patches, round(patches * 0.25)]

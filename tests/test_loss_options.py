@@ -4,21 +4,16 @@ per-rank mask randomness, near-duplicate families of the procedural benchmark, r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from malm.training.config import ConfigError, load_preset
+from malm.training.config import ConfigError, ExperimentConfig, load_preset
 from malm.training.losses.triplet import TripletLoss
 from malm.training.task import Task
-
-SHRINK = {
-    "model.image.image_size": 32, "model.image.patch_size": 8, "model.image.width": 32, "model.image.depth": 1,
-    "model.image.heads": 2, "model.recipe.width": 32, "model.recipe.heads": 2, "model.embed_dim": 16,
-    "model.recipe.dropout": 0.0, "loss.matching.heads": 2,
-}  # fmt: skip
 
 
 def _batch(b: int = 4) -> dict[str, torch.Tensor]:
@@ -72,8 +67,8 @@ def test_presets_use_their_papers_reduction_and_bad_values_are_refused() -> None
 # ------------------------------------------------------------------------------ auxiliary ramp
 
 
-def test_aux_ramp_is_linear_from_zero_and_spares_the_triplet() -> None:
-    cfg = load_preset("malm-tiny").with_overrides({**SHRINK, "loss.aux_warmup_epochs": 2.0, "train.epochs": 10})
+def test_aux_ramp_is_linear_from_zero_and_spares_the_triplet(tiny_preset: Callable[..., ExperimentConfig]) -> None:
+    cfg = tiny_preset("malm-tiny", {"model.recipe.dropout": 0.0, "loss.aux_warmup_epochs": 2.0}, epochs=10)
     assert [cfg.loss.aux_ramp(e) for e in (0.0, 0.5, 1.0, 2.0, 7.0)] == [0.0, 0.25, 0.5, 1.0, 1.0]
     assert load_preset("ht-tiny").loss.aux_ramp(0.0) == 1.0  # 0 = off
     torch.manual_seed(0)
@@ -90,8 +85,9 @@ def test_aux_ramp_is_linear_from_zero_and_spares_the_triplet() -> None:
 # ------------------------------------------------------------------------------ per-rank masks
 
 
-def test_masks_differ_per_rank_repeat_per_step_and_leave_the_global_rng_alone() -> None:
-    cfg = load_preset("malm-tiny").with_overrides(SHRINK)
+def test_masks_differ_per_rank_repeat_per_step_and_leave_the_global_rng_alone(
+        tiny_preset: Callable[..., ExperimentConfig]) -> None:
+    cfg = tiny_preset("malm-tiny", {"model.recipe.dropout": 0.0})
     task = Task(cfg, vocab_size=40).train()
 
     def keep(step: int, rank: int) -> torch.Tensor:
@@ -148,11 +144,10 @@ def _data_with_imageless_recipes(root: Path) -> Path:
     return data
 
 
-def test_recipe_only_batches_draw_imageless_recipes_and_feed_the_recipe_loss(tmp_path: Path) -> None:
+def test_recipe_only_batches_draw_imageless_recipes_and_feed_the_recipe_loss(
+        tmp_path: Path, tiny_config: Callable[..., Path], train_cli: Callable[[list[str]], int]) -> None:
     from malm.training.data import prepare
     from malm.training.data.dataset import RecipeOnlyBatches
-    from malm.training.train import main
-    from tests._tiny_run import tiny_config
 
     data = _data_with_imageless_recipes(tmp_path / "data")
     prepared = prepare(data, min_freq=1)
@@ -164,7 +159,7 @@ def test_recipe_only_batches_draw_imageless_recipes_and_feed_the_recipe_loss(tmp
     assert torch.equal(b["ro_title"], pool.batch(5, torch.Generator().manual_seed(0))["ro_title"])
     cfg = tiny_config(tmp_path / "c.json", epochs=1, recipe_only_batch=4)
     out = tmp_path / "run"
-    assert main(["--data", str(data), "--preset", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert train_cli(["--data", str(data), "--preset", str(cfg), "--out", str(out), "--no-progress"]) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if x.get("type") == "train"]
     assert train and all(x["recipe_only_n"] == 4 and x["recipe_ssl_loss"] > 0 for x in train)

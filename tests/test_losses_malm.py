@@ -8,14 +8,10 @@ import pytest
 import torch
 
 from malm.errors import MalmError
-from malm.training.losses.infonce import (
-    GlobalMatchingLoss,
-    LocalMatchingLoss,
-    PairMatchingLoss,
-    symmetric_infonce,
-)
+from malm.training.losses.infonce import symmetric_infonce
+from malm.training.losses.matching import GlobalMatchingLoss, LocalMatchingLoss, PairMatchingLoss
 from malm.training.losses.self_distill import MaskedDistillLoss
-from malm.training.models.distill import EMATeacher, MaskedPredictor, gather_patches
+from malm.training.models.ema_teacher import EMATeacher, MaskedPredictor, gather_patches
 from malm.training.models.masking import PatchMask, num_masked, random_patch_mask
 
 

@@ -1,20 +1,18 @@
-"""`loss.mask.full_image_triplet`: the triplet embedding comes from the whole image, matching from the masked one."""
+"""`loss.mask.full_image_retrieval`: the retrieval (triplet) embedding comes from the whole image, matching from the masked one."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from malm.errors import MalmError
-from malm.training.config import load_preset
+from malm.training.config import ExperimentConfig, load_preset
 from malm.training.task import Task
 
-SHRINK = {
-    "model.image.image_size": 32, "model.image.patch_size": 8, "model.image.width": 32, "model.image.depth": 1,
-    "model.image.heads": 2, "model.recipe.width": 32, "model.recipe.heads": 2, "model.embed_dim": 16,
-    "model.recipe.dropout": 0.0, "loss.matching.heads": 2,
-    "loss.aux_warmup_epochs": 0.0,  # full auxiliary weights at progress 0 (the ramp has its own test)
-}  # fmt: skip
+# Full auxiliary weights at progress 0 (the ramp has its own test), no dropout.
+OVERRIDES = {"model.recipe.dropout": 0.0, "loss.aux_warmup_epochs": 0.0}
 
 
 def _batch(b: int = 4) -> dict[str, torch.Tensor]:
@@ -28,8 +26,8 @@ def _batch(b: int = 4) -> dict[str, torch.Tensor]:
     }
 
 
-def _emb(full: bool) -> tuple[Task, dict[str, torch.Tensor], torch.Tensor]:
-    cfg = load_preset("malm-tiny").with_overrides({**SHRINK, "loss.mask.full_image_triplet": full})
+def _emb(tiny_preset: Callable[..., ExperimentConfig], full: bool) -> tuple[Task, dict[str, torch.Tensor], torch.Tensor]:
+    cfg = tiny_preset("malm-tiny", {**OVERRIDES, "loss.mask.full_image_retrieval": full})
     torch.manual_seed(0)
     task = Task(cfg, vocab_size=20).train()
     batch = _batch()
@@ -46,21 +44,21 @@ def _emb(full: bool) -> tuple[Task, dict[str, torch.Tensor], torch.Tensor]:
     return task, batch, seen["emb"]
 
 
-def test_full_image_triplet_embeds_the_whole_image_and_default_the_masked_one() -> None:
-    task, batch, emb = _emb(full=True)
+def test_full_image_retrieval_embeds_the_whole_image_and_default_the_masked_one(
+        tiny_preset: Callable[..., ExperimentConfig]) -> None:
+    task, batch, emb = _emb(tiny_preset, full=True)
     with torch.no_grad():
         whole = task.model.encode_image(batch["image"])
     torch.testing.assert_close(emb, whole)
-    task, batch, emb = _emb(full=False)
+    task, batch, emb = _emb(tiny_preset, full=False)
     with torch.no_grad():
         whole = task.model.encode_image(batch["image"])
     assert not torch.allclose(emb, whole, atol=1e-4)  # 75% of patches hidden: a different embedding
 
 
-def test_local_pairs_scores_each_patch_in_decoded_negative_pairs() -> None:
-    over = {**SHRINK, "loss.matching.mode": "paper", "loss.matching.pair_negatives": 2, "loss.matching.local_pairs": True,
-            "loss.distill.enabled": False}  # fmt: skip
-    cfg = load_preset("malm-tiny").with_overrides(over)
+def test_local_pairs_scores_each_patch_in_decoded_negative_pairs(tiny_preset: Callable[..., ExperimentConfig]) -> None:
+    cfg = tiny_preset("malm-tiny", {**OVERRIDES, "loss.matching.mode": "paper", "loss.matching.pair_negatives": 2,
+                                    "loss.matching.local_pairs": True, "loss.self_distill.weight": 0.0})
     torch.manual_seed(0)
     task = Task(cfg, vocab_size=20).train()
     losses, _ = task(_batch(), 0.0)

@@ -148,7 +148,7 @@ def test_pair_negatives_decode_the_hardest_negative_pairs() -> None:
     from types import SimpleNamespace
 
     from malm.training.config import load_preset
-    from malm.training.objectives import MatchingObjective
+    from malm.training.objectives import PaperMatching
 
     cfg = load_preset("malm-tiny").with_overrides(
         {
@@ -161,7 +161,7 @@ def test_pair_negatives_decode_the_hardest_negative_pairs() -> None:
         }  # fmt: skip
     )
     torch.manual_seed(0)
-    obj = MatchingObjective(cfg).eval()
+    obj = PaperMatching(cfg).eval()
     b, p, s = 5, 4, 3
     tokens = torch.randn(b, 1 + p, 12)
     recipe = SimpleNamespace(tokens=torch.randn(b, s, 16), token_mask=torch.ones(b, s, dtype=torch.bool))

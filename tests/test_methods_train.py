@@ -6,36 +6,20 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _tiny_run import make_dataset
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from malm.cli import app
 from malm.errors import MalmError
 from malm.training.checkpoint import load_model
-from malm.training.config import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def method_config(path: Path, preset: str, **overrides: object) -> Path:
-    """`preset` (tnlbt-tiny / malm-tiny) shrunk to run in seconds, its method switches as shipped."""
-    shrink = {
-        "name": f"test-{preset}",
-        "model.image.image_size": 32, "model.image.patch_size": 8, "model.image.width": 32, "model.image.depth": 1,
-        "model.image.heads": 2, "model.image.mlp_ratio": 2.0, "model.recipe.width": 32, "model.recipe.heads": 2,
-        "model.embed_dim": 16, "data.min_freq": 1, "train.epochs": 2, "train.batch_size": 8, "train.num_workers": 0,
-        "train.eval_size": 8, "train.log_every": 1, "train.lr": 1e-3, "train.image_lr": 1e-3,
-        "loss.matching.heads": 2, "loss.cross_decoder.heads": 2,
-    }  # fmt: skip
-    cfg = load_preset(preset).with_overrides({**shrink, **overrides})
-    path.write_text(cfg.to_json())
-    return path
 
 
 def _train(args: list[str]) -> object:
@@ -47,14 +31,14 @@ def _train_lines(run: Path) -> list[dict]:
     return [x for x in lines if x["type"] == "train"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "recipe1m", n_train=16)
+@pytest.fixture
+def data(tiny_data: Path) -> Path:
+    return tiny_data
 
 
-def test_malm_tiny_trains_with_all_its_losses_and_an_ema_teacher(data: Path, tmp_path: Path) -> None:
+def test_malm_tiny_trains_with_all_its_losses_and_an_ema_teacher(data: Path, tmp_path: Path, tiny_config: Callable[..., Path]) -> None:
     out = tmp_path / "malm"
-    cfg = method_config(tmp_path / "malm.json", "malm-tiny", **{"loss.distill.ema_decay": 0.5})
+    cfg = tiny_config(tmp_path / "malm.json", "malm-tiny", {"loss.self_distill.ema_decay": 0.5})
     res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(out)])
     assert res.exit_code == 0, res.output
     train = _train_lines(out)
@@ -80,9 +64,9 @@ def test_malm_tiny_trains_with_all_its_losses_and_an_ema_teacher(data: Path, tmp
     assert not any("teacher" in k or "matching" in k for k in loaded.model.state_dict())
 
 
-def test_tnlbt_tiny_trains_with_a_growing_margin_and_the_caption_loss(data: Path, tmp_path: Path) -> None:
+def test_tnlbt_tiny_trains_with_a_growing_margin_and_the_caption_loss(data: Path, tmp_path: Path, tiny_config: Callable[..., Path]) -> None:
     out = tmp_path / "tnlbt"
-    cfg = method_config(tmp_path / "tnlbt.json", "tnlbt-tiny")
+    cfg = tiny_config(tmp_path / "tnlbt.json", "tnlbt-tiny")
     res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(out)])
     assert res.exit_code == 0, res.output
     train = _train_lines(out)
@@ -92,11 +76,11 @@ def test_tnlbt_tiny_trains_with_a_growing_margin_and_the_caption_loss(data: Path
     np.testing.assert_allclose(margins, [0.05, 0.05 + 0.25 / 4, 0.05 + 0.5 / 4, 0.05 + 0.75 / 4], atol=1e-6)
 
 
-def test_ablation_switches_are_config_keys(data: Path, tmp_path: Path) -> None:
-    cfg = method_config(tmp_path / "m.json", "malm-tiny", **{"train.epochs": 1})
+def test_ablation_switches_are_config_keys(data: Path, tmp_path: Path, tiny_config: Callable[..., Path]) -> None:
+    cfg = tiny_config(tmp_path / "m.json", "malm-tiny", epochs=1)
     out = tmp_path / "nolocal"
     res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(out),
-                  "--set", "loss.matching.local_weight=0", "--set", "loss.distill.enabled=false",
+                  "--set", "loss.matching.local_weight=0", "--set", "loss.self_distill.weight=0",
                   "--set", "loss.mask.ratio=0.5"])  # fmt: skip
     assert res.exit_code == 0, res.output
     keys = set(_train_lines(out)[0])
@@ -110,36 +94,15 @@ def test_ablation_switches_are_config_keys(data: Path, tmp_path: Path) -> None:
     # distillation without masking has nothing to predict: a clear error, not a silent no-op
     res = _train(["--data", str(data), "--preset", str(cfg), "--out", str(tmp_path / "bad"),
                   "--set", "loss.mask.enabled=false"])  # fmt: skip
-    assert isinstance(res.exception, MalmError) and "loss.distill needs loss.mask" in str(res.exception)
-
-
-def test_malm_resume_after_interruption_gives_identical_weights_and_teacher(
-    data: Path, tmp_path: Path
-) -> None:
-    """Masks, EMA teacher, its first-step copy, predictor and the margin schedule all resume exactly."""
-    from malm.training.train import main
-
-    cfg = method_config(tmp_path / "c.json", "malm-tiny", **{
-        "loss.cross_decoder.enabled": True, "loss.dynamic_margin.enabled": True, "train.epochs": 1})  # fmt: skip
-    common = ["--data", str(data), "--preset", str(cfg), "--no-progress"]
-    assert main([*common, "--out", str(tmp_path / "full")]) == 0
-    assert (
-        main([*common, "--out", str(tmp_path / "cut"), "--save-every", "1", "--stop-after-steps", "1"]) == 0
-    )
-    assert main([*common, "--out", str(tmp_path / "cut"), "--resume"]) == 0
-    full = load_file(str(tmp_path / "full" / "last.state.safetensors"))
-    cut = load_file(str(tmp_path / "cut" / "last.state.safetensors"))
-    assert full.keys() == cut.keys() and any("teacher.encoder" in k for k in full)
-    for k in full:
-        assert torch.equal(full[k], cut[k]), k
+    assert isinstance(res.exception, MalmError) and "loss.self_distill needs loss.mask" in str(res.exception)
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (ROOT / ".venv/bin/torchrun").exists(),
                     reason="torchrun (part of torch) is not on PATH")  # fmt: skip
-def test_ddp_two_process_gloo_run_with_the_new_losses(data: Path, tmp_path: Path) -> None:
+def test_ddp_two_process_gloo_run_with_the_new_losses(data: Path, tmp_path: Path, tiny_config: Callable[..., Path]) -> None:
     """MALM's matching (gathered InfoNCE), distillation and TNLBT's cross decoder under 2-rank DDP."""
-    cfg = method_config(tmp_path / "c.json", "malm-tiny", **{
-        "train.epochs": 1, "loss.cross_decoder.enabled": True, "loss.dynamic_margin.enabled": True})  # fmt: skip
+    cfg = tiny_config(tmp_path / "c.json", "malm-tiny", {"loss.cross_decoder.weight": 1.0,
+                                                         "loss.dynamic_margin.enabled": True}, epochs=1)
     out = tmp_path / "ddp"
     torchrun = shutil.which("torchrun") or str(ROOT / ".venv/bin/torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -177,10 +140,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import malm.training.train as T
+import malm.training.run_state as R
+from malm.cli import main
 
 OUT = Path(sys.argv[sys.argv.index("--out") + 1])
-real_save, real_adamw = T._save, torch.optim.AdamW
+real_save, real_adamw = R.save, torch.optim.AdamW
 
 
 def _dump(optimizer, tag):
@@ -191,9 +155,9 @@ def _dump(optimizer, tag):
     save_file(sd, str(OUT / f"rank{rank}-{tag}.safetensors"))
 
 
-def _save(out, info, task, optimizer, config, step, *a, **k):
-    _dump(optimizer, f"step{step}")
-    return real_save(out, info, task, optimizer, config, step, *a, **k)
+def _save(out, info, task, optimizer, config, pos, *a, **k):
+    _dump(optimizer, f"step{pos.step}")
+    return real_save(out, info, task, optimizer, config, pos, *a, **k)
 
 
 class AdamW(real_adamw):
@@ -206,7 +170,8 @@ class AdamW(real_adamw):
         return super().step(*a, **k)
 
 
-T._save = _save
+R.save = _save
 torch.optim.AdamW = AdamW
-sys.exit(T.main(sys.argv[1:]))
+sys.argv = ["malm", "train", *sys.argv[1:]]
+main()
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -263,16 +265,12 @@ def test_recipe_encoder_matches_torch_transformer_encoder_and_loads_its_checkpoi
         torch.testing.assert_close(enc(x, valid)[0][valid], old(x, src_key_padding_mask=~valid)[valid], atol=1e-5, rtol=1e-5)
 
 
-def test_model_and_decoders_load_checkpoints_with_pre_shared_block_names() -> None:
+def test_model_and_decoders_load_checkpoints_with_pre_shared_block_names(tiny_preset: Any) -> None:
     """A whole MALM task saved with the old names (TransformerEncoder in the recipe encoder, separate
     q/k/v/out, norm_self/norm_mlp/mlp.0/mlp.2 in the decoders) loads strictly and computes the same."""
-    from malm.training.config import load_preset
     from malm.training.task import Task
 
-    cfg = load_preset("malm-tiny").with_overrides({
-        "model.image.image_size": 32, "model.image.patch_size": 8, "model.image.width": 32, "model.image.depth": 1,
-        "model.image.heads": 2, "model.recipe.width": 32, "model.recipe.heads": 2, "model.embed_dim": 16,
-        "loss.matching.heads": 2, "loss.cross_decoder.heads": 2, "loss.cross_decoder.enabled": True})  # fmt: skip
+    cfg = tiny_preset("malm-tiny", {"loss.cross_decoder.weight": 1.0})
     torch.manual_seed(0)
     src = Task(cfg, vocab_size=40).eval()
     state = src.state_dict()

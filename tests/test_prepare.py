@@ -10,7 +10,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from _recipe1m_fixture import make_recipe1m
 
 from malm.errors import ImageError, MalmError
 from malm.preprocess import PreprocessConfig, preprocess
@@ -21,7 +20,7 @@ SMALL = PreprocessConfig(size=16, resize=20)
 
 
 @pytest.fixture
-def data_dir(tmp_path):
+def data_dir(tmp_path, make_recipe1m):
     return make_recipe1m(tmp_path / "r1m")
 
 
@@ -121,7 +120,7 @@ def test_refusals(tmp_path, data_dir) -> None:
         open_prepared(tmp_path / "empty")
 
 
-def test_empty_split_and_text_only(tmp_path) -> None:
+def test_empty_split_and_text_only(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m")
     (root / "layer2.json").write_text("[]")
     prepared = prepare(root, min_freq=1)
@@ -177,7 +176,7 @@ def test_train_transform_deterministic_under_seed_and_random_without(data_dir) -
     assert prepared.split("train").image_paths(0)[1].name == "abce0002.jpg"
 
 
-def test_unreadable_image_names_the_file(data_dir) -> None:
+def test_unreadable_image_names_the_file(data_dir, make_recipe1m) -> None:
     from malm.training.data import RecipeImageDataset
 
     prepared = prepare(data_dir, min_freq=1)

@@ -6,13 +6,17 @@ import json
 import shutil
 
 import pytest
-from _recipe1m_fixture import image_path, make_recipe1m, recipe
 
 from malm.errors import MalmError
-from malm.training.data.recipe1m import ReadStats, iter_json_array, load_recipe1m
+from malm.recipe1m import ReadStats, iter_json_array, load_recipe1m
 
 
-def test_reads_valid_recipes_and_counts(tmp_path) -> None:
+def image_path(images, partition: str, image_id: str):  # type: ignore[no-untyped-def]
+    """Recipe1M's layout: images/<partition>/<first four characters, one folder each>/<id>."""
+    return images.joinpath(partition, *image_id[:4], image_id)
+
+
+def test_reads_valid_recipes_and_counts(tmp_path, make_recipe1m) -> None:
     data = load_recipe1m(make_recipe1m(tmp_path / "r1m"))
     assert [r.id for r in data.recipes] == ["r0", "r1", "r2", "r3", "r4", "r5"]
     assert data.images_dir == tmp_path / "r1m" / "images"
@@ -40,7 +44,7 @@ def test_reads_valid_recipes_and_counts(tmp_path) -> None:
     assert data.recipes[5].image_paths == ()  # listed, not on disk → text only
 
 
-def test_images_directly_under_data_dir_and_override(tmp_path) -> None:
+def test_images_directly_under_data_dir_and_override(tmp_path, make_recipe1m) -> None:
     flat = make_recipe1m(tmp_path / "flat", images_subdir=None)
     data = load_recipe1m(flat)
     assert data.images_dir == flat and data.stats.paired == {"train": 2, "val": 1, "test": 1}
@@ -53,7 +57,7 @@ def test_images_directly_under_data_dir_and_override(tmp_path) -> None:
         load_recipe1m(elsewhere, images_dir=tmp_path / "nowhere")
 
 
-def test_strict_raises_on_first_malformed_record(tmp_path) -> None:
+def test_strict_raises_on_first_malformed_record(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m")
     with pytest.raises(MalmError, match=r"layer1.json: malformed record \(bad_title\)"):
         load_recipe1m(root, strict=True)
@@ -61,7 +65,7 @@ def test_strict_raises_on_first_malformed_record(tmp_path) -> None:
     assert len(load_recipe1m(clean, strict=True).recipes) == 6
 
 
-def test_optional_files_and_missing_layer1(tmp_path) -> None:
+def test_optional_files_and_missing_layer1(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m", det=False)
     (root / "layer2.json").write_text("[]")  # text only
     data = load_recipe1m(root)
@@ -103,9 +107,10 @@ def test_invalid_json_names_the_file(tmp_path, text, message) -> None:
 
 
 def test_streaming_parser_matches_json_load_across_window_edges(tmp_path, monkeypatch) -> None:
-    import malm.training.data.recipe1m as mod
+    import malm.recipe1m as mod
 
-    items = [recipe(f"id{i}", "train", "T" * (i % 7), ["x" * i], ["y"]) for i in range(60)]
+    items = [{"id": f"id{i}", "title": "T" * (i % 7), "partition": "train", "url": f"http://example.com/id{i}",
+              "ingredients": [{"text": "x" * i}], "instructions": [{"text": "y"}]} for i in range(60)]
     items += [12345, -1.5e3, True, None, "s", [], {}]  # scalars cut at a window edge must not decode short
     path = tmp_path / "a.json"
     path.write_text(" [ " + " ,\n".join(json.dumps(x) for x in items) + " ] \n")
@@ -115,7 +120,7 @@ def test_streaming_parser_matches_json_load_across_window_edges(tmp_path, monkey
     assert list(iter_json_array(path)) == []
 
 
-def test_missing_image_folder_is_counted_not_fatal(tmp_path) -> None:
+def test_missing_image_folder_is_counted_not_fatal(tmp_path, make_recipe1m) -> None:
     root = make_recipe1m(tmp_path / "r1m")
     shutil.rmtree(root / "images" / "val")
     data = load_recipe1m(root)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from malm.cli import app
 from malm.edge_index.records import MAX_TEXT_CHARS, ReadReport, dedupe, iter_jsonl
 from malm.errors import MalmError
+from malm.recipe1m import load_recipe1m
 from malm.sdk import Retriever
-from malm.training.data.recipe1m import load_recipe1m
 
 
 def _j(obj: object) -> bytes:

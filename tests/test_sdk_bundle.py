@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-from _sdk_bundle import make_bundle
 
 from malm import Retriever
 from malm.bundle import BundleWriter, read_manifest, verify
@@ -16,9 +16,9 @@ from malm.errors import BundleError
 from malm.sdk.bundle_loader import open_bundle
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "good", 20)
+@pytest.fixture
+def good(tiny_bundle: Path) -> Path:
+    return tiny_bundle  # shared (tests/conftest.py): `bundle` below copies it before a test changes it
 
 
 @pytest.fixture
@@ -136,6 +136,7 @@ def test_verification_is_remembered_until_a_file_changes(bundle: Path, tmp_path:
         "files written moments ago are never stamped (their mtime tick may not change on a quick rewrite)"
     for f in bundle.rglob("*"):
         os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns - 10_000_000_000))
+    time.sleep(0.3)  # utime itself set the ctimes: a stamp waits until they are older than the clock's tick
     hashed.clear()
 
     open_bundle(bundle)

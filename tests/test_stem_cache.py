@@ -3,12 +3,12 @@ training / distillation read them (`malm/training/data/stem_cache.py`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _tiny_run import make_dataset
 
 from malm.errors import MalmError
 from malm.export.distill import shared_stem_blocks
@@ -26,7 +26,7 @@ PP = PreprocessConfig.for_size(64)  # resize 73: the stem's map of the square is
 
 
 @pytest.fixture(scope="module")
-def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def cached(tmp_path_factory: pytest.TempPathFactory, make_dataset: Callable[..., Path]) -> tuple:
     root = tmp_path_factory.mktemp("stem")
     data = make_dataset(root / "data", n_train=10, n_val=3, n_test=3)
     prepared = prepare(data, min_freq=1)
@@ -133,13 +133,13 @@ def test_the_student_continues_from_the_shared_stem_blocks() -> None:
     assert all(p.requires_grad for p in student.backbone._blocks[k].parameters())
 
 
-def test_training_reads_the_cached_maps(tmp_path: Path) -> None:
+def test_training_reads_the_cached_maps(tmp_path: Path, make_dataset: Callable[..., Path],
+                                        tiny_config: Callable[..., Path]) -> None:
     """Through `malm train`: a frozen hybrid trains on the cached maps; with train.stem_cache=false it does not."""
     import json
     import subprocess
     import sys
 
-    from _tiny_run import tiny_config
 
     data = make_dataset(tmp_path / "data", n_train=16, n_val=4, n_test=4)
     cfg_path = tiny_config(tmp_path / "c.json", epochs=1)

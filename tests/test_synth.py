@@ -178,20 +178,16 @@ def test_refuses_bad_input_and_replaces_with_force(tmp_path: Path) -> None:
 
 
 def test_cli_command_and_light_import(tmp_path: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from malm.training.synth.cli import synth_command
+    from malm.cli import app
 
-    app = typer.Typer()
-    app.command("synth")(synth_command)
-    app.callback()(lambda: None)
-    res = CliRunner().invoke(app, ["synth", str(tmp_path / "o"), "--recipes", "12", "--seed", "3",
+    res = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "o"), "--recipes", "12", "--seed", "3",
                                    "--image-size", "48", "--workers", "1", "--json"])
     assert res.exit_code == 0, res.output
     stats = json.loads(res.stdout.strip().splitlines()[-1])
     assert stats["recipes"] == 12 and (tmp_path / "o" / "layer1.json").is_file()
-    code = ("import sys, malm.training.synth.cli, malm.training.synth; "
+    code = ("import sys, malm.commands.synth, malm.training.synth; "
             "assert 'torch' not in sys.modules, 'synth imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _tiny_run import make_dataset, tiny_config
 from typer.testing import CliRunner
 
 from malm.cli import app
@@ -21,17 +21,15 @@ def _train(args: list[str]) -> object:
     return CliRunner().invoke(app, ["train", "--no-progress", *args], catch_exceptions=True)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "recipe1m", n_train=16)
+@pytest.fixture
+def data(tiny_data: Path) -> Path:
+    return tiny_data
 
 
-def test_sixteen_sample_run_writes_a_loadable_run(data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = _train(["--data", str(data), "--preset", str(tiny_config(tmp_path / "c.json")), "--out", str(out),
-                     "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+def test_sixteen_sample_run_writes_a_loadable_run(data: Path, tiny_run: Path, tmp_path: Path,
+                                                  tiny_config: Callable[..., Path]) -> None:
+    out = tiny_run  # `malm train --json` on the 16 pairs (tests/conftest.py)
+    summary = json.loads((tiny_run.parent / "summary.json").read_text())
     assert summary["steps"] == 4 and not summary["stopped_early"]
     for name in ("config.json", "vocab.json", "last.safetensors", "last.json", "best.safetensors", "best.json",
                  "last.state.safetensors", "last.state.json", "metrics.jsonl"):
@@ -51,11 +49,11 @@ def test_sixteen_sample_run_writes_a_loadable_run(data: Path, tmp_path: Path) ->
     np.testing.assert_allclose(np.linalg.norm(rec, axis=1), 1.0, atol=1e-5)
 
     # The same run cannot be overwritten by accident.
-    again = _train(["--data", str(data), "--preset", str(tmp_path / "c.json"), "--out", str(out)])
+    again = _train(["--data", str(data), "--preset", str(tiny_config(tmp_path / "c.json")), "--out", str(out)])
     assert again.exit_code != 0 and "already holds a run" in str(again.exception)
 
 
-def test_resume_refuses_a_different_config(data: Path, tmp_path: Path) -> None:
+def test_resume_refuses_a_different_config(data: Path, tmp_path: Path, tiny_config: Callable[..., Path]) -> None:
     cfg = tiny_config(tmp_path / "c.json", epochs=1)
     out = tmp_path / "run"
     assert _train(["--data", str(data), "--preset", str(cfg), "--out", str(out)]).exit_code == 0
@@ -65,7 +63,7 @@ def test_resume_refuses_a_different_config(data: Path, tmp_path: Path) -> None:
     assert "loss.triplet_margin" in str(res.exception) and "train.lr" in str(res.exception)
 
 
-def test_clear_errors(data: Path, tmp_path: Path) -> None:
+def test_clear_errors(data: Path, tmp_path: Path, tiny_config: Callable[..., Path]) -> None:
     res = _train(["--data", str(data), "--preset", "no-such-preset", "--out", str(tmp_path / "r")])
     assert isinstance(res.exception, MalmError) and "unknown preset 'no-such-preset'" in str(res.exception)
     empty = tmp_path / "empty"
@@ -84,9 +82,9 @@ def test_presets_round_trip_and_upgrade() -> None:
         cfg = load_preset(name)
         assert ExperimentConfig.from_dict(json.loads(cfg.to_json())) == cfg
     d = load_preset("ht-tiny").to_dict()
-    del d["loss"]["distill"], d["train"]["log_every"]  # a config written before these fields existed
+    del d["loss"]["self_distill"], d["train"]["log_every"]  # a config written before these fields existed
     old = ExperimentConfig.from_dict(d)
-    assert old.loss.distill.ema_decay == 0.999 and old.train.log_every == 10
+    assert old.loss.self_distill.ema_decay == 0.999 and old.train.log_every == 10
     with pytest.raises(MalmError, match="model.image.widht"):
         ExperimentConfig.from_dict({"model": {"image": {"widht": 3}}})
     with pytest.raises(MalmError, match="multiple of patch_size"):

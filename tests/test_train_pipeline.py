@@ -1,29 +1,30 @@
 """The fast training path: the uint8 image cache, augmentation on the batch's device, a step loop that reads
-nothing from the device between log lines, the resumable state saved every N epochs, and the one entry."""
+nothing from the device between log lines, and the one entry (exact resume: tests/test_checkpoint.py)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _tiny_run import make_dataset, tiny_config
 from PIL import Image
-from safetensors.torch import load_file
 
 from malm.preprocess import PreprocessConfig, preprocess
 from malm.training import train as train_mod
 from malm.training.data import RecipeImageDataset, prepare
 from malm.training.data.dataset import device_transform, load_image, train_transform
 from malm.training.data.image_cache import prepare_images, square_box
-from malm.training.train import SeededItems, main
+from malm.training.train import SeededItems
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data(tmp_path_factory: pytest.TempPathFactory, make_dataset: Callable[..., Path]) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "recipe1m", n_train=24)
 
 
@@ -38,7 +39,8 @@ def test_square_box_holds_the_eval_centre_crop() -> None:
             assert (left + inner, top + inner) == ((w - size) // 2, (h - size) // 2), (w, h, side, size)
 
 
-def test_image_cache_gives_eval_pixels_identical_to_the_files_and_is_reused(tmp_path: Path) -> None:
+def test_image_cache_gives_eval_pixels_identical_to_the_files_and_is_reused(tmp_path: Path,
+                                                                           make_dataset: Callable[..., Path]) -> None:
     root = make_dataset(tmp_path / "d", n_train=6, n_val=3, n_test=2)
     # Non-square photos of odd sizes: the cached square must still hold preprocess()'s exact centre crop.
     for k, path in enumerate(sorted((root / "images").rglob("*.jpg"))):
@@ -60,7 +62,8 @@ def test_image_cache_gives_eval_pixels_identical_to_the_files_and_is_reused(tmp_
     assert len(list(prepared.cache_dir.glob("images-*"))) == 2
 
 
-def test_cached_train_items_then_device_transform_equal_the_decoding_path(tmp_path: Path) -> None:
+def test_cached_train_items_then_device_transform_equal_the_decoding_path(tmp_path: Path,
+                                                                          make_dataset: Callable[..., Path]) -> None:
     root = make_dataset(tmp_path / "d", n_train=8)  # square 24x24 photos: the crop range is the same
     prepared = prepare(root, min_freq=1)
     cfg = PreprocessConfig.for_size(32)
@@ -103,24 +106,11 @@ def test_load_and_decode_match_preprocess_for_an_odd_photo(tmp_path: Path) -> No
 _READS = ("item", "tolist", "cpu", "numpy", "nonzero", "__float__", "__int__", "__bool__", "__index__")
 
 
-def _malm_tiny_config(path: Path, **train: object) -> Path:
-    """malm-tiny (masking, matching, EMA distillation) + TNLBT's cross decoder and margins, shrunk."""
-    from malm.training.config import load_preset
-
-    shrink = {
-        "model.image.image_size": 32, "model.image.patch_size": 8, "model.image.width": 32, "model.image.depth": 1,
-        "model.image.heads": 2, "model.image.mlp_ratio": 2.0, "model.recipe.width": 32, "model.recipe.heads": 2,
-        "model.embed_dim": 16, "data.min_freq": 1, "train.epochs": 2, "train.batch_size": 8, "train.eval_size": 8,
-        "loss.matching.heads": 2, "loss.cross_decoder.heads": 2, "loss.cross_decoder.enabled": True,
-        "loss.dynamic_margin.enabled": True,
-    }  # fmt: skip
-    path.write_text(load_preset("malm-tiny").with_overrides(shrink | {f"train.{k}": v for k, v in train.items()}).to_json())
-    return path
-
-
 @pytest.mark.parametrize("method", ["ht", "malm"])
 def test_step_loop_reads_nothing_from_the_device_between_log_lines(data: Path, tmp_path: Path, method: str,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   tiny_config: Callable[..., Path],
+                                                                   train_cli: Callable[[list[str]], int]) -> None:
     """CUDA-free instrumentation: every host read of a tensor made by malm code while `train_step` runs is
     counted. The recipe encoder runs its accelerator path (every row, no row selection on the host)."""
     from malm.training.models import recipe
@@ -156,9 +146,11 @@ def test_step_loop_reads_nothing_from_the_device_between_log_lines(data: Path, t
 
     monkeypatch.setattr(train_mod, "train_step", step)
     # Workers decode in their own processes (their reads are CPU work, not device syncs).
-    make = tiny_config if method == "ht" else _malm_tiny_config
-    cfg = make(tmp_path / "c.json", num_workers=1, log_every=1000)
-    assert main(["--data", str(data), "--preset", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    # ht-tiny, or malm-tiny (masking, matching, EMA self-distillation) + TNLBT's cross decoder and margins.
+    preset, extra = ("ht-tiny", {}) if method == "ht" else (
+        "malm-tiny", {"loss.cross_decoder.weight": 1.0, "loss.dynamic_margin.enabled": True})
+    cfg = tiny_config(tmp_path / "c.json", preset, extra, num_workers=1, log_every=1000)
+    assert train_cli(["--data", str(data), "--preset", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert steps[0] == 6, steps  # 24 pairs / batch 8 × 2 epochs: something was measured
     assert calls == [], calls[:10]
     train = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -186,7 +178,8 @@ def test_recipe_encoder_accelerator_path_equals_the_row_gathering_path(monkeypat
     assert torch.equal(dense.token_mask, gathered.token_mask)
 
 
-def test_non_finite_loss_is_caught_at_the_next_read(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_loss_is_caught_at_the_next_read(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    tiny_config: Callable[..., Path]) -> None:
     from malm.errors import MalmError
 
     real = train_mod.Task.total
@@ -214,38 +207,17 @@ def _config(path: Path):  # type: ignore[no-untyped-def]
 # -------------------------------------------------------------------------------------- resume, entry
 
 
-def test_state_every_two_epochs_still_resumes_exactly(data: Path, tmp_path: Path) -> None:
-    # 24 pairs, batch 8: 3 steps per epoch, 3 epochs; the resumable state after epochs 2 and 3 (the last).
-    cfg = tiny_config(tmp_path / "c.json", epochs=3, state_every=2)
-    common = ["--data", str(data), "--preset", str(cfg), "--no-progress"]
-    assert main([*common, "--out", str(tmp_path / "full")]) == 0
-    assert json.loads((tmp_path / "full" / "last.state.json").read_text())["step"] == 9
-    for stop, state_step in ((7, 6), (2, None)):
-        cut = tmp_path / f"cut{stop}"
-        assert main([*common, "--out", str(cut), "--stop-after-steps", str(stop)]) == 0
-        if state_step is None:  # killed before the first state: --resume starts over
-            assert not (cut / "last.state.json").exists()
-        else:
-            assert json.loads((cut / "last.state.json").read_text())["step"] == state_step
-        assert main([*common, "--out", str(cut), "--resume"]) == 0
-        a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(cut / "last.safetensors"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        steps = [json.loads(x)["step"] for x in (cut / "metrics.jsonl").read_text().splitlines()
-                 if json.loads(x)["type"] == "train"]
-        assert steps == list(range(1, 10))
-
-
-def test_malm_train_and_torchrun_share_one_parser(capsys: pytest.CaptureFixture[str]) -> None:
+def test_malm_train_is_the_one_entry_and_python_m_malm_runs_it() -> None:
+    """`malm train` has every flag; torchrun starts the same command as `-m malm` (one parser, no second)."""
     from typer.testing import CliRunner
 
     from malm.cli import app
 
     res = CliRunner().invoke(app, ["train", "--help"])
-    assert res.exit_code == 0 and "usage: malm train" in res.output
-    for flag in ("--data", "--preset", "--resume", "--save-every", "--set", "--json", "--image-init"):
+    assert res.exit_code == 0 and "Usage: malm train" in res.output
+    for flag in ("--data", "--preset", "--resume", "--save-every", "--set", "--json", "--image-init", "--show-config"):
         assert flag in res.output
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert "usage: python -m malm.training.train" in capsys.readouterr().out
-    res = CliRunner().invoke(app, ["train", "--out", "x"])  # argparse's own usage error
-    assert res.exit_code == 2
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "malm", "train", "--out", "x"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2 and "error: --preset is required" in proc.stderr, proc.stderr

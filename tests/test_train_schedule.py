@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from _tiny_run import make_dataset, tiny_config
 from typer.testing import CliRunner
 
 from malm.cli import app
@@ -74,12 +73,13 @@ class _Recorder:
         monkeypatch.setattr(torch.optim.AdamW, "step", step)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "recipe1m", n_train=16, n_val=8)
+@pytest.fixture
+def data(tiny_data: Path) -> Path:
+    return tiny_data  # 16 training pairs, 8 val
 
 
-def test_schedule_image_lr_freezing_and_best(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schedule_image_lr_freezing_and_best(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             tiny_config: Any) -> None:
     _Recorder.install(monkeypatch)
     # Validation R@1 scripted per epoch (the real validation runs; only its R@1 is replaced): the best is
     # epoch 2, neither the first nor the last.

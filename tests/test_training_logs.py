@@ -8,12 +8,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from _tiny_run import make_dataset, tiny_config
 from typer.testing import CliRunner
 
 from malm.cli import app
 from malm.errors import MalmError
-from malm.training.metrics_log import CSV, TB_DIR, MetricsLog, parse_report_to, read_records, scalars
+from malm.metrics_log import CSV, TB_DIR, MetricsLog, parse_report_to, read_records, scalars
 
 
 def tb_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -74,13 +73,8 @@ def test_rank_other_than_zero_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_reports_and_plot(tmp_path: Path) -> None:
-    data = make_dataset(tmp_path / "data", n_train=16)
-    out = tmp_path / "run"
-    r = CliRunner().invoke(app, ["train", "--no-progress", "--data", str(data), "--preset",
-                                 str(tiny_config(tmp_path / "c.json")), "--out", str(out),
-                                 "--report-to", "tensorboard,csv"])
-    assert r.exit_code == 0, r.output
+def test_train_reports_and_plot(tiny_run: Path, tmp_path: Path) -> None:
+    out = tiny_run  # trained with --report-to tensorboard,csv (tests/conftest.py)
     records = read_records(out / "metrics.jsonl")
     names = {row["name"] for row in csv.DictReader((out / CSV).open())}
     assert {"loss", "lr", "im2recipe/R@1"} <= names

@@ -2,20 +2,25 @@
 
 List options have ONE style: repeat the option, and each value may itself be a comma-separated list —
 `--ids A --ids B`, `--ids A,B` and (for `index remove`, as the README spells it) `--ids A B` all mean the
-same. Choices are declared as `Literal[...]` in the signatures (typer shows and checks them); the tuples
-here mirror the library's own tables and a test keeps them equal (the CLI must not import the library
-at start-up just to list them).
+same. Choices come from the library's own tables (export targets, students, weight modes, SDK backends
+and variants, splits, protocols) through `choice`: the table is the only list. Those tables are light
+modules (stdlib only), so reading them at start-up costs nothing.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
 from malm.errors import MalmError
+
+
+def choice(names: Iterable[str]) -> Any:
+    """`Literal[...]` of a table's names: typer shows them in --help and refuses anything else."""
+    return Literal[tuple(names)]
 
 
 def split_list(values: Iterable[str] | None) -> list[str]:

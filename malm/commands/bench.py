@@ -19,6 +19,8 @@ from pathlib import Path
 
 import typer
 
+import malm
+from malm.commands._options import split_ints, split_list
 from malm.errors import MalmError
 
 NEEDS_SOURCE = ("malm bench runs the benchmarks/ folder of a malm source checkout, which the installed package "
@@ -29,8 +31,6 @@ NEEDS_SOURCE = ("malm bench runs the benchmarks/ folder of a malm source checkou
 def find_suite() -> Path:
     """The source checkout whose `benchmarks/suite/` this command runs: the one beside the imported `malm`
     package (an editable install), else the current directory; a clear error for a plain installed package."""
-    import malm
-
     for root in (Path(malm.__file__).resolve().parent.parent, Path.cwd()):
         if (root / "benchmarks" / "suite" / "runner.py").is_file():
             return root
@@ -53,8 +53,6 @@ def _import_suite(root: Path) -> Path:
 
 
 def _ints(values: list[str] | None, name: str) -> tuple[int, ...]:
-    from malm.commands._options import split_ints
-
     ints = tuple(split_ints(values, name))
     if not ints:
         raise MalmError(f"bench: {name} is empty")
@@ -83,10 +81,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Benchmark query latency, encoder throughput, index at scale, training and bundle size."""
         root = _import_suite(find_suite())
+        # on use only: the suite is in the source checkout found above, not in the package
         from benchmarks.suite.context import SECTIONS, BenchOptions
         from benchmarks.suite.runner import failed_sections, run
         from benchmarks.suite.targets import evaluate  # noqa: F401  (fail early if the suite is broken)
-        from malm.commands._options import split_list
 
         sections = tuple(split_list(only)) or SECTIONS  # BenchOptions rejects unknown ones
         options = BenchOptions(

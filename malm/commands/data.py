@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from malm.progress import progress
+
 data_app = typer.Typer(
     help="Recipe1M-layout data: prepare the training cache, generate the procedural food benchmark.",
     no_args_is_help=True,
@@ -25,7 +27,7 @@ def prepare_command(
     json_out: bool = typer.Option(False, "--json", help="Print the cache manifest as JSON on stdout"),
 ) -> None:
     """Parse a Recipe1M folder once into a memory-mapped cache for training (reused while unchanged)."""
-    from malm.progress import progress
+    # on use only: keeps numpy out of the command line's start
     from malm.training.data.prepare import prepare
 
     # The reader streams layer1.json without knowing its length: an indeterminate bar with the elapsed
@@ -43,7 +45,7 @@ def prepare_command(
 
 
 def _register_synth() -> None:
-    from malm.training.synth.cli import synth_command  # light (no torch), like this module
+    from malm.commands.synth import synth_command  # light (no torch), like this module
 
     data_app.command("synth")(synth_command)
 

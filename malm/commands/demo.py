@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from malm.console import printable  # light (stdlib only; rich is not imported by it)
 from malm.demo import DemoConfig  # light (stdlib only): the defaults live in one place
 
 
@@ -23,11 +24,12 @@ def demo_command(
                                 help="efficientnet-lite0 (distilled student) | none (the teacher's own image tower)"),
 ) -> None:
     """Generate data → train → evaluate → export int8 ONNX (+ CoreML) → index → query → summary + report.html."""
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.demo import run_demo
 
     cfg = DemoConfig(out=out, recipes=recipes, seed=seed, preset=preset, epochs=epochs,
                     distill_epochs=distill_epochs, coreml=coreml, queries=queries, student=student)
-    summary = run_demo(cfg, log=lambda m: typer.echo(m, err=True))
+    summary = run_demo(cfg, log=lambda m: typer.echo(printable(m), err=True))  # the log quotes recipe titles
     if json_out:
         import json
 

@@ -15,28 +15,31 @@ from typing import Any, Literal
 
 import typer
 
-from malm.commands._options import split_list
+from malm.bundle import load_manifest, require_same_checkpoint, sha256_path
+from malm.commands._options import choice, split_list
 from malm.errors import MalmError
+from malm.model_card import write_model_card
 from malm.progress import progress
+from malm.recipe1m import SPLITS as RECIPE1M_SPLITS
+from malm.recipe1m import load_recipe1m
 
 index_app = typer.Typer(help="Build and update a bundle's recipe index.", no_args_is_help=True,
                         pretty_exceptions_show_locals=False)
 
-SPLITS = ("all", "train", "val", "test")
-Split = Literal["all", "train", "val", "test"]
+SPLITS = ("all", *RECIPE1M_SPLITS)
+Split = choice(SPLITS)
 Tag = Literal["best", "last"]
 
 
 def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], Any]:
     """Records from a Recipe1M folder or a JSONL file, with per-reason skip counts."""
+    # on use only: keeps hnswlib, numpy out of the command line's start
     from malm.edge_index.records import ReadReport, dedupe, iter_jsonl
 
     report = ReadReport()
     if split not in SPLITS:
         raise MalmError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if source.is_dir():
-        from malm.training.data import load_recipe1m
-
         data = load_recipe1m(source, strict=strict)
         for reason, n in data.stats.skipped.items():
             report.skipped[reason] += n
@@ -52,8 +55,6 @@ def _read_recipes(source: Path, split: str, strict: bool) -> tuple[list[Any], An
 
 def _check_checkpoint(bundle: Path, run: Path, tag: str) -> str:
     """sha256 of the run's weights, refused when the bundle's encoders came from other weights."""
-    from malm.bundle import require_same_checkpoint, sha256_path
-
     weights = run / f"{tag}.safetensors"
     if not weights.is_file():
         raise MalmError(f"checkpoint {run}: no {tag}.safetensors (is this a training run directory?)")
@@ -94,6 +95,7 @@ def build_command(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
 ) -> None:
     """Encode recipes with the trained recipe encoder and (re)build the bundle's index and store."""
+    # on use only: keeps Pillow, hnswlib, numpy, torch out of the command line's start
     from malm.edge_index.builder import build_index, shipped_matching_head, use_matching_head
     from malm.edge_index.hnsw import IndexSettings
     from malm.training.embed import torch_recipe_encoder
@@ -124,7 +126,8 @@ def build_command(
 
 def _examples(bundle: Path, data: Path, split: str) -> None:
     """examples.png for the model card, from the data's held-out photos (when the bundle can search)."""
-    from malm.model_card import write_examples, write_model_card
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
+    from malm.sdk.examples import write_examples
 
     # Photos of the indexed split, so that their true recipes are in the index ("all": the test split).
     if write_examples(bundle, data, split="test" if split == "all" else split) is not None:
@@ -144,7 +147,7 @@ def add_command(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
 ) -> None:
     """Add recipes to the index, atomically (a crash leaves the previous bundle intact)."""
-    from malm.bundle import load_manifest
+    # on use only: keeps hnswlib, numpy out of the command line's start
     from malm.edge_index.builder import add_recipes
 
     manifest = load_manifest(bundle)
@@ -152,11 +155,13 @@ def add_command(
         raise MalmError(f"recipes {recipes}: file not found (index add reads a JSONL file)")
     records, read = _read_recipes(recipes, "all", strict)
     if checkpoint is not None:
+        # on use only: keeps Pillow, hnswlib, numpy, torch out of the command line's start
         from malm.training.embed import torch_recipe_encoder
 
         _check_checkpoint(bundle, checkpoint, tag)
         encode = torch_recipe_encoder(checkpoint, tag, tokens=manifest.rerank is not None)
     else:
+        # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
         from malm.sdk.bundle_loader import open_bundle
         from malm.sdk.recipe_encoder import OnnxRecipeEncoder
 
@@ -177,6 +182,7 @@ def remove_command(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout"),
 ) -> None:
     """Remove recipes by id, atomically; their index slots are reused by later adds."""
+    # on use only: keeps hnswlib, numpy out of the command line's start
     from malm.edge_index.builder import remove_recipes
 
     stray = [a for a in ctx.args if a.startswith("-")]

@@ -14,6 +14,7 @@ def plot_command(
     json_out: bool = typer.Option(False, "--json", help="Print the written paths as JSON on stdout"),
 ) -> None:
     """Plot a run's losses and validation R@1 to PNG files (needs malm[plot])."""
+    # on use only: keeps matplotlib out of the command line's start
     from malm.plot import plot_run
 
     paths = plot_run(run, out)

@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 
-from malm.commands._options import split_list
+from malm.commands._options import choice, split_list
+from malm.console import console, styled
 from malm.errors import MalmError
+from malm.sdk.backends.registry import BACKEND_CHOICES, VARIANTS
+
+Backend = choice(BACKEND_CHOICES)
+Variant = choice(VARIANTS)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 
@@ -38,6 +43,7 @@ def expand_photos(photos: list[Path]) -> list[tuple[str, Path | None, str | None
 
 
 def _table(photo: str, hits: list[Any]) -> Any:
+    # on use only: keeps hnswlib, numpy out of the command line's start
     from rich.table import Table
 
     from malm.edge_index.records import ingredient_names
@@ -60,20 +66,28 @@ def query_command(
     exclude: list[str] | None = typer.Option(None, "--exclude-ingredient",
                                              help="Leave out recipes with this ingredient (repeatable, or comma-separated)"),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout instead of tables"),
-    backend: Literal["auto", "onnxruntime", "tensorrt", "coreml"] = typer.Option("auto", "--backend", help="Encoder runtime"),
-    variant: Literal["auto", "int8_cpu", "int8", "fp32"] = typer.Option("auto", "--variant", help="Image encoder variant"),
+    backend: Backend = typer.Option("auto", "--backend", help="Encoder runtime"),
+    variant: Variant = typer.Option("auto", "--variant", help="Image encoder variant"),
     threads: int | None = typer.Option(None, "--threads", help="Encoder threads (default: the runtime's)"),
     strict_selfcheck: bool = typer.Option(False, "--strict-selfcheck",
                                           help="Fail if the image encoder disagrees with the bundle's fp32 "
                                                "reference on this machine (instead of falling back)"),
+    trusted_key: list[Path] | None = typer.Option(None, "--trusted-key",
+                                                  help="Ed25519 public key (.pub) whose signature of the bundle "
+                                                       "is accepted (repeatable); makes a signature required"),
+    require_signature: bool | None = typer.Option(None, "--require-signature/--no-require-signature",
+                                                  help="Refuse an unsigned bundle (default: when a key is "
+                                                       "trusted, or $MALM_REQUIRE_SIGNATURE=1)"),
 ) -> None:
     """Find the recipes that match food photos, with the bundle's on-device encoder and index."""
+    # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.sdk import Retriever
 
     if k < 1:
         raise MalmError(f"-k must be >= 1, got {k}")
     retriever = Retriever.load(bundle, backend=backend, variant=variant, threads=threads,
-                               strict_selfcheck=strict_selfcheck)
+                               strict_selfcheck=strict_selfcheck, trusted_keys=trusted_key,
+                               require_signature=require_signature)
     items = expand_photos(photos)
     readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]
     answers = retriever.search_batch([str(path) for _, path in readable], k=k, rerank=rerank,
@@ -94,12 +108,11 @@ def query_command(
                    "encoder": {k_: info[k_] for k_ in ("backend", "variant", "encoder", "device", "selfcheck")}}
         typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
-        from rich.console import Console
-
-        out, err_console = Console(), Console(stderr=True)
+        # Titles, ingredients and photo paths are data (an app user may title a recipe "[/]"): never markup.
+        out, err_console = console(), console(stderr=True)
         for r in results:
             if r["error"]:
-                err_console.print(f"[red]error[/red]: {r['error']}", highlight=False)
+                err_console.print(styled("error", "red"), ": ", r["error"], sep="")
             else:
                 out.print(_table(r["photo"], r["_hits"]))
     if failed:

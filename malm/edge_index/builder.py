@@ -30,6 +30,7 @@ from malm.edge_index.rerank import OFFSETS_FILE, TOKENS_FILE, RerankSettings, To
 from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, MalmError
 from malm.manifest import EmbeddingSection, EncoderEntry, IndexSection
+from malm.model_card import refresh_model_card
 
 INDEX_FILES = ("index/recipes.hnsw", "index/recipes.alt.hnsw")
 STORE_FILES = ("index/recipes.sqlite", "index/recipes.alt.sqlite")
@@ -235,6 +236,7 @@ def _run(bundle: str | os.PathLike[str], fresh: IndexSettings | None,
                 extra = body(staged)
                 settings = staged.commit(extra)
             committed = True
+            refresh_model_card(root)
             return settings
         finally:
             if staged is not None:
@@ -355,3 +357,4 @@ def use_matching_head(bundle: Path, given: Path | None = None, shipped: str | No
             raise BundleError(f"bundle {bundle}: a matching head needs the index's re-rank tokens "
                               "(build the index with a recipe encoder that outputs tokens)")
         bw.set_rerank(replace(rerank, kind="matching_head", model=model))
+    refresh_model_card(bundle)

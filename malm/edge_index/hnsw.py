@@ -15,12 +15,13 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import hnswlib
 import numpy as np
 
 from malm._atomic import atomic_path
+from malm.edge_index import hnsw_file
 from malm.errors import BundleError, MalmError
 from malm.manifest import SPACES, IndexSettings  # noqa: F401  (the manifest's `index` settings, re-exported)
 from malm.vectors import EPS, l2_normalize
@@ -140,23 +141,51 @@ class HnswIndex:
         path = Path(path)
         if not path.is_file():
             raise BundleError(f"index {path}: file not found")
-        dim, max_elements, _ = read_header_dim(path)
-        if dim != settings.dim:
-            raise BundleError(f"index {path}: vectors have dim {dim}, manifest says {settings.dim}")
+        return cls.load_bytes(path.read_bytes(), str(path), settings, live)
+
+    @classmethod
+    def load_bytes(cls, data: bytes, where: str, settings: IndexSettings, live: Collection[int]) -> HnswIndex:
+        """Load an index file's bytes (already read, and hashed, by the caller) after checking its structure
+        (`hnsw_file.validate`: hnswlib would crash on a crafted file). hnswlib reads only from a path, so it
+        gets a private in-memory copy (memfd) of exactly these bytes, never the file again."""
+        live = set(int(x) for x in live)
+        head = cls._check(data, where, settings, live)
+        with _private_copy(data) as copy:
+            return cls._load(copy, head, where, settings, live)
+
+    @classmethod
+    def load_file(cls, f: BinaryIO, where: str, settings: IndexSettings, live: Collection[int]) -> HnswIndex:
+        """Load from an open file whose bytes the caller knows are the verified ones and stay so
+        (`Bundle.open_stable`): checked, then read by hnswlib through the same open file (/proc/self/fd), so
+        the checked copy is freed before hnswlib allocates its own (peak memory: one index)."""
+        if not Path("/proc/self/fd").is_dir():
+            return cls.load_bytes(f.read(), where, settings, live)
+        live = set(int(x) for x in live)
+        head = cls._check(f.read(), where, settings, live)  # the bytes are dropped when _check returns
+        return cls._load(f"/proc/self/fd/{f.fileno()}", head, where, settings, live)
+
+    @staticmethod
+    def _check(data: bytes, where: str, settings: IndexSettings, live: set[int]) -> hnsw_file.IndexHeader:
+        if len(live) != settings.count:
+            raise BundleError(f"index {where}: manifest count {settings.count} but the store has {len(live)} recipes")
+        head = hnsw_file.validate(data, where, settings.dim, settings.M, live)
+        if head.ef_construction != settings.ef_construction:
+            raise BundleError(f"index {where}: built with ef_construction={head.ef_construction}, manifest says "
+                              f"{settings.ef_construction}")
+        if settings.max_elements > head.max_elements:
+            raise BundleError(f"index {where}: manifest 'index.max_elements' {settings.max_elements} is larger than "
+                              f"the index file's capacity {head.max_elements}")
+        return head
+
+    @classmethod
+    def _load(cls, source: str, head: hnsw_file.IndexHeader, where: str, settings: IndexSettings,
+              live: set[int]) -> HnswIndex:
         index = hnswlib.Index(space=settings.space, dim=settings.dim)
         try:
-            index.load_index(str(path), max_elements=max(max_elements, settings.max_elements),
-                             allow_replace_deleted=True)
-        except RuntimeError as e:
-            raise BundleError(f"index {path}: cannot be loaded ({e})") from None
-        if index.M != settings.M or index.ef_construction != settings.ef_construction:
-            raise BundleError(f"index {path}: built with M={index.M} ef_construction={index.ef_construction}, "
-                              f"manifest says M={settings.M} ef_construction={settings.ef_construction}")
-        live = set(int(x) for x in live)
-        if len(live) != settings.count:
-            raise BundleError(f"index {path}: manifest count {settings.count} but the store has {len(live)} recipes")
-        wrapper = cls(index, replace(settings, max_elements=index.max_elements), live)
-        return wrapper
+            index.load_index(source, max_elements=head.max_elements, allow_replace_deleted=True)
+        except (RuntimeError, MemoryError) as e:
+            raise BundleError(f"index {where}: cannot be loaded ({e})") from None
+        return cls(index, replace(settings, max_elements=index.max_elements), live)
 
     # properties ------------------------------------------------------------------------------
     @property
@@ -302,3 +331,24 @@ class HnswIndex:
         with self._lock.read(), atomic_path(path) as tmp:
             self._index.save_index(str(tmp))
             return replace(self._settings, count=len(self._live), max_elements=self._index.max_elements)
+
+
+@contextmanager
+def _private_copy(data: bytes) -> Iterator[str]:
+    """A path to a private copy of `data`: an anonymous memory file on Linux (nobody else can open or change
+    it), else a file in a fresh 0700 temporary directory."""
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+        fd = os.memfd_create("malm-index", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            with open(fd, "wb", closefd=False) as f:
+                f.write(data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="malm-index-") as tmp:
+        path = Path(tmp) / "index.hnsw"
+        path.write_bytes(data)
+        yield str(path)

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from malm.edge_index.records import RecipeRecord, ingredient_names, name_words
 from malm.errors import BundleError, MalmError
@@ -70,12 +71,29 @@ class RecipeStore:
                 conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
                                        check_same_thread=False)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise BundleError(f"recipe store {path}: not a malm recipe store ({e})") from None
-        if row is None or int(row[0]) != SCHEMA_VERSION:
+        if row is None or str(row[0]) != str(SCHEMA_VERSION):
             conn.close()
             raise BundleError(f"recipe store {path}: schema version {row and row[0]!r}, expected {SCHEMA_VERSION}")
         return cls(conn, path, writable)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> RecipeStore:
+        """A read-only store over a private in-memory copy of `data` (a store file's bytes, already verified by
+        the caller): what was hashed is what is read, however the file changes later."""
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        try:
+            conn.deserialize(data)
+            conn.execute("PRAGMA query_only = 1")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except (sqlite3.DatabaseError, OverflowError, UnicodeDecodeError) as e:
+            conn.close()
+            raise BundleError(f"recipe store {where}: not a malm recipe store ({e})") from None
+        if row is None or str(row[0]) != str(SCHEMA_VERSION):
+            conn.close()
+            raise BundleError(f"recipe store {where}: schema version {row and row[0]!r}, expected {SCHEMA_VERSION}")
+        return cls(conn, Path(where), writable=False)
 
     def close(self) -> None:
         with self._lock:
@@ -121,7 +139,7 @@ class RecipeStore:
 
     def labels(self) -> list[int]:
         with self._lock:
-            return [int(r[0]) for r in self._conn.execute("SELECT label FROM recipes ORDER BY label")]
+            return [int(r[0]) for r in self._query("SELECT label FROM recipes ORDER BY label")]
 
     def ids(self) -> set[str]:
         with self._lock:
@@ -143,18 +161,48 @@ class RecipeStore:
             for start in range(0, len(labels), 500):  # stay under SQLite's variable limit
                 chunk = [int(v) for v in labels[start:start + 500]]
                 marks = ",".join("?" * len(chunk))
-                for row in self._conn.execute(
+                for row in self._query(
                         f"SELECT label, id, title, ingredients, instructions, url, tags FROM recipes "
                         f"WHERE label IN ({marks})", chunk):
-                    out[int(row[0])] = RecipeRecord(
-                        id=row[1], title=row[2], ingredients=tuple(json.loads(row[3])),
-                        instructions=tuple(json.loads(row[4])), url=row[5], tags=tuple(json.loads(row[6])))
+                    out[int(row[0])] = self._record(row)
         return out
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:  # a corrupted page, a missing table or column
+            raise BundleError(f"recipe store {self.path}: cannot be read ({e})") from None
+        except UnicodeDecodeError:  # a TEXT cell that is not UTF-8
+            raise BundleError(f"recipe store {self.path}: a text column is not UTF-8") from None
+
+    def _record(self, row: Any) -> RecipeRecord:
+        """A row as a RecipeRecord, each column checked (the store is bundle input: untrusted)."""
+        label = row[0]
+        for col, value in zip(("id", "title", "url"), (row[1], row[2], row[5]), strict=True):
+            if not isinstance(value, str):
+                raise BundleError(f"recipe store {self.path}: recipe {label} column '{col}' is not text")
+        lists = [self._text_list(label, col, v) for col, v in (("ingredients", row[3]), ("instructions", row[4]),
+                                                                ("tags", row[6]))]
+        try:
+            return RecipeRecord(id=str(row[1]), title=str(row[2]), ingredients=lists[0], instructions=lists[1],
+                                url=str(row[5]), tags=lists[2])
+        except ValueError as e:  # RecordError: e.g. an empty id
+            raise BundleError(f"recipe store {self.path}: recipe {label} is not a valid recipe ({e})") from None
+
+    def _text_list(self, label: object, col: str, value: object) -> tuple[str, ...]:
+        try:
+            items = json.loads(value) if isinstance(value, (str, bytes)) else None
+        except (ValueError, RecursionError):
+            items = None
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise BundleError(f"recipe store {self.path}: recipe {label} column '{col}' is not a JSON list of text")
+        return tuple(items)
 
     def names(self, label: int) -> list[str]:
         with self._lock:
-            row = self._conn.execute("SELECT names FROM recipes WHERE label = ?", (int(label),)).fetchone()
-        return [] if row is None else list(json.loads(row[0]))
+            found = self._query("SELECT names FROM recipes WHERE label = ?", (int(label),))
+            row = found[0] if found else None
+        return [] if row is None else list(self._text_list(label, "names", row[0]))
 
     def labels_with_ingredient(self, term: str) -> set[int]:
         """Labels of recipes whose detected ingredient names contain `term` ("peanut", "peanut butter")."""
@@ -164,17 +212,18 @@ class RecipeStore:
         uniq = sorted(set(words))
         marks = ",".join("?" * len(uniq))
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._query(
                 f"SELECT label FROM ingredient_words WHERE word IN ({marks}) GROUP BY label "
-                f"HAVING COUNT(DISTINCT word) = ?", (*uniq, len(uniq))).fetchall()
-            labels = {int(r[0]) for r in rows}
+                f"HAVING COUNT(DISTINCT word) = ?", (*uniq, len(uniq)))
+            labels = {int(r[0]) for r in rows if isinstance(r[0], int)}
             if len(words) == 1:
                 return labels
             # Several words must appear together, in order, in one ingredient name.
             phrase = f" {' '.join(words)} "
             out = set()
             for label in labels:
-                row = self._conn.execute("SELECT names FROM recipes WHERE label = ?", (label,)).fetchone()
-                if any(phrase in f" {n} " for n in json.loads(row[0])):
+                found = self._query("SELECT names FROM recipes WHERE label = ?", (label,))
+                row = found[0] if found else None
+                if row is not None and any(phrase in f" {n} " for n in self._text_list(label, "names", row[0])):
                     out.add(label)
             return out

@@ -15,6 +15,7 @@ __all__ = ["TARGETS", "ExportOptions", "ExportRequest", "describe", "require", "
 
 def __getattr__(name: str) -> Any:
     if name in ("ExportRequest", "run_export"):
+        # on use only: keeps Pillow, numpy out of the command line's start
         from malm.export import exporter
 
         return getattr(exporter, name)

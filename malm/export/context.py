@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from malm.export import report as rp
 from malm.export.registry import ExportOptions
 from malm.preprocess import PreprocessConfig
 
@@ -146,8 +147,6 @@ class ExportContext:
 
     def quality(self, emb: np.ndarray | None, path: Path | None) -> dict[str, Any]:
         """Size, ORT latency (batch 1, 1 and 2 threads), cosine to the teacher, image→recipe retrieval."""
-        from malm.export import report as rp
-
         row: dict[str, Any] = {}
         if path is not None:
             row["size_mb"] = round(rp.size_mb(path), 3)
@@ -163,6 +162,7 @@ class ExportContext:
     def onnx_entry(self, path: Path, rel: str, kind: str, precision: str, model_hash: str | None = None,
                    role: str = "image", **extra: Any) -> dict[str, Any]:
         """A manifest encoder entry for an ONNX file, with its input/output spec read from the file."""
+        # on use only: loads torch
         from malm.export.onnx_export import io_spec
 
         return {"file": rel, "kind": kind, "role": role, "precision": precision,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from malm.errors import MalmError
+from malm.export.onnx_export import RecipeEncoderForExport
 from malm.preprocess import PreprocessConfig
 
 WEIGHT_MODES = ("none", "int8", "palettize6")
@@ -213,8 +214,6 @@ def convert_recipe(model: nn.Module, out_path: Path, example: dict[str, np.ndarr
     and `exported_parity`: the cosine between the exported program CoreML converted and the eager model on
     `example` (what Linux can check; prediction needs macOS).
     """
-    from malm.export.onnx_export import RecipeEncoderForExport
-
     module = RecipeEncoderForExport(model).eval()
     args = tuple(torch.from_numpy(np.asarray(example[k][:1], np.int64)) for k in RECIPE_INPUTS)
     with quiet_coremltools():

@@ -30,6 +30,12 @@ from malm.export.context import Progress, no_progress
 from malm.export.losses import EmbeddingCosineLoss, RelationalRankingLoss, TokenCosineLoss
 from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.preprocess import PreprocessConfig
+from malm.training.data import RecipeImageDataset, RecipeTextDataset
+from malm.training.data.image_cache import prepare_images
+from malm.training.data.stem_cache import prepare_stem_features
+from malm.training.embed import embed_recipes
+from malm.training.lite0_stages import lite0_blocks
+from malm.training.models.hybrid import HybridViT
 
 CACHE_DIR = "export-cache"
 
@@ -101,9 +107,6 @@ def _to_student_size(images: torch.Tensor, size: int) -> torch.Tensor:
 def teacher_recipe_bank(model: nn.Module, prepared: Any, split: str, limit: int, batch: int = 256,
                         seed: int = 0) -> torch.Tensor:
     """The teacher's embeddings of up to `limit` recipes of `split` (seeded choice): what the ranking term ranks."""
-    from malm.training.data import RecipeTextDataset
-    from malm.training.embed import embed_recipes
-
     ds = RecipeTextDataset(prepared, split)
     if limit <= 0 or len(ds) == 0:
         return torch.zeros(0, 0)
@@ -207,29 +210,21 @@ def shared_stem_blocks(teacher: nn.Module, student_cfg: StudentConfig, teacher_p
     the student starts from, on the same input (same size and normalization): those blocks stay frozen in
     the student too, and both read one cached feature map per photo instead of running the stem each step.
     """
-    from malm.export.student import LITE0_STAGES
-    from malm.training.models.hybrid import HybridViT
-
     encoder = getattr(teacher, "image_encoder", None)
     if not isinstance(encoder, HybridViT) or not encoder.cfg.freeze_stem:
         return 0
     if student_cfg.image_size != teacher_pp.size or tuple(student_cfg.mean) != tuple(teacher_pp.mean) \
             or tuple(student_cfg.std) != tuple(teacher_pp.std):
         return 0
-    return sum(repeats for *_, repeats in LITE0_STAGES[: encoder.cfg.stem_stages])
+    return lite0_blocks(encoder.cfg.stem_stages)
 
 
 def _training_images(teacher: nn.Module, student: StudentImageEncoder, prepared: Any, teacher_pp: PreprocessConfig,
                      student_cfg: StudentConfig, pretrained: bool, log: Callable[[str], None]) -> tuple[Any, int]:
     """The training photos as the loop reads them, and the first student block that trains on them."""
-    from malm.training.data import RecipeImageDataset
-
     first_block = shared_stem_blocks(teacher, student_cfg, teacher_pp) if pretrained else 0
     if not first_block:
         return RecipeImageDataset(prepared, "train", teacher_pp, train=True), 0
-    from malm.training.data.image_cache import prepare_images
-    from malm.training.data.stem_cache import prepare_stem_features
-
     images = prepare_images(prepared, teacher_pp, log=log).split("train")
     dataset = RecipeImageDataset(prepared, "train", teacher_pp, train=True, images=images)
     stem = teacher.image_encoder.patch_embed  # type: ignore[union-attr]

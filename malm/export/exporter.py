@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from malm import __version__
+from malm._version import __version__
 from malm.bundle import MANIFEST, BundleWriter, load_manifest, require_same_checkpoint
 from malm.errors import MalmError
 from malm.export import int8_gate, steps
 from malm.export.context import Artifacts, ExportContext, Log, Progress, no_progress
 from malm.export.registry import TARGETS, ExportOptions, require
+from malm.export.report import to_markdown
 from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection, TokenizerSection
+from malm.model_card import refresh_model_card
 from malm.preprocess import PreprocessConfig
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "coremltools", "numpy", "tensorrt")
@@ -90,8 +92,6 @@ def _report(ctx: ExportContext, artifacts: Artifacts) -> dict[str, Any]:
 def write_bundle(bundle: Path, ctx: ExportContext, artifacts: Artifacts, report: dict[str, Any],
                  selfcheck: Any = None) -> None:
     """Move the artifacts in and record them in the manifest and the (merged) report, in one staged commit."""
-    from malm.export.report import to_markdown
-
     teacher, config = ctx.teacher, ctx.teacher.config
     with BundleWriter(bundle) as bw:
         for src, rel in artifacts.files:
@@ -119,6 +119,7 @@ def write_bundle(bundle: Path, ctx: ExportContext, artifacts: Artifacts, report:
         merged = merge_report(bw.root, report, teacher.sha256)
         bw.write_json("report.json", merged)
         bw.write_text("report.md", to_markdown(merged))  # staged: a kill leaves the old bundle valid
+    refresh_model_card(bundle)
 
 
 def library_versions() -> dict[str, str]:

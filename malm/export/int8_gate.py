@@ -23,6 +23,8 @@ import numpy as np
 
 from malm import cpu
 from malm.errors import MalmError
+from malm.export.quantize import exact_session
+from malm.export.report import retrieval
 from malm.manifest import SelfCheckSection
 
 MIN_COSINE = 0.98  # mean cosine to fp32 on held-out images
@@ -43,15 +45,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _r1(emb: np.ndarray, recipe_emb: np.ndarray) -> float | None:
-    from malm.export.report import retrieval
-
     return retrieval(emb, recipe_emb).get("R@1") if len(recipe_emb) else None
 
 
 def measure(fp32: Path, int8: Path, role: str, images: np.ndarray, recipe_emb: np.ndarray) -> dict[str, Any]:
     """One int8 model against fp32 on `images`: cosine and R@1 on this CPU's kernels and in exact QDQ math."""
+    # on use only: loads torch
     from malm.export import onnx_export as ox
-    from malm.export.quantize import exact_session
 
     ref = ox.run_image(ox.session(fp32, threads=2), images)
     here = ox.run_image(ox.session(int8, threads=2), images)
@@ -130,6 +130,7 @@ def check_export(files: list[tuple[Path, str]], images: np.ndarray, recipe_emb: 
 
 def _write_selfcheck(fp32: Path, images: np.ndarray, tmp: Path, files: list[tuple[Path, str]]) -> SelfCheckSection:
     """A few held-out inputs (float16, as stored) and the fp32 ONNX's embeddings of exactly those inputs."""
+    # on use only: loads torch
     from malm.export import onnx_export as ox
 
     x = np.ascontiguousarray(images[:SELFCHECK_IMAGES]).astype(np.float16)

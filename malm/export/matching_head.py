@@ -39,6 +39,7 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
     path = run / STATE_FILE
     if not path.is_file():
         return None
+    # on use only: loads torch
     from safetensors import safe_open
 
     from malm.training.models.matching import MatchingModule
@@ -89,6 +90,7 @@ def score_kind(module: Any) -> str:
 def export_head(head: TrainedHead, out: Path, metadata: dict[str, str], image_tokens: int = 4,
                 recipe_tokens: int = 9) -> dict[str, Any]:
     """Write the head's ONNX to `out` (atomically) and check it against torch; returns the manifest entry."""
+    # on use only: loads torch
     import torch
 
     from malm.export.onnx_export import set_metadata
@@ -114,6 +116,7 @@ def export_head(head: TrainedHead, out: Path, metadata: dict[str, str], image_to
     mask[1, recipe_tokens // 2:] = False
     with torch.no_grad():
         want = MatchingScorer(head.module, GLOBAL_TOKEN)(img, rec, mask).numpy()
+    # on use only: loads torch
     from malm.export.onnx_export import session
 
     got = session(out).run(["score"], {"image_tokens": img.numpy(), "recipe_tokens": rec.numpy(),

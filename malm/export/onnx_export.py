@@ -13,6 +13,7 @@ from torch import nn
 
 from malm._atomic import atomic_path
 from malm.errors import MalmError
+from malm.training.models.recipe import masked_mean
 from malm.vectors import cosine_rows
 
 OPSET = 17
@@ -111,8 +112,6 @@ class RecipeEncoderForExport(nn.Module):
         return pooled.reshape(b, n, -1), row_valid.reshape(b, n)
 
     def _component(self, vecs: torch.Tensor, valid: torch.Tensor, seq: nn.Module) -> torch.Tensor:
-        from malm.training.models.recipe import masked_mean
-
         out, _ = _encoder_layers(seq, vecs, self._safe(valid))
         out = out * valid.unsqueeze(-1).to(out.dtype)
         return masked_mean(out, valid)

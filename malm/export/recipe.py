@@ -20,9 +20,14 @@ from typing import Any
 import numpy as np
 
 from malm import cpu
+from malm._atomic import atomic_path
+from malm.bundle import sha256_path
 from malm.errors import MalmError
+from malm.export import tensorrt as trt_mod
 from malm.export.context import Artifacts, ExportContext
 from malm.export.int8_gate import MIN_COSINE
+from malm.export.quantize import VARIANTS, RecipeCalibration, exact_session, qdq_properties, quantize_int8
+from malm.export.report import size_mb
 from malm.manifest import RECIPE_INPUTS, RecipeSelfCheckSection
 
 RECIPE_INT8 = "encoders/recipe_int8.onnx"
@@ -53,8 +58,7 @@ def held_out(prepared: Any, limit: int) -> dict[str, np.ndarray]:
 
 def embed(path: Path, arrays: dict[str, np.ndarray], exact: bool = False, batch: int = 64) -> np.ndarray:
     """`embedding` of the ONNX recipe encoder at `path` (exact QDQ math with `exact`), in batches."""
-    from malm.export import onnx_export as ox
-    from malm.export.quantize import exact_session
+    from malm.export import onnx_export as ox  # torch (its module imports it)
 
     sess = exact_session(path, threads=2) if exact else ox.session(path, threads=2)
     n = len(arrays["title"])
@@ -82,9 +86,7 @@ def gate(fp32: Path, int8: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any
 
 def int8_variants(ctx: ExportContext, fp32: Path) -> Artifacts:
     """recipe_int8.onnx (gated), its TensorRT-ready static twin, and the recipe self-check files."""
-    from malm.export import onnx_export as ox
-    from malm.export import tensorrt as trt_mod
-    from malm.export.quantize import VARIANTS, RecipeCalibration, qdq_properties, quantize_int8
+    from malm.export import onnx_export as ox  # torch (its module imports it)
 
     out = Artifacts()
     t0 = time.perf_counter()
@@ -127,8 +129,6 @@ def int8_variants(ctx: ExportContext, fp32: Path) -> Artifacts:
 
 
 def _sha256(path: Path) -> str:
-    from malm.bundle import sha256_path
-
     return sha256_path(path)[0]
 
 
@@ -136,8 +136,6 @@ def static_onnx(src: Path, dest: Path) -> Path:
     """`src` with batch 1 on every input and output (TensorRT builds a static engine from it; the text dims are
     static already). The graph computes its reshapes from the input shapes, so only the declared dims change."""
     import onnx
-
-    from malm._atomic import atomic_path
 
     model = onnx.load(str(src))
     for value in (*model.graph.input, *model.graph.output):
@@ -170,8 +168,7 @@ def _selfcheck(ctx: ExportContext, fp32: Path, test: dict[str, np.ndarray], expe
 def coreml_variant(ctx: ExportContext) -> Artifacts:
     """`encoders/recipe.mlpackage`: the recipe encoder as an fp16 mlprogram taking int32 ids (spec checked here;
     prediction needs macOS)."""
-    from malm.export import coreml
-    from malm.export.report import size_mb
+    from malm.export import coreml  # torch and coremltools
 
     out = Artifacts()
     if not _learned_features(ctx):

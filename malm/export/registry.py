@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from types import ModuleType
 from typing import Any
 
@@ -26,12 +26,14 @@ class Target:
     files: tuple[str, ...]  # bundle paths it writes
     options: frozenset[str]  # ExportOptions fields it accepts beyond the common ones
     requires: tuple[tuple[str, str], ...]  # (import name, pip install hint)
-    module: str  # the module under malm.export.targets with `build(ctx: ExportContext) -> Artifacts`
+    module: str  # the module with `build(ctx: ExportContext) -> Artifacts`: a name under malm.export.targets,
+    # or a dotted path (a target that lives in your own package)
 
     @property
     def build(self) -> Callable[[Any], Any]:
         """The target's `build` (imported on use: the table itself stays light for the CLI)."""
-        return importlib.import_module(f"malm.export.targets.{self.module}").build  # type: ignore[no-any-return]
+        path = self.module if "." in self.module else f"malm.export.targets.{self.module}"
+        return importlib.import_module(path).build  # type: ignore[no-any-return]
 
 
 COMMON = frozenset({"student", "distill_epochs", "image_size", "tag", "eval_images"})
@@ -63,38 +65,46 @@ TARGETS: dict[str, Target] = {
     ),
 }
 
-# CLI spelling of each option, for error messages.
-FLAGS = {
-    "int8": "--int8", "calib_images": "--calib-images", "recipe_encoder": "--recipe-encoder/--no-recipe-encoder",
-    "tokens": "--tokens", "weights": "--weights", "student": "--student", "distill_epochs": "--distill-epochs",
-    "image_size": "--image-size", "tag": "--tag", "eval_images": "--eval-images",
-    "accept_int8_drop": "--accept-int8-drop",
-}
+def _option(default: Any, flag: str, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A field of `ExportOptions` with its command-line flag, help and choices: `malm export` is built from them
+    (`...`: a required option)."""
+    metadata = {"flag": flag, "help": help, "choices": choices}
+    return field(metadata=metadata) if default is ... else field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What the user asked for. `None` means 'not given' so validation can tell a default from a choice."""
+    """What the user asked for. `None` means 'not given' so validation can tell a default from a choice.
 
-    target: str
-    student: str = "efficientnet-lite0"  # the edge student, or "none" to export the teacher's own image encoder
-    int8: bool = False  # add an int8 QDQ variant (onnx, tensorrt)
-    calib_images: int | None = None  # calibration images for int8 (default 500)
-    distill_epochs: int | None = None  # student distillation epochs (default 10)
-    image_size: int | None = None  # student input side (default: the teacher's)
-    weights: str | None = None  # coreml weight compression: none | int8 | palettize6
-    tag: str = "best"  # checkpoint tag in the run dir
-    recipe_encoder: bool | None = None  # also export the recipe encoder (onnx; default yes)
-    tokens: bool = False  # also output patch tokens (and distill them) for re-ranking
-    eval_images: int | None = None  # test images for the quality report (default 1000)
-    accept_int8_drop: bool = False  # ship int8 models that fail the int8 gate (malm/export/int8_gate.py)
+    Each field carries its `malm export` flag and help (`_option`): the command's options are generated from
+    these fields, so a new option is one field here (plus its target's `options` in `TARGETS`).
+    """
+
+    target: str = _option(..., "--target", "export target", tuple(TARGETS))
+    # the edge student, or "none" to export the teacher's own image encoder
+    student: str = _option("efficientnet-lite0", "--student", "edge student (none: the teacher's own image encoder)",
+                           STUDENTS)
+    int8: bool = _option(False, "--int8", "add an int8 QDQ model (onnx, tensorrt)")
+    calib_images: int | None = _option(None, "--calib-images", "int8 calibration images [default: 500]")
+    distill_epochs: int | None = _option(None, "--distill-epochs", "student distillation epochs [default: 10]")
+    image_size: int | None = _option(None, "--image-size", "student input side [default: the teacher's]")
+    weights: str | None = _option(None, "--weights", "coreml weight compression", WEIGHT_MODES)
+    tag: str = _option("best", "--tag", "checkpoint tag", ("best", "last"))
+    recipe_encoder: bool | None = _option(None, "--recipe-encoder/--no-recipe-encoder",
+                                          "also export the recipe encoder (onnx) [default: yes]")
+    tokens: bool = _option(False, "--tokens", "also output (and distil) patch tokens for re-ranking")
+    eval_images: int | None = _option(None, "--eval-images", "test images for the report [default: 1000]")
+    # ship int8 models that fail the int8 gate (malm/export/int8_gate.py)
+    accept_int8_drop: bool = _option(False, "--accept-int8-drop",
+                                     "ship int8 models that fail the int8 gate (mean cosine to fp32 < 0.98 or R@1 "
+                                     "drop > 1.5 points); the report says so")
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise MalmError(f"unknown export target {self.target!r}; one of: {', '.join(TARGETS)}")
         target = TARGETS[self.target]
         defaults = {f.name: f.default for f in fields(self)}
-        for name in ("int8", "calib_images", "recipe_encoder", "tokens", "weights"):
+        for name in sorted(set().union(*(t.options for t in TARGETS.values()))):  # options some target has
             if getattr(self, name) != defaults[name] and name not in target.options:
                 supported = sorted(t for t, spec in TARGETS.items() if name in spec.options)
                 raise MalmError(f"{FLAGS[name]} is not supported by --target {self.target} "
@@ -143,6 +153,10 @@ class ExportOptions:
     @property
     def num_eval_images(self) -> int:
         return 1000 if self.eval_images is None else self.eval_images
+
+
+# CLI spelling of each option, for error messages (from the fields: one place).
+FLAGS = {f.name: f.metadata["flag"] for f in fields(ExportOptions)}
 
 
 def require(target: str) -> dict[str, ModuleType]:

@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from malm.evaluation import retrieval_metrics, size_key
+from malm.vectors import cosine_rows
+
 LATENCY_RUNS = 30
 LATENCY_WARMUP = 5
 
@@ -32,6 +35,7 @@ def _p50(fn: Any, runs: int, warmup: int) -> float:
 def onnx_latency_ms(path: Path, image_size: int, threads: int, runs: int = LATENCY_RUNS,
                     warmup: int = LATENCY_WARMUP) -> float:
     """p50 milliseconds per image (batch 1) with ONNX Runtime on CPU at `threads` intra-op threads."""
+    # on use only: loads torch
     from malm.export.onnx_export import session
 
     sess = session(path, threads=threads)
@@ -55,8 +59,6 @@ def torch_latency_ms(module: Any, image_size: int, threads: int, runs: int = LAT
 
 def retrieval(image_emb: np.ndarray, recipe_emb: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """image→recipe medR, R@1/5/10 on 1k subsets (or all pairs when fewer), the H-T protocol."""
-    from malm.training.evaluate import retrieval_metrics, size_key
-
     n = len(image_emb)
     if n < 2:
         return {"n": n, "note": "fewer than 2 test pairs: retrieval not measured"}
@@ -68,8 +70,6 @@ def retrieval(image_emb: np.ndarray, recipe_emb: np.ndarray, seed: int = 0) -> d
 
 
 def cosine_mean(a: np.ndarray, b: np.ndarray) -> float:
-    from malm.vectors import cosine_rows
-
     return float(cosine_rows(a, b).mean()) if len(a) else float("nan")
 
 

@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from malm import __version__
+from malm._version import __version__
 from malm.bundle import sha256_path
 from malm.errors import MalmError
+from malm.export import report as rp
 from malm.export.context import EvalData, Log, Progress, Student, Teacher, no_progress
 from malm.export.registry import ExportOptions
 from malm.preprocess import PreprocessConfig
+from malm.training.data import RecipeImageDataset, prepare
 
 
 def checkpoint_file(run: Path, tag: str) -> Path:
@@ -31,6 +33,7 @@ def checkpoint_file(run: Path, tag: str) -> Path:
 
 
 def load_teacher(run: Path, tag: str) -> Teacher:
+    # on use only: loads torch
     from malm.training.checkpoint import load_model
 
     if not run.is_dir():
@@ -49,8 +52,6 @@ def deploy_preprocess(teacher: Teacher, options: ExportOptions) -> PreprocessCon
 
 def prepare_data(teacher: Teacher, data_dir: Path) -> Any:
     """The data with the training vocabulary and text limits, so recipe tokens mean what the teacher learned."""
-    from malm.training.data import prepare
-
     if not data_dir.is_dir():
         raise MalmError(f"--data {data_dir}: not a directory")
     prepared = prepare(data_dir, min_freq=teacher.config.data.min_freq, limits=teacher.config.data.limits())
@@ -64,6 +65,7 @@ def prepare_data(teacher: Teacher, data_dir: Path) -> Any:
 def make_student(teacher: Teacher, options: ExportOptions, pp: PreprocessConfig, prepared: Any,
                  distill_cfg: Any, pretrained: bool, log: Log, progress: Progress = no_progress) -> Student:
     """Distil (or load from the run's cache) the edge student; `--student none` exports the teacher's tower."""
+    # on use only: loads torch
     from malm.export.distill import DistillConfig, StudentFeatures, TeacherImage, distill
     from malm.export.distill import cache_key as distill_key
     from malm.export.student import StudentConfig
@@ -95,8 +97,6 @@ def make_student(teacher: Teacher, options: ExportOptions, pp: PreprocessConfig,
 
 def _eval_items(prepared: Any, pp: PreprocessConfig, limit: int) -> list[dict[str, Any]]:
     """The first `limit` paired test items (eval transform), falling back to val when test has no photos."""
-    from malm.training.data import RecipeImageDataset
-
     for split in ("test", "val"):
         if split not in prepared.splits:
             continue
@@ -113,6 +113,7 @@ def _images(items: list[dict[str, Any]]) -> np.ndarray:
 def eval_data(teacher: Teacher, pp: PreprocessConfig, prepared: Any, data_dir: Path, eval_images: int,
               parity_images: int) -> EvalData:
     """Real test photos in the deployment transform, and the teacher's embeddings of them and their recipes."""
+    # on use only: loads torch
     from malm.training.embed import embed_images, embed_recipes
 
     items = _eval_items(prepared, pp, max(eval_images, parity_images))
@@ -132,7 +133,7 @@ def eval_data(teacher: Teacher, pp: PreprocessConfig, prepared: Any, data_dir: P
 def reference_rows(teacher: Teacher, student: Student, data: EvalData, tag: str,
                    latency_runs: int) -> dict[str, dict[str, Any]]:
     """The report's reference rows: the teacher's image tower in torch fp32, and the student before export."""
-    from malm.export import report as rp
+    # on use only: loads torch
     from malm.export.distill import TeacherImage, mean_cosine_to_teacher
     from malm.training.embed import embed_images
 

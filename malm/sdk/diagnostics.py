@@ -16,6 +16,9 @@ from typing import Any
 
 from malm.cpu_features import cpu_features
 from malm.errors import MalmError
+from malm.native_build import hnswlib_build
+from malm.sdk.backends.ort import import_onnxruntime, select_providers
+from malm.sdk.backends.registry import BACKENDS
 
 # Distributions that install the `onnxruntime` module: more than one at a time overwrite each other's files.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
@@ -32,8 +35,6 @@ def _version(dist: str) -> str | None:
 
 def onnxruntime_info() -> dict[str, Any]:
     """Installed ONNX Runtime distributions, its version and execution providers, and what is wrong if anything."""
-    from malm.sdk.backends.ort import import_onnxruntime, select_providers
-
     dists = {d: v for d in ORT_DISTRIBUTIONS if (v := _version(d))}
     out: dict[str, Any] = {"distributions": dists, "version": None, "providers_available": [],
                            "provider_order": [], "error": None}
@@ -65,6 +66,12 @@ def coreml_info(ort_providers: list[str]) -> dict[str, Any]:
             "ort_provider": "CoreMLExecutionProvider" in ort_providers}
 
 
+def backends_info() -> dict[str, dict[str, Any]]:
+    """Each row of the backend table: whether its Python modules are installed, and what to install if not."""
+    return {name: {"available": row.available(), "requires": list(row.requires), "description": row.description,
+                   "install": None if row.available() else row.install} for name, row in BACKENDS.items()}
+
+
 def image_formats() -> dict[str, Any]:
     """Photo formats beyond Pillow's own: HEIC needs the `heic` extra."""
     from PIL import features
@@ -83,6 +90,8 @@ def gpu_hints() -> dict[str, Any]:
 def problems(report: dict[str, Any]) -> list[str]:
     """What the user should fix, in words, from a `runtime_report`."""
     out: list[str] = []
+    if (report.get("hnswlib_build") or {}).get("advice"):
+        out.append(report["hnswlib_build"]["advice"])
     ort = report["onnxruntime"]
     if ort["error"]:
         out.append(ort["error"])
@@ -110,9 +119,11 @@ def runtime_report() -> dict[str, Any]:
         "onnxruntime": ort,
         "tensorrt": tensorrt_info(ort["providers_available"]),
         "coreml": coreml_info(ort["providers_available"]),
+        "backends": backends_info(),
         "gpu": gpu_hints(),
         "image_formats": image_formats(),
         "hnswlib": _version("hnswlib") or _version("chroma-hnswlib"),
+        "hnswlib_build": hnswlib_build(),  # checked in a child process: a SIGILL there, not here
     }
     report["problems"] = problems(report)
     return report

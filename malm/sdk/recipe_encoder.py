@@ -14,6 +14,7 @@ variant runs, with one warning line.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from malm.errors import BundleError, MalmError
 from malm.manifest import DEFAULT_MIN_COSINE, RecipeSelfCheckSection
 from malm.sdk.backends.ort import COREML, CUDA, OrtSession, available_providers, select_providers
 from malm.sdk.bundle_loader import Bundle
+from malm.sdk.selfcheck import SelfCheckError
 from malm.text import TextLimits, Vocabulary, encode_recipe
 
 log = logging.getLogger("malm.sdk")
@@ -85,8 +87,8 @@ def _selfcheck_arrays(bundle: Bundle, sc: RecipeSelfCheckSection) -> tuple[dict[
             raise BundleError(f"bundle {bundle.root}: recipe self-check file {rel!r} is not listed (and hashed) in the "
                               "manifest")
     try:
-        ids = {k: np.load(bundle.path(getattr(sc, k)), allow_pickle=False) for k in INPUTS}
-        ref = np.load(bundle.path(sc.fp32_embeddings), allow_pickle=False)
+        ids = {k: np.load(io.BytesIO(bundle.read_bytes(getattr(sc, k))), allow_pickle=False) for k in INPUTS}
+        ref = np.load(io.BytesIO(bundle.read_bytes(sc.fp32_embeddings)), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise BundleError(f"bundle {bundle.root}: recipe self-check data cannot be read ({e})") from None
     n = len(ref) if ref.ndim == 2 else -1
@@ -132,7 +134,8 @@ class OnnxRecipeEncoder:
         if not self.bundle.listed(entry.file):
             raise BundleError(f"bundle {self.bundle.root}: recipe encoder {entry.file!r} is not listed (and hashed) in "
                               "the manifest")
-        return OrtSession(self.bundle.path(entry.file), threads=self.threads)
+        return OrtSession(self.bundle.path(entry.file), threads=self.threads,
+                          model_bytes=self.bundle.read_bytes(entry.file))
 
     def _choose(self, order: list[str], strict: bool) -> tuple[str, OrtSession, RecipeSelfCheck]:
         """The first variant whose self-check passes on this machine; the last one runs whatever its result."""
@@ -153,8 +156,6 @@ class OnnxRecipeEncoder:
             rejected.append({"encoder": variant, "cosine": round(cos, 4),
                              "reason": f"mean cosine to the bundle's fp32 reference < {min_cos}"})
             if strict:
-                from malm.sdk.selfcheck import SelfCheckError
-
                 raise SelfCheckError(f"bundle {self.bundle.root}: the {variant} recipe encoder disagrees with fp32 on "
                                      f"this CPU ({cpu.description()}): mean cosine {cos:.4f} < {min_cos} (strict "
                                      "self-check)")

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from malm.cpu_features import cpu_features
 from malm.edge_index import builder as _builder
 from malm.edge_index.hnsw import HnswIndex
-from malm.edge_index.records import RecipeRecord
+from malm.edge_index.records import RecipeRecord, RecordError, parse_record
 from malm.edge_index.rerank import (
     LateInteractionScorer,
     LocalScorer,
@@ -36,11 +37,13 @@ from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, ImageError, MalmError
 from malm.preprocess import preprocess
 from malm.sdk import selfcheck as _selfcheck
-from malm.sdk.backends import create_backend, encoder_file, explain_variant, targets
 from malm.sdk.backends.base import EncoderOutput, ImageBackend
+from malm.sdk.backends.choice import create_backend, encoder_file, explain_variant, targets, variants_present
 from malm.sdk.backends.ort import OrtImageBackend, OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
 from malm.sdk.image_io import ImageInput, describe, load_image
+from malm.sdk.recipe_encoder import OnnxRecipeEncoder
+from malm.signing import TrustedKey, TrustPolicy
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,16 @@ class _Snapshot:
     rerank: _Rerank | None
 
 
-def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None) -> _Snapshot:
-    bundle = open_bundle(root, check_hashes)
+def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None,
+                   policy: TrustPolicy | None = None) -> _Snapshot:
+    bundle = open_bundle(root, check_hashes, policy=policy)
     section = bundle.index  # typed and validated by open_bundle (malm.manifest.IndexSection)
-    store = RecipeStore.open(bundle.path(section.store))
-    index = HnswIndex.load(bundle.path(section.file), section.settings, store.labels())
+    # Both read once from the verified bytes (Bundle.read_bytes), into memory: never the file again.
+    store = RecipeStore.from_bytes(bundle.read_bytes(section.store), str(bundle.path(section.store)))
+    where = str(bundle.path(section.file))
+    with bundle.open_stable(section.file) as f:  # the largest file: no copy beside hnswlib's when it can be shown
+        index = HnswIndex.load_file(f, where, section.settings, store.labels()) if f is not None else \
+            HnswIndex.load_bytes(bundle.read_bytes(section.file), where, section.settings, store.labels())
     rerank = None
     rs = bundle.sections.rerank
     if rs is not None:
@@ -119,9 +127,13 @@ def _load_snapshot(root: Path, check_hashes: bool | str, threads: int | None) ->
             if not bundle.listed(rel):
                 raise BundleError(f"bundle {root}: re-rank file {rel!r} is not listed (and hashed) in the manifest")
         tokens = TokenStore.load(bundle.path(rs.tokens), bundle.path(rs.offsets))
+        if tokens.dim != rs.dim:
+            raise BundleError(f"bundle {root}: re-rank tokens have width {tokens.dim}, manifest 'rerank.dim' says "
+                              f"{rs.dim}")
         scorer: LocalScorer
         if rs.kind == "matching_head":
-            scorer = MatchingHeadScorer(OrtSession(bundle.path(str(rs.model)), threads=threads), tokens.dim)
+            scorer = MatchingHeadScorer(OrtSession(bundle.path(str(rs.model)), threads=threads,
+                                                   model_bytes=bundle.read_bytes(str(rs.model))), tokens.dim)
         else:
             scorer = LateInteractionScorer()
         rerank = _Rerank(rs, tokens, scorer)
@@ -132,7 +144,8 @@ class Retriever:
     """Image → recipes over a verified bundle. Build with `Retriever.load`."""
 
     def __init__(self, snapshot: _Snapshot, backend: ImageBackend, threads: int | None, check_hashes: bool | str,
-                 self_check: _selfcheck.SelfCheck | None = None) -> None:
+                 self_check: _selfcheck.SelfCheck | None = None, policy: TrustPolicy | None = None) -> None:
+        self._policy = policy
         self._snap = snapshot
         self._backend = backend
         self._self_check = self_check
@@ -143,10 +156,11 @@ class Retriever:
 
     @classmethod
     def load(cls, bundle: str | os.PathLike[str], backend: str = "auto", variant: str = "auto",
-             threads: int | None = None, verify: bool | str = True, strict_selfcheck: bool = False) -> Retriever:
+             threads: int | None = None, verify: bool | str = True, strict_selfcheck: bool = False,
+             trusted_keys: Iterable[TrustedKey] | None = None, require_signature: bool | None = None) -> Retriever:
         """Open `bundle` (verifying every file's sha256) and its image encoder.
 
-        verify: True hashes each file once per (size, mtime, inode) and remembers it, so a restart
+        verify: True hashes each file once per (size, mtime, ctime, inode, device) and remembers it, so a restart
         does not re-hash a large index; "full" hashes every file on every load; False skips it.
 
         backend: "auto" | "onnxruntime" | "tensorrt" | "coreml"; variant: "auto" | "int8_cpu" | "int8" | "fp32"
@@ -156,9 +170,15 @@ class Retriever:
         The encoder is self-checked against the bundle's fp32 reference embeddings once per (bundle, machine,
         backend) (`malm.sdk.selfcheck`); with variant "auto" one that disagrees is replaced by the next
         (int8_cpu -> int8 -> fp32) with a warning. strict_selfcheck: raise `SelfCheckError` instead.
+
+        trusted_keys: Ed25519 public keys (`malm bundle keygen`'s .pub files) whose signature over the manifest
+        (`manifest.sig`, `malm bundle sign`) is accepted; require_signature: refuse an unsigned bundle (default:
+        when any key is trusted, or $MALM_REQUIRE_SIGNATURE=1; $MALM_TRUSTED_KEYS adds keys). A bundle whose
+        signature does not verify is always refused.
         """
         root = Path(bundle)
-        snap = _load_snapshot(root, verify, threads)
+        policy = TrustPolicy.resolve(trusted_keys, require_signature)
+        snap = _load_snapshot(root, verify, threads, policy)
 
         tries = [_selfcheck.Target(*t) for t in targets(snap.bundle, backend, variant)]
         encoder, result = _selfcheck.choose(snap.bundle, tries, lambda v: create_backend(snap.bundle, backend, v,
@@ -170,7 +190,7 @@ class Retriever:
             if encoder.variant != pick:
                 why += f"; {pick} disagreed with the fp32 reference in the self-check on this CPU, so {encoder.variant}"
             encoder.variant_reason = why
-        return cls(snap, encoder, threads, verify, result)
+        return cls(snap, encoder, threads, verify, result, policy)
 
     # information ---------------------------------------------------------------------------------
     @property
@@ -196,9 +216,6 @@ class Retriever:
         """What this retriever runs with, JSON-ready: backend, provider, encoder and variant (and why), its
         self-check on this machine, the CPU path, the bundle's verification. `malm doctor --bundle` prints it;
         sections may be added, keys never renamed."""
-        from malm.cpu_features import cpu_features
-        from malm.sdk.backends import variants_present
-
         snap, backend = self._snap, self._backend
         session = getattr(backend, "session", None)
         manifest = snap.bundle.manifest
@@ -214,6 +231,7 @@ class Retriever:
             "threads": self._threads,
             "verification": {"mode": snap.bundle.verification, "files": len(manifest.get("files") or {}),
                              "format_version": manifest.get("format_version"),
+                             "signed_by": snap.bundle.signed_by,
                              "malm_version": manifest.get("malm_version")},
             "cpu": cpu_features().to_dict(),
         }
@@ -286,6 +304,8 @@ class Retriever:
                     part[i] = ImageError(f"image {describe(im)}: cannot be preprocessed ({e})")
             if pixels:
                 out = self._backend.encode(np.stack(pixels), tokens=rerank)
+                if not np.isfinite(out.embedding).all():  # a model (or preprocessing) from the bundle gave NaN
+                    raise BundleError(f"bundle {snap.bundle.root}: the image encoder gave non-finite embeddings")
                 for j, i in enumerate(slots):
                     tokens = out.tokens[j] if out.tokens is not None else None
                     part[i] = self._rank(snap, out.embedding[j], tokens, k, rerank, excluded)
@@ -309,8 +329,8 @@ class Retriever:
         if rerank and snap.rerank is not None and tokens is not None and labels:
             rr = snap.rerank
             if rr.settings.kind == "late_interaction" and tokens.shape[-1] != rr.tokens.dim:
-                raise MalmError(f"image tokens have width {tokens.shape[-1]}, the bundle's recipe tokens "
-                                f"{rr.tokens.dim}: re-ranking cannot compare them")
+                raise BundleError(f"bundle {snap.bundle.root}: image tokens have width {tokens.shape[-1]}, its "
+                                  f"recipe tokens {rr.tokens.dim}: re-ranking cannot compare them")
             recipe_tokens = [rr.tokens.get(label) for label in labels]
             local = rr.scorer(tokens, recipe_tokens)
             # Recipes added without token features keep their global score instead of a local 0.
@@ -335,8 +355,6 @@ class Retriever:
 
         `encode_fn` defaults to the bundle's ONNX recipe encoder (`encoders/recipe_fp32.onnx` + `vocab.json`).
         """
-        from malm.edge_index.records import RecordError, parse_record
-
         recs: list[RecipeRecord] = []
         for n, r in enumerate(records):
             try:
@@ -346,8 +364,6 @@ class Retriever:
         with self._write_lock:
             self._open_snapshot()
             if encode_fn is None:
-                from malm.sdk.recipe_encoder import OnnxRecipeEncoder
-
                 encode_fn = OnnxRecipeEncoder(self._snap.bundle, self._threads)
             report = _builder.add_recipes(self._snap.bundle.root, recs, encode_fn, replace_existing=replace_existing)
             self._reload()
@@ -366,7 +382,7 @@ class Retriever:
             self._reload()
 
     def _reload(self) -> None:
-        new = _load_snapshot(self._snap.bundle.root, self._check_hashes, self._threads)
+        new = _load_snapshot(self._snap.bundle.root, self._check_hashes, self._threads, self._policy)
         self._snap = new  # one reference assignment: searches see the old or the new snapshot
 
 

@@ -14,6 +14,7 @@ user's cache, like the hash verification stamp: a restart pays nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -85,7 +86,8 @@ def _stamp(bundle: Bundle, sc: SelfCheckSection, t: Target) -> Path:
 def recall(bundle: Bundle, t: Target) -> SelfCheck | None:
     """The remembered result for `t` on this machine, or None (not checked here yet, or no self-check data)."""
     sc = _section(bundle)
-    if sc is None:
+    if sc is None or bundle.verification == "off":
+        # The result is remembered for the encoder's sha256: only a verified encoder is known to have it.
         return None
     try:
         cos = float(json.loads(_stamp(bundle, sc, t).read_text())["cosine"])
@@ -98,8 +100,8 @@ def recall(bundle: Bundle, t: Target) -> SelfCheck | None:
 def measure(bundle: Bundle, sc: SelfCheckSection, backend: ImageBackend) -> float:
     """Mean cosine of `backend`'s embeddings of the reference inputs to their fp32 embeddings."""
     try:
-        stored = np.load(bundle.path(sc.inputs), allow_pickle=False)
-        ref = np.load(bundle.path(sc.fp32_embeddings), allow_pickle=False).astype(np.float32)
+        stored = np.load(io.BytesIO(bundle.read_bytes(sc.inputs)), allow_pickle=False)
+        ref = np.load(io.BytesIO(bundle.read_bytes(sc.fp32_embeddings)), allow_pickle=False).astype(np.float32)
     except (OSError, ValueError) as e:
         raise BundleError(f"bundle {bundle.root}: self-check data cannot be read ({e})") from None
     if stored.dtype != np.dtype(sc.inputs_dtype):
@@ -126,6 +128,8 @@ def check(bundle: Bundle, backend: ImageBackend, t: Target) -> SelfCheck:
     cos = measure(bundle, sc, backend)
     seconds = time.perf_counter() - t0
     try:
+        if bundle.verification == "off":
+            raise OSError("unverified bytes: nothing to remember the result for")
         write_text_atomic(_stamp(bundle, sc, t), json.dumps({"cosine": cos, "bundle": str(bundle.root),
                                                              "cpu": cpu.description(), "target": asdict(t)}))
     except OSError:

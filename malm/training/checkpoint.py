@@ -26,6 +26,7 @@ from torch import Tensor
 
 from malm._atomic import atomic_path, write_text_atomic
 from malm.errors import MalmError
+from malm.text import Vocabulary
 from malm.training.config import ConfigError, ExperimentConfig
 from malm.training.models.retrieval import RetrievalModel
 
@@ -114,8 +115,6 @@ def read_config(run_dir: str | Path) -> ExperimentConfig:
 
 def load_model(run_dir: str | Path, tag: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
     """The trained two-tower model of a run directory, in eval mode."""
-    from malm.text import Vocabulary
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MalmError(f"{run_dir}: run directory not found")

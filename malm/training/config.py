@@ -1,11 +1,16 @@
 """Experiment configuration: frozen dataclasses, stored as JSON, with named presets.
 
 Every run saves `config.json` (`ExperimentConfig.to_dict()`) beside its checkpoints. Loading fills keys
-that an older config did not have from the defaults (so old runs upgrade) and rejects unknown keys
-with a message naming them. Presets are the JSON files in `presets/`:
+that an older config did not have from the defaults, renames keys of older releases (`upgrade_config_dict`,
+so old runs load) and rejects unknown keys with a message naming them. The loss section is
+`malm.training.loss_config`. Presets are the JSON files in `presets/`, each a diff: the preset it starts
+from (`"base"`, or `"defaults"`) and the dotted keys it changes, applied by `with_overrides`:
+
+    {"base": "ht-tiny", "name": "tnlbt-tiny", "loss.cross_decoder.weight": 1.0, "loss.dynamic_margin.enabled": true}
 
     cfg = load_preset("ht-tiny")
     cfg = cfg.with_overrides({"train.lr": 3e-4, "loss.triplet_margin": 0.2})
+    malm train --preset tnlbt-tiny --show-config        # the resolved config, as JSON
 """
 
 from __future__ import annotations
@@ -18,15 +23,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-from malm.errors import MalmError
+from malm.errors import ConfigError
+from malm.preprocess import PreprocessConfig
+from malm.text import TextLimits
+from malm.training.config_upgrade import RENAMED_KEYS, renamed_hint, upgrade_config_dict
+from malm.training.lite0_stages import LITE0_STAGES, lite0_stem_stride
+from malm.training.loss_config import (
+    LOCAL_SCORES,
+    MATCHING_MODES,
+    TRIPLET_REDUCTIONS,
+    CrossDecoderConfig,
+    DynamicMarginConfig,
+    LossConfig,
+    MaskConfig,
+    MatchingConfig,
+    SelfDistillConfig,
+)
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 T = TypeVar("T")
-
-
-class ConfigError(MalmError, ValueError):
-    """An invalid configuration value or key (from a preset, a config file or `--set`)."""
+__all__ = [
+    "LOCAL_SCORES", "MATCHING_MODES", "TRIPLET_REDUCTIONS", "ConfigError", "CrossDecoderConfig", "DataConfig",
+    "DynamicMarginConfig", "ExperimentConfig", "ImageEncoderConfig", "LossConfig", "MaskConfig", "MatchingConfig",
+    "ModelConfig", "RecipeEncoderConfig", "SelfDistillConfig", "TrainConfig", "diff_configs", "load_config_file",
+    "load_preset", "parse_overrides", "preset_diff", "preset_names", "resolve_preset", "upgrade_config_dict",
+    "RENAMED_KEYS",
+]
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -39,18 +62,6 @@ def _check(cond: bool, msg: str) -> None:
 # Image towers `model.image.backbone` names: "vit" (patchify conv) or a hybrid ViT whose patch tokens are a
 # pretrained CNN's feature map (malm/training/models/hybrid.py).
 HYBRID_BACKBONES = ("hybrid_effnet_lite0",)
-# EfficientNet-Lite0's stages as (stride, out channels); malm.export.student.LITE0_STAGES is the full table
-# (kept here too so that configs validate without torch; a test checks the two agree).
-_LITE0_STRIDE_CHANNELS = ((1, 16), (2, 24), (2, 40), (2, 80), (1, 112), (2, 192), (1, 320))
-
-
-def lite0_stem_stride(stages: int) -> int:
-    """Pixels per token of the first `stages` Lite0 stages (the stem conv has stride 2)."""
-    return 2 * math.prod(s for s, _ in _LITE0_STRIDE_CHANNELS[:stages])
-
-
-def lite0_stem_channels(stages: int) -> int:
-    return _LITE0_STRIDE_CHANNELS[stages - 1][1]
 
 
 
@@ -75,8 +86,8 @@ class ImageEncoderConfig:
         _check(self.backbone == "vit" or self.backbone in HYBRID_BACKBONES,
                f"model.image.backbone must be 'vit' or one of {', '.join(HYBRID_BACKBONES)}, got {self.backbone!r}")
         if self.backbone in HYBRID_BACKBONES:
-            _check(1 <= self.stem_stages <= len(_LITE0_STRIDE_CHANNELS),
-                   f"model.image.stem_stages must be 1..{len(_LITE0_STRIDE_CHANNELS)}, got {self.stem_stages}")
+            _check(1 <= self.stem_stages <= len(LITE0_STAGES),
+                   f"model.image.stem_stages must be 1..{len(LITE0_STAGES)}, got {self.stem_stages}")
             stride = lite0_stem_stride(self.stem_stages)
             _check(self.patch_size == stride,
                    f"model.image: a {self.backbone} stem of {self.stem_stages} stages has stride {stride}; "
@@ -123,152 +134,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.embed_dim > 0, "model.embed_dim must be > 0")
-
-
-# ------------------------------------------------------------------------------------------------ loss
-
-
-@dataclass(frozen=True)
-class DynamicMarginConfig:
-    enabled: bool = False  # TNLBT: grow the triplet margin over training
-    start: float = 0.05  # margin at progress 0
-    end: float = 0.3  # margin at progress 1
-    schedule: str = "linear"  # "linear" | "cosine" | "step" (start for the first half, end after)
-
-    def __post_init__(self) -> None:
-        _check(self.schedule in ("linear", "cosine", "step"),
-               f"loss.dynamic_margin.schedule must be linear, cosine or step, got {self.schedule!r}")
-        _check(self.start >= 0 and self.end >= 0, "loss.dynamic_margin: start and end must be >= 0")
-
-
-@dataclass(frozen=True)
-class CrossDecoderConfig:
-    enabled: bool = False  # TNLBT: decoder fusing image tokens + recipe features, generating the title
-    layers: int = 2  # decoder layers
-    heads: int = 4  # decoder attention heads
-    weight: float = 1.0  # weight of its title cross-entropy
-
-    def __post_init__(self) -> None:
-        _check(self.layers >= 1 and self.heads >= 1 and self.weight >= 0, "loss.cross_decoder: bad layers/heads/weight")
-
-
-MATCHING_MODES = ("itm", "paper")
-LOCAL_SCORES = ("decoder", "late")
-TRIPLET_REDUCTIONS = ("all", "violating")
-
-
-@dataclass(frozen=True)
-class MatchingConfig:
-    enabled: bool = False  # MALM: image-text matching decoders psi / psi'
-    # "itm": image-grounded matching (ALBEF / T-Food): every image is also decoded with a sampled hard-negative
-    # recipe and every recipe with a sampled hard-negative image; a matched / not-matched head on the fused
-    # features (cross-entropy, global_weight) and the per-patch score contrasted against the same patch in the
-    # negative pairs (local_weight). "paper": MALM's positive-only InfoNCE terms (eqs. 6-9), each sample decoded
-    # with its own partner only -- solvable without the image (docs/ablation.md), kept for the record.
-    mode: str = "itm"
-    layers: int = 1  # decoder depth (the paper says 1 in the method, 4 in its implementation details)
-    heads: int = 4  # decoder attention heads
-    global_weight: float = 1.0  # weight of the global InfoNCE ([CLS] vs mean attended recipe)
-    local_weight: float = 1.0  # weight of the per-patch InfoNCE
-    temperature: float = 0.07  # InfoNCE temperature; "itm": also of the softmax hard negatives are sampled from
-    # mode "paper" only -- 0: the paper's global InfoNCE (negatives = other pairs' features, each decoded with its own partner).
-    # k > 0: also decode each image with its k hardest in-batch recipes (and each recipe with its k hardest
-    # images) and contrast the pair scores, so the matching score itself must tell pairs apart.
-    pair_negatives: int = 0
-    # With pair_negatives > 0: the local loss too contrasts each patch's score in its own pair against the
-    # same patch's score in the k decoded negative pairs (the per-patch InfoNCE has the same leak otherwise).
-    local_pairs: bool = False
-    # How the local (per-patch) score is made; read in mode "itm" only (mode "paper" keeps its own decoded
-    # per-patch InfoNCE, so switching a malm preset to "paper" gives the paper's method whatever this says).
-    # "decoder": patch p's attended feature vs its attention-weighted recipe summary in the decoded pair,
-    # contrasted against the same patch in the two sampled negative pairs. "late": token-level late interaction (FILIP): patches and recipe tokens projected
-    # and L2-normalized, score = mean of (each patch's best cosine over the recipe's tokens) and (each recipe
-    # token's best cosine over the patches), contrasted over every in-batch recipe / image (near-duplicates
-    # excluded). No cross-attention, so no pair can copy its partner; it is also what `--rerank` scores with.
-    local_score: str = "decoder"
-
-    def __post_init__(self) -> None:
-        _check(self.layers >= 1 and self.heads >= 1, "loss.matching: layers and heads must be >= 1")
-        _check(self.local_score in LOCAL_SCORES,
-               f"loss.matching.local_score must be one of {LOCAL_SCORES}, got {self.local_score!r}")
-        _check(self.mode in MATCHING_MODES, f"loss.matching.mode must be one of {MATCHING_MODES}, got {self.mode!r}")
-        _check(self.mode == "paper" or (self.pair_negatives == 0 and not self.local_pairs),
-               "loss.matching.pair_negatives / local_pairs are options of mode 'paper' (top-k decoded negatives); "
-               "mode 'itm' samples its own hard negatives")
-        _check(self.pair_negatives >= 0, "loss.matching.pair_negatives must be >= 0")
-        _check(not self.local_pairs or self.pair_negatives > 0,
-               "loss.matching.local_pairs needs loss.matching.pair_negatives > 0 (the negative pairs it scores)")
-        _check(self.global_weight >= 0 and self.local_weight >= 0, "loss.matching: weights must be >= 0")
-        _check(self.temperature > 0, "loss.matching.temperature must be > 0")
-
-
-@dataclass(frozen=True)
-class MaskConfig:
-    enabled: bool = False  # MALM: the student image encoder sees only the visible patches
-    ratio: float = 0.75  # fraction of patches masked (MALM's best: 0.75)
-    # The triplet (retrieval) embedding from an extra pass over the whole image instead of the masked one:
-    # at test time the encoder sees whole images, and a small ViT trained briefly from scratch does not
-    # bridge that gap on its own (see docs/ablation.md). Matching and distillation still use the masked pass.
-    full_image_triplet: bool = False
-
-    def __post_init__(self) -> None:
-        _check(0.0 <= self.ratio < 1.0, f"loss.mask.ratio must be in [0, 1), got {self.ratio}")
-
-
-@dataclass(frozen=True)
-class SelfDistillConfig:
-    """MALM's masked self-distillation (`loss.distill`); not the export student's `export.distill.DistillConfig`."""
-
-    enabled: bool = False  # MALM: masked self-distillation from an EMA teacher
-    weight: float = 1.0  # weight of the Smooth-L1 on masked patch features
-    ema_decay: float = 0.999  # teacher <- decay * teacher + (1 - decay) * student after each step
-    predictor_layers: int = 2  # transformer layers predicting the teacher's masked-patch features
-
-    def __post_init__(self) -> None:
-        _check(0.0 <= self.ema_decay <= 1.0, "loss.distill.ema_decay must be in [0, 1]")
-        _check(self.weight >= 0 and self.predictor_layers >= 1, "loss.distill: bad weight or predictor_layers")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    triplet_weight: float = 1.0  # weight of the bidirectional image<->recipe triplet loss
-    triplet_margin: float = 0.3  # fixed margin on cosine distance (H-T: 0.3); see dynamic_margin
-    # The retrieval loss on the global embeddings, weighted by triplet_weight: "triplet" (H-T, TNLBT, MALM)
-    # or "infonce" (CLIP's symmetric InfoNCE at infonce_temperature; objectives/contrastive.py).
-    retrieval: str = "triplet"
-    infonce_temperature: float = 0.05
-    hard_negative: bool = False  # hardest in-batch negative instead of the average (triplet_reduction)
-    # How the triplet costs are averaged: "all" = over all B x B entries, the diagonal's zeros included (H-T,
-    # amzn/image-to-recipe-transformers src/utils/loss.py); "violating" = over the triplets that still violate
-    # the margin (AdaMine, T-Food). The default is the older behaviour, so saved configs keep their meaning.
-    triplet_reduction: str = "violating"
-    # Every loss but the triplet is multiplied by min(1, epoch / aux_warmup_epochs): a linear ramp from 0, so
-    # early (clipped) updates belong to the retrieval loss. 0 = full weight from the first step.
-    aux_warmup_epochs: float = 0.0
-    recipe_ssl_weight: float = 1.0  # H-T's self-supervised loss between title / ingredients / instructions
-    dynamic_margin: DynamicMarginConfig = field(default_factory=DynamicMarginConfig)
-    cross_decoder: CrossDecoderConfig = field(default_factory=CrossDecoderConfig)
-    matching: MatchingConfig = field(default_factory=MatchingConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    distill: SelfDistillConfig = field(default_factory=SelfDistillConfig)
-
-    def __post_init__(self) -> None:
-        _check(self.triplet_weight >= 0 and self.recipe_ssl_weight >= 0, "loss: weights must be >= 0")
-        _check(self.triplet_margin >= 0, "loss.triplet_margin must be >= 0")
-        _check(self.retrieval in ("triplet", "infonce"),
-               f"loss.retrieval must be 'triplet' or 'infonce', got {self.retrieval!r}")
-        _check(self.infonce_temperature > 0, "loss.infonce_temperature must be > 0")
-        _check(self.retrieval == "triplet" or not self.dynamic_margin.enabled,
-               "loss.dynamic_margin changes the triplet's margin; it needs loss.retrieval='triplet'")
-        _check(self.triplet_reduction in TRIPLET_REDUCTIONS,
-               f"loss.triplet_reduction must be one of {TRIPLET_REDUCTIONS}, got {self.triplet_reduction!r}")
-        _check(self.aux_warmup_epochs >= 0, "loss.aux_warmup_epochs must be >= 0")
-
-    def aux_ramp(self, epoch: float) -> float:
-        """The auxiliary losses' weight factor at `epoch` (fractional epochs done): linear from 0 to 1."""
-        if self.aux_warmup_epochs <= 0:
-            return 1.0
-        return min(1.0, max(0.0, epoch / self.aux_warmup_epochs))
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -341,8 +206,6 @@ class DataConfig:
 
     def limits(self) -> Any:
         """The `malm.text.TextLimits` these settings describe."""
-        from malm.text import TextLimits
-
         return TextLimits(max_title_tokens=self.max_title_tokens, max_ingredients=self.max_ingredients,
                           max_instructions=self.max_instructions, max_tokens=self.max_tokens)
 
@@ -360,14 +223,12 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "config name must not be empty")
-        if self.loss.distill.enabled or self.loss.matching.enabled:
+        if self.loss.self_distill.enabled or self.loss.matching.enabled:
             # Both need patch-level image tokens aligned to the mask.
-            _check(self.model.image.num_patches >= 4, "loss: matching/distill need at least 4 image patches")
+            _check(self.model.image.num_patches >= 4, "loss: matching/self_distill need at least 4 image patches")
 
     def preprocess(self) -> Any:
         """The eval-time `PreprocessConfig` for this model's input size."""
-        from malm.preprocess import PreprocessConfig
-
         return PreprocessConfig.for_size(self.model.image.image_size)
 
     def to_dict(self) -> dict[str, Any]:
@@ -375,7 +236,8 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        return _from_dict(cls, d, "")
+        """A config from its JSON form, written by this release or an older one (`upgrade_config_dict`)."""
+        return _from_dict(cls, upgrade_config_dict(d), "")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -392,10 +254,10 @@ class ExperimentConfig:
             parts = key.split(".")
             for p in parts[:-1]:
                 if not isinstance(node.get(p), dict):
-                    raise ConfigError(f"unknown config key {key!r}")
+                    raise ConfigError(f"unknown config key {key!r}{renamed_hint(key)}")
                 node = node[p]
             if parts[-1] not in node or isinstance(node[parts[-1]], dict):
-                raise ConfigError(f"unknown config key {key!r}")
+                raise ConfigError(f"unknown config key {key!r}{renamed_hint(key)}")
             node[parts[-1]] = value
         return ExperimentConfig.from_dict(d)
 
@@ -461,16 +323,56 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
 
 
-def load_config_file(path: str | Path) -> ExperimentConfig:
+def load_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> ExperimentConfig:
+    """A config file: a full config (as saved beside checkpoints) or a preset diff naming its `base`."""
     path = Path(path)
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"config file {path}: cannot read JSON ({e})") from e
     try:
+        if isinstance(d, dict) and "base" in d:
+            return resolve_preset(d, path.parent, (*_chain, path.resolve()))
         return ExperimentConfig.from_dict(d)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def resolve_preset(diff: dict[str, Any], folder: Path = PRESETS_DIR,
+                   _chain: tuple[Path, ...] = ()) -> ExperimentConfig:
+    """A preset diff `{"base": NAME, "dotted.key": value, ...}` applied to its base: "defaults" (the
+    dataclasses' defaults), a preset name, or a .json path relative to `folder`."""
+    base = diff["base"]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"preset base must be a preset name or 'defaults', got {base!r}")
+    if base == "defaults":
+        config = ExperimentConfig()
+    else:
+        path = folder / base if base.endswith(".json") else PRESETS_DIR / f"{base}.json"
+        if not path.exists():
+            raise ConfigError(f"preset base {base!r} not found; presets: {', '.join(preset_names())}")
+        if path.resolve() in _chain:
+            raise ConfigError(f"preset base {base!r} includes itself")
+        config = load_config_file(path, _chain)
+    return config.with_overrides(_flatten({k: v for k, v in diff.items() if k != "base"}))
+
+
+def preset_diff(config: ExperimentConfig, base: str = "defaults") -> dict[str, Any]:
+    """The shortest preset diff giving `config` from `base` (to write a preset from a full config)."""
+    start = ExperimentConfig() if base == "defaults" else load_preset(base)
+    flat, ref = _flatten(config.to_dict()), _flatten(start.to_dict())
+    changed = {k: v for k, v in flat.items() if ref.get(k) != v}
+    return {"base": base, **dict(sorted(changed.items(), key=lambda kv: (kv[0] != "name", kv[0])))}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def load_preset(name_or_path: str | Path) -> ExperimentConfig:

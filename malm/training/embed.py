@@ -19,10 +19,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from malm.edge_index.builder import Encoded
 from malm.errors import MalmError
+from malm.text import encode_recipe
+from malm.training.checkpoint import load_model
+from malm.training.data import RecipeImageDataset, prepare
+from malm.training.models.minilm import with_sentence_features
 
 RECIPE_KEYS = ("title", "ingredients", "instructions")
 T = TypeVar("T")
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -63,8 +72,6 @@ def embed_recipes(model: Any, items: Sequence[Mapping[str, Any]], batch: int = 1
 def embed_pairs(model: Any, dataset: Dataset, device: torch.device, batch_size: int = 64, amp: bool = False,
                 num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image_emb, recipe_emb, index) of every dataset item, L2-normalized float32, row i paired."""
-    from malm.training.train import to_device
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     imgs, recs, idx = [], [], []
     was_training = model.training
@@ -83,10 +90,6 @@ def embed_pairs(model: Any, dataset: Dataset, device: torch.device, batch_size: 
 def torch_recipe_encoder(run_dir: Path, tag: str = "best", tokens: bool = False) -> Callable[[Any], Any]:
     """`encode_fn` for `edge_index.build_index` over a run's trained torch recipe encoder: records → embeddings
     (and, with `tokens`, the per-recipe token features re-ranking stores)."""
-    from malm.edge_index.builder import Encoded
-    from malm.text import encode_recipe
-    from malm.training.checkpoint import load_model
-
     loaded = load_model(run_dir, tag=tag)
     limits = loaded.config.data.limits()
     model = loaded.model
@@ -113,9 +116,6 @@ def embed_split(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
     Images get the eval transform (`config.preprocess()`); recipes are encoded with the run's vocabulary.
     Rows are paired (image i shows recipe ids[i]); both arrays are float32 and L2-normalized.
     """
-    from malm.training.checkpoint import load_model
-    from malm.training.data import RecipeImageDataset, prepare
-
     loaded = load_model(run_dir, tag=tag, device=device)
     cfg = loaded.config
     prepared = prepare(data_dir, cache_dir=cache_dir, min_freq=cfg.data.min_freq, limits=cfg.data.limits())
@@ -126,8 +126,6 @@ def embed_split(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
     if len(dataset) == 0:
         raise MalmError(f"{data_dir}: split {split!r} has no recipes with images")
     if cfg.model.recipe.sentence_features == "minilm":
-        from malm.training.models.minilm import with_sentence_features
-
         dataset = with_sentence_features(dataset, prepared, split)
     with torch.inference_mode(False):
         img, rec, index = embed_pairs(loaded.model, dataset, torch.device(device), batch_size=batch_size,

@@ -70,7 +70,7 @@ class Task(nn.Module):
         image = self.model.image_features(images, keep)
         recipe = self.model.recipe_features(batch["title"], batch["ingredients"], batch["instructions"])
         cls, full_image = image.cls, None
-        if keep is not None and self.config.loss.mask.full_image_triplet:
+        if keep is not None and self.config.loss.mask.full_image_retrieval:
             # The global embedding as at test time (whole image); the masked pass feeds matching/distillation.
             full_image = self.model.image_features(images)
             cls = full_image.cls

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from malm.export import recipe
 from malm.export.context import Artifacts, ExportContext
+from malm.export.report import size_mb
 
 # --weights mode → (manifest name, bundle path, precision); "none" is the fp16 model every export writes.
 VARIANTS = {
@@ -23,8 +25,8 @@ VARIANTS = {
 
 
 def build(ctx: ExportContext) -> Artifacts:
+    # on use only: loads torch
     from malm.export import coreml
-    from malm.export.report import size_mb
 
     meta = {k: ctx.meta[k] for k in ("malm_version", "model_hash", "embedding_dim", "preprocess", "config_hash")}
     modes = ["none"] + ([ctx.options.weight_mode] if ctx.options.weight_mode != "none" else [])
@@ -41,7 +43,5 @@ def build(ctx: ExportContext) -> Artifacts:
         out.add(path, rel, name, entry, {"size_mb": round(size_mb(path), 3), "note": info["prediction"]})
     out.notes.append(coreml.prediction_note())
     if ctx.options.with_recipe_encoder:  # the recipe encoder ships like the image encoder (malm/export/recipe.py)
-        from malm.export import recipe
-
         return Artifacts.join(out, recipe.coreml_variant(ctx))
     return out

@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 
 from malm.errors import MalmError
+from malm.export import matching_head as mh
+from malm.export import recipe
 from malm.export.context import Artifacts, ExportContext
+from malm.export.quantize import VARIANTS, ImageCalibration, qdq_properties, quantize_int8
 
 FP32 = "encoders/image_fp32.onnx"
 INT8 = "encoders/image_int8.onnx"
@@ -33,6 +36,7 @@ def build(ctx: ExportContext) -> Artifacts:
 
 
 def _image_fp32(ctx: ExportContext) -> tuple[Artifacts, np.ndarray]:
+    # on use only: loads torch
     from malm.export import onnx_export as ox
 
     tokens = ctx.options.tokens
@@ -66,8 +70,8 @@ _INT8_VARIANTS = (
 
 def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> Artifacts:
     """The int8 variants of image_fp32.onnx; `emb32` / `r32` are fp32's embeddings and retrieval row."""
+    # on use only: loads torch
     from malm.export import onnx_export as ox
-    from malm.export.quantize import VARIANTS, ImageCalibration, qdq_properties, quantize_int8
 
     out = Artifacts()
     want = ctx.options.calibration_images
@@ -100,6 +104,7 @@ def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> A
 
 def int8_scope(ctx: ExportContext) -> str:
     """"linear" when the exported encoder is a hybrid teacher's own tower (`--student none`), else "all"."""
+    # on use only: loads torch
     from malm.training.models.hybrid import HybridViT
 
     own_tower = ctx.student.manifest is None
@@ -108,8 +113,6 @@ def int8_scope(ctx: ExportContext) -> str:
 
 def _matching_head(ctx: ExportContext) -> Artifacts:
     """With --tokens, ship the run's trained matching head for re-ranking (when the preset trained one)."""
-    from malm.export import matching_head as mh
-
     out = Artifacts()
     run, tag = ctx.teacher.run, ctx.teacher.tag
     head = mh.load_trained_head(run, ctx.teacher.config)
@@ -134,6 +137,7 @@ def _matching_head(ctx: ExportContext) -> Artifacts:
 
 
 def _recipe_encoder(ctx: ExportContext) -> Artifacts:
+    # on use only: loads torch
     from malm.export import onnx_export as ox
     from malm.training.embed import stack_recipes
 
@@ -162,7 +166,5 @@ def _recipe_encoder(ctx: ExportContext) -> Artifacts:
     out.add(path, RECIPE, "recipe_fp32", entry, {"size_mb": round(path.stat().st_size / 1e6, 3),
                                                  "parity_min_cosine": worst})
     if opts.int8:  # the recipe encoder ships like the image encoder (malm/export/recipe.py)
-        from malm.export import recipe
-
         return Artifacts.join(out, recipe.int8_variants(ctx, path))
     return out

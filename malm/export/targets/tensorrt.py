@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from malm.bundle import sha256_path
+from malm.export import tensorrt as trt_mod
 from malm.export.context import Artifacts, ExportContext
+from malm.export.quantize import VARIANTS, ImageCalibration, qdq_properties, quantize_int8
 
 
 def build(ctx: ExportContext) -> Artifacts:
+    # on use only: loads torch
     from malm.export import onnx_export as ox
-    from malm.export import tensorrt as trt_mod
 
     opts, size = ctx.options, ctx.student.size
     precision = "int8" if opts.int8 else "fp16"
@@ -28,8 +30,6 @@ def build(ctx: ExportContext) -> Artifacts:
     path = static
     extra: dict[str, Any] = {"parity_min_cosine": worst}
     if opts.int8:
-        from malm.export.quantize import VARIANTS, ImageCalibration, qdq_properties, quantize_int8
-
         path = ctx.tmp / "image_static.onnx"
         calib = ctx.data.calibration_paths(opts.calibration_images)
         ctx.log(f"int8: calibrating on {len(calib)} training images (QDQ, symmetric, per-channel: TensorRT "

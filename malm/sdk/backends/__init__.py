@@ -1,179 +1,45 @@
-"""Image-encoder backends behind one interface, and the choice between them.
+"""Image-encoder backends behind one interface (`base.ImageBackend`), and the choice between them.
 
-Order of preference for `backend="auto"`: ONNX Runtime (with its TensorRT / CUDA / CoreML execution
-providers when present), then a native TensorRT engine, then CoreML. ONNX Runtime comes as the extra
-that fits the device (`malm[cpu]`, `malm[gpu]`, JetPack's wheel); without one, "auto" says which to install.
+`registry` holds the table of backends and variants (light: the CLI reads it at start-up); `choice`
+picks a backend and an image-encoder variant for a bundle on this device and builds it; `ort`,
+`tensorrt`, `coreml` are the backends. The names below load on first use, so that importing the table
+does not load ONNX Runtime's wrapper or the bundle reader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from malm.errors import BundleError, MalmError
-from malm.sdk.backends.base import EncoderOutput, ImageBackend
-from malm.sdk.backends.ort import (
-    COREML,
-    CUDA,
-    TENSORRT,
-    OrtImageBackend,
-    OrtSession,
-    available_providers,
-    select_providers,
-)
-from malm.sdk.bundle_loader import Bundle
+from malm.sdk.backends.registry import BACKEND_CHOICES, BACKENDS, IMAGE_ENCODERS, VARIANTS, Backend
 
-VARIANTS = ("auto", "int8_cpu", "int8", "fp32")
-IMAGE_ENCODERS = {"int8_cpu": "image_int8_cpu", "int8": "image_int8", "fp32": "image_fp32"}
+if TYPE_CHECKING:
+    from malm.sdk.backends.base import EncoderOutput, ImageBackend
+    from malm.sdk.backends.choice import (
+        auto_order,
+        candidates,
+        choose_variant,
+        create_backend,
+        encoder_file,
+        explain_variant,
+        targets,
+        variants_present,
+    )
+    from malm.sdk.backends.ort import OrtImageBackend, OrtSession, available_providers, select_providers
 
-__all__ = ["BACKENDS", "VARIANTS", "EncoderOutput", "ImageBackend", "OrtImageBackend", "OrtSession",
-           "candidates", "choose_variant", "create_backend", "encoder_file", "explain_variant", "select_providers",
-           "targets", "variants_present"]
-
-# Why `variant="auto"` prefers what it does, per first execution provider (shown by `malm doctor`).
-_WHY = {
-    TENSORRT: "TensorRT's explicit int8 needs symmetric (zero-point 0) QDQ: int8; else fp32 built as fp16",
-    CUDA: "the CUDA provider runs QDQ int8 models slowly: fp32",
-    COREML: "the CoreML provider runs QDQ int8 models slowly: fp32",
+_LAZY = {
+    "EncoderOutput": "base", "ImageBackend": "base",
+    "OrtImageBackend": "ort", "OrtSession": "ort", "available_providers": "ort", "select_providers": "ort",
+    "auto_order": "choice", "candidates": "choice", "choose_variant": "choice", "create_backend": "choice",
+    "encoder_file": "choice", "explain_variant": "choice", "targets": "choice", "variants_present": "choice",
 }
-_WHY_CPU = "CPU provider: int8_cpu (uint8 activations, the u8×s8 kernels ONNX Runtime's CPU path is fast with)"
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "IMAGE_ENCODERS", "VARIANTS", "Backend", "EncoderOutput", "ImageBackend",
+           "OrtImageBackend", "OrtSession", "auto_order", "available_providers", "candidates", "choose_variant",
+           "create_backend", "encoder_file", "explain_variant", "select_providers", "targets", "variants_present"]
 
 
-def auto_order(first_provider: str) -> tuple[str, ...]:
-    """Which image encoder `variant="auto"` takes, best first, for the session's first execution provider.
-
-    CPU: `int8_cpu` (uint8 activations: the U8S8 kernels x86 ONNX Runtime is fast with), then the symmetric
-    `int8`. TensorRT EP: the symmetric `int8` (explicit quantization needs zero points 0), else fp32 (built as
-    fp16). CUDA / CoreML EPs run QDQ models slowly: fp32.
-    """
-    if first_provider == TENSORRT:
-        return ("int8", "fp32", "int8_cpu")
-    if first_provider in (CUDA, COREML):
-        return ("fp32", "int8", "int8_cpu")
-    return ("int8_cpu", "int8", "fp32")
-
-
-def variants_present(bundle: Bundle) -> list[str]:
-    return [v for v in IMAGE_ENCODERS if bundle.encoder(IMAGE_ENCODERS[v])]
-
-
-def explain_variant(bundle: Bundle, variant: str, first_provider: str) -> tuple[str, str]:
-    """(the image-encoder variant to load, why) for a requested `variant` on `first_provider`."""
-    present = variants_present(bundle)
-    if not present:
-        raise BundleError(f"bundle {bundle.root}: has no ONNX image encoder "
-                          f"({', '.join(IMAGE_ENCODERS.values())})")
-    if variant == "auto":
-        order = auto_order(first_provider)
-        chosen = next(v for v in order if v in present)
-        why = _WHY.get(first_provider, _WHY_CPU)
-        missing = order[:order.index(chosen)]
-        if missing:
-            why += f"; the bundle has no {' / '.join(missing)}, so {chosen}"
-        return chosen, f"auto on {first_provider}: {why}"
-    if variant not in present:
-        raise BundleError(f"bundle {bundle.root}: has no {variant} image encoder (has: {', '.join(present)})")
-    return variant, f"asked for {variant}"
-
-
-def choose_variant(bundle: Bundle, variant: str, first_provider: str) -> str:
-    return explain_variant(bundle, variant, first_provider)[0]
-
-
-def candidates(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> list[str]:
-    """The image encoders to try, best first: the auto order from the chosen one on (the self-check falls
-    back along it), or just the variant asked for."""
-    if backend not in ("auto", "onnxruntime"):
-        return [variant]
-    first = select_providers(available_providers())[0]
-    chosen = choose_variant(bundle, variant, first)
-    if variant != "auto":
-        return [chosen]
-    present = [v for v in auto_order(first) if bundle.encoder(IMAGE_ENCODERS[v])]
-    return present[present.index(chosen):]
-
-
-def encoder_file(bundle: Bundle, backend: str, variant: str) -> str | None:
-    """The bundle file a backend runs for `variant` (what its self-check result is remembered for)."""
-    name = {"tensorrt": "image_tensorrt", "coreml": "image_coreml"}.get(backend) or IMAGE_ENCODERS.get(variant, "")
-    entry = bundle.encoder(name)
-    return entry.file if entry else None
-
-
-def targets(bundle: Bundle, backend: str = "auto", variant: str = "auto") -> list[tuple[str, str, str, str | None]]:
-    """(variant, backend name, device, encoder file) of each image encoder to try, best first, known without
-    building a session: the self-check recalls a result remembered for them before paying for one."""
-    if backend in ("auto", "onnxruntime"):
-        device = select_providers(available_providers())[0]
-        return [(v, "onnxruntime", device, encoder_file(bundle, "onnxruntime", v))
-                for v in candidates(bundle, backend, variant)]
-    return [(variant, backend, backend, encoder_file(bundle, backend, variant))]
-
-
-def _image_file(bundle: Bundle, variant: str) -> str:
-    entry = bundle.encoder(IMAGE_ENCODERS[variant])
-    return str(entry.file if entry else None)  # choose_variant picks a variant the bundle has
-
-
-def _onnxruntime(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
-    providers = select_providers(available_providers())
-    chosen, why = explain_variant(bundle, variant, providers[0])
-    rel = _image_file(bundle, chosen)
-    ort_backend = OrtImageBackend(bundle.path(rel), chosen, providers, threads)
-    if ort_backend.device != providers[0]:
-        # ONNX Runtime falls back silently when a provider fails to start (no CUDA libraries, a TensorRT
-        # mismatch): the session's own list says what runs. "auto" then takes that provider's variant.
-        ort_backend.requested_device = providers[0]
-        actual = choose_variant(bundle, variant, ort_backend.device)
-        if actual != chosen:
-            chosen, rel = actual, _image_file(bundle, actual)
-            _, why = explain_variant(bundle, variant, ort_backend.device)
-            ort_backend = OrtImageBackend(bundle.path(rel), chosen, ort_backend.session.providers, threads)
-            ort_backend.requested_device = providers[0]
-        why += f" (note: {providers[0]} was listed but the session runs on {ort_backend.device})"
-    ort_backend.variant_reason = why
-    if ort_backend.dim is not None and ort_backend.dim != bundle.dim:
-        raise BundleError(f"bundle {bundle.root}: image encoder {rel} gives dim {ort_backend.dim}, "
-                          f"the index has dim {bundle.dim}")
-    return ort_backend
-
-
-def _tensorrt(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
-    from malm.sdk.backends.tensorrt import TensorRTBackend, import_tensorrt
-
-    import_tensorrt()  # the install hint before anything else
-    trt_entry = bundle.encoder("image_tensorrt")
-    if not trt_entry:
-        raise BundleError(f"bundle {bundle.root}: has no TensorRT-ready ONNX (export with --target tensorrt)")
-    rel = trt_entry.file
-    return TensorRTBackend(bundle.path(rel), bundle.file_hash(rel), trt_entry.precision or "fp16")
-
-
-def _coreml(bundle: Bundle, variant: str, threads: int | None) -> ImageBackend:
-    from malm.sdk.backends.coreml import CoreMLBackend, require_macos
-
-    require_macos()
-    entry = bundle.encoder("image_coreml")
-    if not entry:
-        raise BundleError(f"bundle {bundle.root}: has no CoreML model (export with --target coreml)")
-    return CoreMLBackend(bundle.path(entry.file), bundle.preprocess, entry.precision or "fp16")
-
-
-# name -> factory(bundle, variant, threads). A new backend: a module here implementing `ImageBackend` (its
-# heavy imports inside the factory) and one entry below; "auto" is the first entry (ONNX Runtime, a base
-# dependency, which itself prefers its TensorRT / CUDA / CoreML execution providers).
-FACTORIES: dict[str, Callable[[Bundle, str, int | None], ImageBackend]] = {
-    "onnxruntime": _onnxruntime,
-    "tensorrt": _tensorrt,
-    "coreml": _coreml,
-}
-BACKENDS = ("auto", *FACTORIES)
-
-
-def create_backend(bundle: Bundle, backend: str = "auto", variant: str = "auto",
-                   threads: int | None = None) -> ImageBackend:
-    if backend not in BACKENDS:
-        raise MalmError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if variant not in VARIANTS:
-        raise MalmError(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
-    factory = FACTORIES[backend] if backend != "auto" else next(iter(FACTORIES.values()))
-    return factory(bundle, variant, threads)
+def __getattr__(name: str) -> Any:
+    # Deferred: these import numpy and the bundle reader, which `malm --help` does not need.
+    if name not in _LAZY:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(f"malm.sdk.backends.{_LAZY[name]}"), name)

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from malm.errors import MalmError
+from malm.errors import BundleError, MalmError
 from malm.preprocess import PreprocessConfig
 from malm.sdk.backends.base import EncoderOutput
+from malm.sdk.bundle_loader import Bundle
 from malm.vectors import l2_normalize
 
 
@@ -55,3 +56,12 @@ class CoreMLBackend:
                 pred = self.model.predict({"image": Image.fromarray(rgb, "RGB")})
             out.append(np.asarray(pred["embedding"], np.float32).reshape(-1))
         return EncoderOutput(l2_normalize(np.stack(out)))
+
+
+def create(bundle: Bundle, variant: str, threads: int | None) -> CoreMLBackend:
+    """The `coreml` row of the backend table: the bundle's CoreML model (macOS only)."""
+    require_macos()
+    entry = bundle.encoder("image_coreml")
+    if not entry:
+        raise BundleError(f"bundle {bundle.root}: has no CoreML model (export with --target coreml)")
+    return CoreMLBackend(bundle.unchanged_path(entry.file), bundle.preprocess, entry.precision or "fp16")

@@ -72,7 +72,8 @@ class OrtSession:
     """One InferenceSession; `run` is thread-safe (ONNX Runtime allows concurrent Run calls)."""
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None,
-                 threads: int | None = None, inter_op_threads: int = 1) -> None:
+                 threads: int | None = None, inter_op_threads: int = 1, model_bytes: bytes | None = None) -> None:
+        """model_bytes: the model's verified bytes (`Bundle.read_bytes`); `path` then only names it."""
         ort = import_onnxruntime()
 
         self.path = Path(path)
@@ -89,7 +90,8 @@ class OrtSession:
         if for_ort and for_ort[0][0] == TENSORRT:
             trt_cache_dir().joinpath("ort").mkdir(parents=True, exist_ok=True)
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=for_ort)
+            source = model_bytes if model_bytes is not None else str(self.path)
+            self.session = ort.InferenceSession(source, opts, providers=for_ort)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for bad models
             raise BundleError(f"model {self.path}: ONNX Runtime cannot load it ({e})") from None
         self.providers: list[str] = list(self.session.get_providers())
@@ -110,7 +112,11 @@ class OrtSession:
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else self.output_names
-        values = self.session.run(names, dict(feeds))
+        try:
+            values = self.session.run(names, dict(feeds))
+        except Exception as e:  # noqa: BLE001 - ORT's own types: inputs the model does not take (a bundle mismatch)
+            raise BundleError(f"model {self.path}: ONNX Runtime cannot run it on these inputs "
+                              f"({str(e).strip()[:300]})") from None
         return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
 
@@ -120,8 +126,8 @@ class OrtImageBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike[str], variant: str, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
-        self.session = OrtSession(path, providers, threads)
+                 threads: int | None = None, model_bytes: bytes | None = None) -> None:
+        self.session = OrtSession(path, providers, threads, model_bytes=model_bytes)
         self.variant = variant
         self.device = self.session.providers[0]  # what the session runs on, after any silent fallback
         self.requested_device = self.device  # the provider asked for first (differs after a fallback)

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from malm._atomic import atomic_path
-from malm.errors import MalmError
+from malm.errors import BundleError, MalmError
 from malm.sdk.backends.base import EncoderOutput
 from malm.sdk.backends.ort import trt_cache_dir
+from malm.sdk.bundle_loader import Bundle
 from malm.vectors import l2_normalize
 
 INSTALL_HINT = ("backend 'tensorrt' needs NVIDIA TensorRT's Python package `tensorrt` and `cuda-python` "
@@ -157,3 +158,13 @@ class TensorRTBackend:
                 cudart.cudaFree(ptr)
             cudart.cudaStreamDestroy(stream)
         return {name: host[name] for name in outputs}
+
+
+def create(bundle: Bundle, variant: str, threads: int | None) -> TensorRTBackend:
+    """The `tensorrt` row of the backend table: the bundle's TensorRT-ready ONNX as a cached engine."""
+    import_tensorrt()  # the install hint before anything else
+    trt_entry = bundle.encoder("image_tensorrt")
+    if not trt_entry:
+        raise BundleError(f"bundle {bundle.root}: has no TensorRT-ready ONNX (export with --target tensorrt)")
+    rel = trt_entry.file
+    return TensorRTBackend(bundle.unchanged_path(rel), bundle.file_hash(rel), trt_entry.precision or "fp16")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from malm.recipe1m import SPLITS, ReadStats, Recipe, Recipe1M, iter_recipe1m, load_recipe1m
 from malm.training.data.prepare import (
     DEFAULT_MIN_FREQ,
     PreparedData,
@@ -19,7 +20,6 @@ from malm.training.data.prepare import (
     open_prepared,
     prepare,
 )
-from malm.training.data.recipe1m import SPLITS, ReadStats, Recipe, Recipe1M, iter_recipe1m, load_recipe1m
 
 __all__ = [
     "DEFAULT_MIN_FREQ", "SPLITS", "PreparedData", "ReadStats", "Recipe", "Recipe1M", "RecipeImageDataset",
@@ -30,6 +30,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("RecipeImageDataset", "RecipeTextDataset", "load_image", "train_transform"):
+        # on use only: loads torch
         from malm.training.data import dataset
 
         return getattr(dataset, name)

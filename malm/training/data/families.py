@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from malm._atomic import write_text_atomic
+from malm.training.synth.recipes import generate_recipes
 
 CACHE_FILE = "synth_families.json"
 
@@ -38,7 +39,6 @@ def _synth_family_map(data_dir: Path, cache_dir: Path, log: Any) -> dict[str, in
                 return {str(k): int(v) for k, v in stored["families"].items()}
         except (OSError, ValueError, KeyError, AttributeError, json.JSONDecodeError):
             pass  # rebuilt below
-    from malm.training.synth.recipes import generate_recipes
 
     families = {spec.id: spec.family for spec in generate_recipes(recipes, seed)}
     try:

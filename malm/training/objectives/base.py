@@ -37,7 +37,7 @@ class TaskState:
     # CPU generator for objectives' own sampling (hard negatives), seeded per rank and step by the task.
     generator: torch.Generator | None = None
     # Whole-image features when `image` is a masked pass and the task also encoded the whole image
-    # (loss.mask.full_image_triplet); None otherwise. See `whole_image`.
+    # (loss.mask.full_image_retrieval); None otherwise. See `whole_image`.
     full_image: ImageFeatures | None = None
 
 

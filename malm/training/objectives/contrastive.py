@@ -26,4 +26,4 @@ class ContrastiveRetrieval(Objective):
     def forward(self, state: TaskState) -> dict[str, Tensor]:
         gather, rank = gather_and_rank()
         loss = symmetric_infonce(state.image_emb, state.recipe_emb, self.cfg.infonce_temperature, gather, rank)
-        return {"infonce_loss": self.cfg.triplet_weight * loss}
+        return {"infonce_loss": self.cfg.retrieval_weight * loss}

@@ -27,7 +27,7 @@ class TripletObjective(Objective):
     def forward(self, state: TaskState) -> dict[str, Tensor]:
         m = self.margin(state.progress)
         loss = self.loss(state.all_image_emb, state.all_recipe_emb, margin=m)
-        return {"triplet_loss": self.cfg.triplet_weight * loss, "margin": torch.tensor(m)}
+        return {"triplet_loss": self.cfg.retrieval_weight * loss, "margin": torch.tensor(m)}
 
 
 class DynamicMarginTriplet(TripletObjective):

@@ -1,4 +1,5 @@
-"""`malm data synth OUT --recipes N --seed S`: the typer command (registered by malm/commands/data.py).
+"""`malm data synth OUT --recipes N --seed S`: the typer command (registered by malm/commands/data.py); the
+generator itself is `malm.training.synth`.
 
 Only typer at import time; the generator (numpy, Pillow) and rich load inside the command.
 """
@@ -8,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
+from malm.console import console  # light: rich loads only when it prints
+from malm.progress import progress
 
 
 def synth_command(
@@ -20,15 +24,15 @@ def synth_command(
     json_out: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
 ) -> None:
     """Generate the procedural food benchmark in the Recipe1M layout (layer1/layer2/det_ingrs + images)."""
+    # on use only: keeps Pillow, numpy out of the command line's start
     import json
     from dataclasses import asdict
 
-    from rich.console import Console
+    # on use only: keeps numpy and Pillow out of the command line's start
+    from malm.training.synth.writer import generate
 
-    from malm.progress import progress
-    from malm.training.synth import generate
 
-    err = Console(stderr=True)
+    err = console(stderr=True)  # OUT is a user path: printed as text, never as markup
     with progress("drawing photos", transient=True) as bar:
         stats = generate(out, recipes=recipes, seed=seed, image_size=image_size, workers=workers, force=force,
                          progress=lambda done, total: bar.update(completed=done, total=total))

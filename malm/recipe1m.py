@@ -29,6 +29,8 @@ from malm.errors import MalmError
 from malm.recipe_record import RecipeRecord
 
 SPLITS = ("train", "val", "test")
+# How retrieval is scored on a split (malm.evaluation): H-T's 10 random subsets, or T-Food's disjoint bags.
+PROTOCOLS = ("ht", "tfood")
 LAYER1, LAYER2, DET_INGRS = "layer1.json", "layer2.json", "det_ingrs.json"
 
 _CHUNK = 1 << 20

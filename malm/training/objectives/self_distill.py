@@ -9,18 +9,18 @@ from torch import Tensor
 from malm.errors import MalmError
 from malm.training.config import ExperimentConfig
 from malm.training.losses.self_distill import MaskedDistillLoss
-from malm.training.models.distill import EMATeacher, MaskedPredictor, gather_patches
+from malm.training.models.ema_teacher import EMATeacher, MaskedPredictor, gather_patches
 from malm.training.models.masking import PatchMask
 from malm.training.models.retrieval import RetrievalModel
 from malm.training.objectives.base import Objective, TaskState, image_tokens
 
 
-class DistillObjective(Objective):
+class SelfDistillObjective(Objective):
     teacher_ready: Tensor  # bool buffer: has the teacher copied the student yet
 
     def __init__(self, config: ExperimentConfig, model: RetrievalModel) -> None:
         super().__init__()
-        dc = config.loss.distill
+        dc = config.loss.self_distill
         img = config.model.image
         self.weight = dc.weight
         self.teacher = EMATeacher(model.image_encoder, decay=dc.ema_decay)
@@ -43,7 +43,7 @@ class DistillObjective(Objective):
     def forward(self, state: TaskState) -> dict[str, Tensor]:
         keep = state.image.keep_idx
         if keep is None:
-            raise MalmError("loss.distill needs loss.mask.enabled: nothing is masked to predict")
+            raise MalmError("loss.self_distill needs loss.mask.enabled: nothing is masked to predict")
         student = state.model.image_encoder
         if not self._ready:
             self.teacher.encoder.load_state_dict(student.state_dict())

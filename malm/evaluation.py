@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from malm.errors import MalmError
+from malm.recipe1m import PROTOCOLS  # re-exported: the protocols are scored here
 from malm.vectors import l2_normalize
 
-PROTOCOLS = ("ht", "tfood")
 DEFAULT_SIZES = (1000, 10000)
 METRICS = ("medR", "R@1", "R@5", "R@10")
 HT_SUBSETS = 10

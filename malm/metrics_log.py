@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from malm._atomic import atomic_path
 from malm.errors import MalmError
 
 REPORTERS = ("tensorboard", "csv")
@@ -66,8 +67,6 @@ class _Csv:
                 csv.writer(f).writerow(CSV_HEADER)
 
     def _rebuild(self, jsonl: Path) -> None:
-        from malm._atomic import atomic_path
-
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(CSV_HEADER)

@@ -1,6 +1,6 @@
 """docs/bundle-format.md is the bundle's specification: check it against the code that reads bundles.
 
-1. Every manifest field `malm/manifest.py` reads (and every encoder name the SDK looks up) is documented there.
+1. Every manifest field `malm/manifest.py` (and `malm/manifest_spec.py`) reads (and every encoder name the SDK looks up) is documented there.
 2. The image preprocessing written out there, reimplemented below from the page alone (numpy integer and float32
    arithmetic, Pillow only to decode the file), reproduces `malm.preprocess.preprocess` exactly on odd photos:
    EXIF-rotated, CMYK, 16-bit, alpha, palette, greyscale, bilevel, float, tiny, very long and large.

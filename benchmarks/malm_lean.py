@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.ablation import Method  # noqa: E402
-from benchmarks.compare_methods import _curves, _embed, train_one  # noqa: E402
+from benchmarks.compare_methods import _curves, train_one  # noqa: E402
 from malm._atomic import write_text_atomic  # noqa: E402
 
 # MALM with InfoNCE as malm-research runs it; no aux warm-up (main's ramp would ramp InfoNCE in too).
@@ -38,6 +38,13 @@ PROBES: dict[str, Method] = {m.name: m for m in [
     Method("lean-noitm-student e8", "malm-hybrid-tiny",
            {**LEAN, "loss.self_distill.target": "whole_image", "train.epochs": 8},
            note="ITM off, distillation target = the student's own whole-image pass (no EMA teacher pass)"),
+    Method("lean-noitm-student e12", "malm-hybrid-tiny",
+           {**LEAN, "loss.self_distill.target": "whole_image", "train.epochs": 12},
+           note="the same at H-T's epochs (equal epochs, ~1.6x its CPU)"),
+    Method("lean-noitm-student-aux0.25 e8", "malm-hybrid-tiny",
+           {**LEAN, "loss.self_distill.target": "whole_image", "loss.matching.local_weight": 0.25,
+            "loss.self_distill.weight": 0.25, "train.epochs": 8},
+           note="the lean variant with its auxiliary losses at 1/4 weight (they dominate the shared encoders' update)"),
     Method("lean-itm-student e6", "malm-hybrid-tiny",
            {**MALM, "loss.self_distill.target": "whole_image", "train.epochs": 6},
            note="ITM on, distillation target = the student's own whole-image pass"),
@@ -46,6 +53,23 @@ PROBES: dict[str, Method] = {m.name: m for m in [
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _embeddings(model: Any, ds: Any) -> tuple[Any, Any]:
+    """Global image and recipe embeddings of a split's pairs. no_grad, not inference_mode: the hybrid stem
+    memoizes on the input tensor's version counter, which inference tensors do not have."""
+    import torch
+    import torch.nn.functional as F
+
+    img, rec = [], []
+    with torch.no_grad():
+        for i in range(0, len(ds), 128):
+            items = [ds[j] for j in range(i, min(len(ds), i + 128))]
+            b = {k: torch.stack([it[k] for it in items]) for k in ("image", "title", "ingredients", "instructions")}
+            img.append(model.project_image(model.image_features(b["image"]).cls).float())
+            r = model.recipe_features(b["title"], b["ingredients"], b["instructions"])
+            rec.append(F.normalize(r.embedding.float(), dim=-1))
+    return torch.cat(img).numpy(), torch.cat(rec).numpy()
 
 
 def evaluate(run_dir: Path, data: Path) -> dict[str, Any]:
@@ -57,9 +81,9 @@ def evaluate(run_dir: Path, data: Path) -> dict[str, Any]:
     loaded = load_model(run_dir, tag="last")
     model, cfg = loaded.model.eval(), loaded.config
     prepared = prepare(data, min_freq=cfg.data.min_freq, limits=cfg.data.limits(), log=lambda _m: None)
-    test = _embed(model, RecipeImageDataset(prepared, "test", cfg.preprocess(), train=False))
-    size = min(1000, len(test["img"]))
-    m = retrieval_metrics(test["img"], test["rec"], sizes=[size], protocol="ht", seed=0)
+    img, rec = _embeddings(model, RecipeImageDataset(prepared, "test", cfg.preprocess(), train=False))
+    size = min(1000, len(img))
+    m = retrieval_metrics(img, rec, sizes=[size], protocol="ht", seed=0)
     key = next(iter(m["im2recipe"]))
     return {"size": size, "im2recipe": m["im2recipe"][key], "recipe2im": m["recipe2im"][key]}
 
@@ -78,7 +102,12 @@ def one(name: str, seed: int, data: Path, work: Path) -> dict[str, Any]:
     epochs = int(m.overrides["train.epochs"])
     run_dir = work / f"{name.replace(' ', '_')}_s{seed}"
     t0 = time.perf_counter()
-    summary = train_one(m, seed, data, run_dir, epochs)
+    done = run_dir / "train_summary.json"  # a run whose evaluation failed is evaluated again, not retrained
+    if done.exists():
+        summary = json.loads(done.read_text())
+    else:
+        summary = train_one(m, seed, data, run_dir, epochs)
+        write_text_atomic(done, json.dumps(summary, default=str) + "\n")
     c0 = time.process_time()
     test = evaluate(run_dir, data)
     res = {"probe": name, "preset": m.preset, "overrides": m.overrides, "note": m.note, "seed": seed,
@@ -87,7 +116,7 @@ def one(name: str, seed: int, data: Path, work: Path) -> dict[str, Any]:
            "cpu_s_per_step": round(summary["cpu_loop"] / max(1, summary["steps"]), 4),
            "eval_cpu_seconds": round(time.process_time() - c0, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loss_curves": _curves(run_dir),
-           "val": _val(run_dir), "test": test}  # fmt: skip
+           "cpu_note": summary.get("cpu_estimated"), "val": _val(run_dir), "test": test}  # fmt: skip
     write_text_atomic(run_dir / "result.json", json.dumps(res, indent=1) + "\n")
     _log(f"{name} seed {seed}: {summary['cpu_loop']:.0f} CPU-s, val R@1 "
          f"{res['val']['im2recipe']['R@1'] if res['val'] else float('nan'):.1f}, test R@1 {test['im2recipe']['R@1']:.1f}")
@@ -102,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", action="store_true", help="gather WORK/*/result.json into --results")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "malm_lean.json")
+    p.add_argument("--profile", type=Path, default=ROOT / "runs" / "lean" / "profile.json",
+                   help="benchmarks/malm_lean_profile.py's output, copied into --results")
     args = p.parse_args(argv)
     if args.probe:
         one(args.probe, args.seed, args.data, args.work)
@@ -109,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.machine import machine_info
 
         runs = [json.loads(f.read_text()) for f in sorted(args.work.glob("*/result.json"))]
-        write_text_atomic(args.results, json.dumps({"machine": machine_info(), "runs": runs}, indent=1) + "\n")
+        profile = json.loads(args.profile.read_text()) if args.profile.exists() else None
+        doc = {"machine": machine_info(), "profile_cpu_s_per_step": profile, "runs": runs}
+        write_text_atomic(args.results, json.dumps(doc, indent=1) + "\n")
         for r in runs:
             print(f"{r['probe']:<26} s{r['seed']} {r['data']:<24} {r['epochs']:>3} ep {r['train_cpu_seconds']:>6.1f} CPU-s "
                   f"({r['cpu_s_per_step']:.3f}/step) val R@1 {r['val']['im2recipe']['R@1']:5.1f} "

@@ -33,6 +33,8 @@ CONFIGS = {
     "- ITM decoder (global 0, no decode)": ("malm-hybrid-tiny", {**MALM, "loss.matching.global_weight": 0.0}),
     "- self-distillation": ("malm-hybrid-tiny", {**MALM, "loss.self_distill.weight": 0.0}),
     "- whole-image pass": ("malm-hybrid-tiny", {**MALM, "loss.mask.full_image_retrieval": False}),
+    "lean: ITM 0 + self-distill target whole_image": ("malm-hybrid-tiny", {
+        **MALM, "loss.matching.global_weight": 0.0, "loss.self_distill.target": "whole_image"}),
     "- matching (ITM + late)": ("malm-hybrid-tiny", {**MALM, "loss.matching.global_weight": 0.0,
                                                      "loss.matching.local_weight": 0.0}),
 }

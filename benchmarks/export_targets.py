@@ -40,7 +40,7 @@ def speed_at(run: Path, data: Path, size: int, calib_images: int, runs: int, rep
     from malm.export import onnx_export as ox
     from malm.export.context import calibration_paths
     from malm.export.distill import StudentFeatures
-    from malm.export.quantize import quantize_int8
+    from malm.export.quantize import VARIANTS, ImageCalibration, quantize_int8
     from malm.export.report import size_mb
     from malm.export.student import StudentConfig, StudentImageEncoder
     from malm.training.checkpoint import load_model
@@ -61,8 +61,8 @@ def speed_at(run: Path, data: Path, size: int, calib_images: int, runs: int, rep
         fp32, int8, cpu = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "int8_cpu.onnx"
         ox.export_image_encoder(ox.ImageEncoderForExport(enc, tokens=False), fp32, size)
         calib = calibration_paths(prepared, calib_images)
-        quantize_int8(fp32, int8, calib, pp)
-        quantize_int8(fp32, cpu, calib, pp, activations="asymmetric")
+        quantize_int8(fp32, int8, ImageCalibration(calib, pp), VARIANTS["image_int8"])
+        quantize_int8(fp32, cpu, ImageCalibration(calib, pp), VARIANTS["image_int8_cpu"])
         out: dict[str, Any] = {"image_size": size, "fp32_mb": size_mb(fp32), "int8_mb": size_mb(int8),
                                "int8_cpu_mb": size_mb(cpu)}
         for t in (1, 2):
@@ -125,7 +125,7 @@ def investigate(data: Path | None, size: int, calib_images: int, runs: int) -> d
     so this uses the ImageNet-weights student (no checkpoint needed)."""
     from malm.export import onnx_export as ox
     from malm.export.distill import StudentFeatures
-    from malm.export.quantize import quantize_int8
+    from malm.export.quantize import ImageCalibration, Int8Spec, quantize_int8
     from malm.export.report import size_mb
     from malm.export.student import StudentConfig, StudentImageEncoder
     from malm.preprocess import PreprocessConfig
@@ -149,7 +149,7 @@ def investigate(data: Path | None, size: int, calib_images: int, runs: int) -> d
         models = {"fp32": fp32}
         for name, kw in settings.items():
             models[name] = tmp / f"{name}.onnx"
-            quantize_int8(fp32, models[name], calib, pp, **kw)
+            quantize_int8(fp32, models[name], ImageCalibration(calib, pp), Int8Spec(**kw))
         out["size_mb"] = {k: round(size_mb(p), 3) for k, p in models.items()}
         out["ops_after_ort_optimization"] = {k: op_counts(p, tmp) for k, p in models.items()}
         for t in (1, 2):

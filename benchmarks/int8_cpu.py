@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import machine_info, summary_line  # noqa: E402
 
-# name -> quantize_int8 options; image_int8 / image_int8_cpu are what `malm export` ships (quantize.VARIANTS).
+# name -> Int8Spec fields; image_int8 / image_int8_cpu are what `malm export` ships (quantize.VARIANTS).
 # Speeds at 32px are a few ms and very noisy on a loaded machine; read the 224px ratios.
 CANDIDATES: dict[str, dict[str, Any]] = {
     "s8s8 (image_int8, TensorRT format)": {"activations": "symmetric"},
@@ -88,7 +88,13 @@ def measure_size(size: int, embed_dim: int, n_calib: int, n_held: int, runs: int
 
     from malm.export import onnx_export as ox
     from malm.export.distill import StudentFeatures
-    from malm.export.quantize import calibration_batches, exact_session, quantize_int8
+    from malm.export.quantize import (
+        ImageCalibration,
+        Int8Spec,
+        calibration_batches,
+        exact_session,
+        quantize_int8,
+    )
     from malm.export.student import StudentConfig, StudentImageEncoder
     from malm.preprocess import PreprocessConfig
 
@@ -104,7 +110,7 @@ def measure_size(size: int, embed_dim: int, n_calib: int, n_held: int, runs: int
     paths = {"fp32": fp32}
     for name, kw in CANDIDATES.items():
         out = tmp / f"{len(paths)}_{size}.onnx"
-        quantize_int8(fp32, out, calib, pp, **kw)
+        quantize_int8(fp32, out, ImageCalibration(calib, pp), Int8Spec(**kw))
         here = ox.run_image(ox.session(out), held)
         exact = ox.run_image(exact_session(out), held)
         c_here, c_exact = ox.cosine_rows(ref, here), ox.cosine_rows(ref, exact)

@@ -37,7 +37,7 @@ def build(root: Path, size: int, dim: int) -> Path:
     from malm.export import int8_gate
     from malm.export import onnx_export as ox
     from malm.export.distill import StudentFeatures
-    from malm.export.quantize import VARIANTS, calibration_batches, quantize_int8
+    from malm.export.quantize import VARIANTS, ImageCalibration, calibration_batches, quantize_int8
     from malm.export.student import StudentConfig, StudentImageEncoder
     from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
     from malm.preprocess import PreprocessConfig
@@ -51,8 +51,10 @@ def build(root: Path, size: int, dim: int) -> Path:
                                    src / "image_fp32.onnx", size)
     calib = photo_like(src, 32, size, seed=1)
     files = [(fp32, "encoders/image_fp32.onnx")]
-    for name, kw in VARIANTS.items():
-        quantize_int8(fp32, src / f"{name}.onnx", calib, pp, **kw)
+    for name, spec in VARIANTS.items():
+        if not name.startswith("image_"):
+            continue
+        quantize_int8(fp32, src / f"{name}.onnx", ImageCalibration(calib, pp), spec)
         files.append((src / f"{name}.onnx", f"encoders/{name}.onnx"))
     held = np.concatenate(list(calibration_batches(photo_like(src, 8, size, seed=2), pp)))
     sc = int8_gate._write_selfcheck(fp32, held, src, files)

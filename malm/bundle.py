@@ -21,7 +21,10 @@ Manifest keys (typed in malm/manifest.py, written only through BundleWriter's se
     index        {"file", "store", "space", "dim", "M", "ef_construction", "ef_search", "count", "max_elements"}
     rerank       {"dim", "kind", "weight", "candidates", "tokens", "offsets", "model", "default", "enabled",
                   "disabled_reason", "calibration"} or absent
-    selfcheck    {"inputs", "fp32_embeddings", "count", "min_cosine", "expected", "exported_on"} or absent
+    selfcheck    {"inputs", "fp32_embeddings", "count", "min_cosine", "expected", "exported_on", "inputs_dtype"} or absent
+    tokenizer    {"vocab", "rules", "max_title_tokens", "max_ingredients", "max_instructions", "max_tokens"} or absent
+    recipe_selfcheck {"title", "ingredients", "instructions", "fp32_embeddings", "count", "min_cosine", ...} or absent
+    (every key, its bounds and meaning: docs/bundle-format.md)
     student      the distilled student's record, when one was exported
     libraries    {name: version} at build time
     quality      {variant: {"im2recipe": {...}, ...}} and export report
@@ -51,8 +54,10 @@ from malm.manifest import (
     IndexSection,
     Manifest,
     PreprocessSection,
+    RecipeSelfCheckSection,
     RerankSection,
     SelfCheckSection,
+    TokenizerSection,
 )
 
 MANIFEST = "manifest.json"
@@ -360,6 +365,16 @@ class BundleWriter:
         """The int8 self-check section; its files must be added first."""
         self._require_files("self-check", [section.inputs, section.fp32_embeddings])
         self.manifest["selfcheck"] = section.to_dict()
+
+    def set_tokenizer(self, section: TokenizerSection) -> None:
+        """How recipe text becomes the recipe encoder's ids; its vocabulary must be added first."""
+        self._require_files("tokenizer", [section.vocab])
+        self.manifest["tokenizer"] = section.to_dict()
+
+    def set_recipe_selfcheck(self, section: RecipeSelfCheckSection) -> None:
+        """The recipe encoder's self-check section; its files must be added first."""
+        self._require_files("recipe self-check", section.files())
+        self.manifest["recipe_selfcheck"] = section.to_dict()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:

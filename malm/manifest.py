@@ -15,10 +15,23 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from malm.errors import BundleError
+from malm.manifest_spec import (  # noqa: F401  (re-exported: the manifest's sections in one namespace)
+    DEFAULT_MIN_COSINE,
+    FUSIONS,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MISSING_TOKENS,
+    RECIPE_INPUTS,
+    SELFCHECK_DTYPES,
+    TOKENIZER_RULES,
+    PreprocessSection,
+    RecipeSelfCheckSection,
+    TokenizerSection,
+    _selfcheck_dtype,
+)
 
 FORMAT = "malm-bundle"
 FORMAT_VERSION = 1
-DEFAULT_MIN_COSINE = 0.98
 SPACES = ("ip", "cosine", "l2")  # hnswlib spaces
 RERANK_KINDS = ("late_interaction", "matching_head")
 TOKENS_FILE = "rerank/recipe_tokens.npy"
@@ -39,8 +52,6 @@ MAX_M = 1024  # hnswlib graph degree
 MAX_EF = 100_000  # hnswlib beam widths
 MAX_ELEMENTS = 1 << 34  # recipes in one index (labels too)
 MAX_CANDIDATES = 100_000  # re-ranked candidates
-MAX_SIDE = 8192  # preprocess size / resize, in pixels
-MAX_PIXELS = 1 << 30  # preprocess.max_pixels (Pillow's own bomb limit is ~179 M)
 MAX_SELFCHECK = 100_000  # self-check reference inputs
 
 
@@ -173,6 +184,8 @@ class RerankSettings:
     offsets: str = OFFSETS_FILE
     model: str | None = None
     default: bool = False  # switched on by default only where a measurement showed a gain
+    fusion: str = "linear"  # score = (1 - weight) * global + weight * local (docs/bundle-format.md, "Re-ranking")
+    missing_tokens: str = "global"  # a recipe without token rows takes its global score as its local score
     enabled: bool = True  # False: `rerank=True` refused; extra "disabled_reason" says why, "calibration" how weight was chosen
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
 
@@ -186,6 +199,9 @@ class RerankSettings:
         _bounded("rerank", dim=self.dim, candidates=self.candidates)
         if self.kind == "matching_head" and not self.model:
             raise ValueError("rerank: kind 'matching_head' needs 'model' (the ONNX file)")
+        if self.fusion not in FUSIONS or self.missing_tokens not in MISSING_TOKENS:
+            raise ValueError(f"rerank: fusion {self.fusion!r} / missing_tokens {self.missing_tokens!r} are not "
+                             f"supported by this malm (it implements {FUSIONS} / {MISSING_TOKENS})")
 
     def files(self) -> list[str]:
         return [self.tokens, self.offsets, *([self.model] if self.model else [])]
@@ -252,46 +268,6 @@ class EncoderEntry:
 
 
 @dataclass(frozen=True)
-class PreprocessSection:
-    """The manifest's `preprocess` (malm.preprocess.PreprocessConfig.to_dict()); its values are checked by
-    PreprocessConfig itself (it needs Pillow), the types here."""
-
-    size: int = 224
-    resize: int = 256
-    crop: str = "center"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    max_pixels: int = 64_000_000
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "manifest") -> PreprocessSection:
-        d = _obj(d, where, "preprocess")
-        for key, bound in (("size", MAX_SIDE), ("resize", MAX_SIDE), ("max_pixels", MAX_PIXELS)):
-            if key in d and (not _is_int(d[key]) or not 0 < d[key] <= bound):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be an "
-                                  f"integer in [1, {bound}], got {d[key]!r})")
-        # Pixels are scaled to [0, 1] first: means far outside it, or stds near 0, overflow float32.
-        for key, lo, hi in (("mean", -1e3, 1e3), ("std", 1e-3, 1e3)):
-            if key in d and (not isinstance(d[key], list) or len(d[key]) != 3
-                             or not all(_is_num(v) and lo <= v <= hi for v in d[key])):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be 3 numbers in "
-                                  f"[{lo:g}, {hi:g}], got {str(d[key])[:80]})")
-        for key in ("crop", "interpolation"):
-            if key in d and not isinstance(d[key], str):
-                raise BundleError(f"{where}: bad preprocess config in the manifest ('{key}' must be a string)")
-        kw: dict[str, Any] = {k: (tuple(float(x) for x in d[k]) if k in ("mean", "std") else d[k])
-              for k in cls.__dataclass_fields__ if k in d and k != "extra"}
-        return cls(**kw, extra=_extra(d, cls))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return {**self.extra, **d}
-
-
-@dataclass(frozen=True)
 class EmbeddingSection:
     """The manifest's `embedding`: the space the encoders and the index share."""
 
@@ -323,6 +299,7 @@ class SelfCheckSection:
     min_cosine: float = DEFAULT_MIN_COSINE  # an encoder whose mean cosine to them is lower is not used
     expected: Mapping[str, float] = field(default_factory=dict)  # int8 variant -> its exact-math cosine at export
     exported_on: str = ""  # the exporting CPU, in words (malm.cpu.description)
+    inputs_dtype: str = "float16"  # as stored; cast (exactly) to float32 before running an encoder
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "manifest") -> SelfCheckSection:
@@ -341,11 +318,13 @@ class SelfCheckSection:
         expected = d.get("expected") or {}
         if not isinstance(expected, Mapping) or not all(map(_is_num, expected.values())):
             raise BundleError(f"{where}: selfcheck expected must map encoder names to cosines")
-        return cls(d["inputs"], d["fp32_embeddings"], count, float(mc), dict(expected), str(d.get("exported_on", "")))
+        return cls(d["inputs"], d["fp32_embeddings"], count, float(mc), dict(expected), str(d.get("exported_on", "")),
+                   _selfcheck_dtype(d, where))
 
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "fp32_embeddings": self.fp32_embeddings, "count": self.count,
-                "min_cosine": self.min_cosine, "expected": dict(self.expected), "exported_on": self.exported_on}
+                "min_cosine": self.min_cosine, "expected": dict(self.expected), "exported_on": self.exported_on,
+                "inputs_dtype": self.inputs_dtype}
 
 
 @dataclass(frozen=True)
@@ -373,6 +352,8 @@ class Manifest:
     index: IndexSection | None = None
     rerank: RerankSettings | None = None
     selfcheck: SelfCheckSection | None = None
+    tokenizer: TokenizerSection | None = None  # absent: derived (docs/bundle-format.md, "Tokenizer")
+    recipe_selfcheck: RecipeSelfCheckSection | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -410,6 +391,8 @@ class Manifest:
             index=opt("index", IndexSection.from_dict),
             rerank=opt("rerank", RerankSettings.from_manifest),
             selfcheck=opt("selfcheck", SelfCheckSection.from_dict),
+            tokenizer=opt("tokenizer", TokenizerSection.from_dict),
+            recipe_selfcheck=opt("recipe_selfcheck", RecipeSelfCheckSection.from_dict),
             extra={k: v for k, v in d.items() if k not in _TOP_KEYS},
         )
 
@@ -436,6 +419,9 @@ class Manifest:
             section = getattr(self, key)
             if section is not None:
                 d[key] = section.to_dict()
+        for key in ("tokenizer", "recipe_selfcheck"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key).to_dict()
         return d
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+ALGORITHM = "malm-preprocess-1"  # docs/bundle-format.md, "Image preprocessing"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,6 +34,16 @@ class PreprocessConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     max_pixels: int = field(default=64_000_000)  # refuse decompression bombs above this
+    # What docs/bundle-format.md specifies beyond the numbers above; the defaults are what the SDK always did, so a
+    # manifest written before these keys existed means exactly these values.
+    algorithm: str = ALGORITHM  # the named sequence of steps (decode, orient, RGB, aspect, resize, crop, normalize)
+    exif_orientation: bool = True  # apply the photo's EXIF/XMP orientation tag
+    alpha_background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited on this colour
+    max_aspect: float = 4.0  # longer/shorter side kept before resizing (see limit_aspect)
+    jpeg_draft: bool = True  # JPEGs may be decoded at 1/2, 1/4, 1/8 scale when that is exact (see draft_scale)
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    channels: str = "RGB"
 
     def __post_init__(self) -> None:
         # A manifest is untrusted input: a string or bool here would fail later and far from the cause.
@@ -50,6 +61,29 @@ class PreprocessConfig:
             raise ValueError("preprocess: mean and std need 3 values, std > 0")
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
             raise ValueError(f"preprocess: mean and std must be finite, got {self.mean} / {self.std}")
+        self._check_spec_fields()
+
+    def _check_spec_fields(self) -> None:
+        """The keys docs/bundle-format.md added: a value this malm does not implement is refused, never guessed."""
+        fixed = {"algorithm": ALGORITHM, "layout": "NCHW", "dtype": "float32", "channels": "RGB"}
+        for name, supported in fixed.items():
+            if getattr(self, name) != supported:
+                raise ValueError(f"preprocess: {name} {getattr(self, name)!r} is not supported by this malm "
+                                 f"(it implements {supported!r})")
+        for name in ("exif_orientation", "jpeg_draft"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"preprocess: {name} must be true or false, got {getattr(self, name)!r}")
+        bg = self.alpha_background
+        if len(bg) != 3 or any(type(v) is not int or not 0 <= v <= 255 for v in bg):
+            raise ValueError(f"preprocess: alpha_background must be 3 integers in 0..255, got {bg!r}")
+        if (isinstance(self.max_aspect, bool) or not isinstance(self.max_aspect, (int, float))
+                or not math.isfinite(self.max_aspect) or not 1.0 <= self.max_aspect <= 1e6):
+            raise ValueError(f"preprocess: max_aspect must be a number in [1, 1e6], got {self.max_aspect!r}")
+
+    @property
+    def draft_side(self) -> int:
+        """The shorter side a JPEG may be draft-decoded down to (0: decode in full)."""
+        return self.resize if self.jpeg_draft else 0
 
     @classmethod
     def for_size(cls, size: int, **kw: Any) -> PreprocessConfig:
@@ -59,6 +93,7 @@ class PreprocessConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["alpha_background"] = list(self.alpha_background)
         return d
 
     @classmethod
@@ -67,15 +102,19 @@ class PreprocessConfig:
         for k in ("mean", "std"):
             if k in known:
                 known[k] = tuple(float(v) for v in known[k])
+        if isinstance(known.get("alpha_background"), list):
+            known["alpha_background"] = tuple(known["alpha_background"])
         return cls(**known)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode (L, LA, RGBA, P, CMYK, I;16, …) to RGB; alpha is composited on white.
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255),
+           exif_orientation: bool = True) -> Image.Image:
+    """Any PIL mode (L, LA, RGBA, P, CMYK, I;16, …) to RGB; alpha is composited on `background` (white).
 
     EXIF orientation is applied first so a phone photo is upright.
     """
-    image = ImageOps.exif_transpose(image) or image
+    if exif_orientation:
+        image = ImageOps.exif_transpose(image) or image
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -94,8 +133,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("LA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
     return image.convert("RGB")
 
 
@@ -181,7 +219,7 @@ def normalize(rgb_uint8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """The deployment (and evaluation) transform: RGB → resize shorter side → center crop → normalize."""
-    rgb = limit_aspect(to_rgb(image))
+    rgb = limit_aspect(to_rgb(image, cfg.alpha_background, cfg.exif_orientation), cfg.max_aspect)
     rgb = resize_shorter(rgb, cfg.resize, cfg.interpolation)
     rgb = rgb.crop(center_crop_box(*rgb.size, cfg.size))
     return normalize(np.asarray(rgb, dtype=np.uint8), cfg)

@@ -133,10 +133,10 @@ SELFCHECK_PHOTOS = range(500, 508)  # held out: not the recipes' photos
 
 def quantized_image_onnx(src: Path, out: Path, variant: str) -> Path:
     """`src` really quantized (QDQ) the way `malm export` ships `variant`, calibrated on 16 photos."""
-    from malm.export.quantize import VARIANTS, quantize_int8
+    from malm.export.quantize import VARIANTS, ImageCalibration, quantize_int8
 
     calib = save_photos(out.parent / f"calib-{out.stem}", range(300, 316))
-    quantize_int8(src, out, calib, CFG, **VARIANTS[variant])
+    quantize_int8(src, out, ImageCalibration(calib, CFG), VARIANTS[variant])
     return out
 
 

@@ -65,6 +65,9 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
 
     # The CoreML package went into the same bundle as the ONNX encoders, and every shipped file is readable.
     assert any(e.get("kind") == "coreml" for e in manifest["encoders"].values())
+    # The recipe encoder ships like the image encoder (int8, TensorRT-ready, CoreML), with its self-check data.
+    assert {"recipe_fp32", "recipe_int8", "recipe_tensorrt", "recipe_coreml"} <= set(manifest["encoders"])
+    assert manifest["recipe_selfcheck"]["count"] > 0 and manifest["tokenizer"]["vocab"] == "vocab.json"
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in (out / "bundle").rglob("*") if p.name != ".lock")
 
     second = _demo(tmp_path)

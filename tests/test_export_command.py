@@ -88,7 +88,7 @@ def test_onnx_bundle_runs_in_onnx_runtime(run: dict[str, Path], onnx_bundle: dic
         assert here >= MIN_COSINE or cpu.int8_may_saturate(), f"{rel}: {here:.4f} on {cpu.description()}"
     gate = onnx_bundle["int8_gate"]
     assert gate["cpu"] == cpu.description() and not gate["accepted"] and not gate["failures"]
-    assert set(gate["variants"]) == {"image_int8", "image_int8_cpu"}
+    assert set(gate["variants"]) == {"image_int8", "image_int8_cpu", "recipe_int8"}  # recipe: malm/export/recipe.py
     assert f"measured on {cpu.description()}" in (bundle / "report.md").read_text()
     # The self-check data travels with the bundle: inputs and their fp32 embeddings, hashed like every file.
     sc = manifest["selfcheck"]

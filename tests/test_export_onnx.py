@@ -16,7 +16,15 @@ from malm.errors import MalmError
 from malm.export import onnx_export as ox
 from malm.export.distill import StudentFeatures
 from malm.export.int8_gate import MIN_COSINE
-from malm.export.quantize import VARIANTS, calibration_batches, exact_session, qdq_properties, quantize_int8
+from malm.export.quantize import (
+    VARIANTS,
+    ImageCalibration,
+    Int8Spec,
+    calibration_batches,
+    exact_session,
+    qdq_properties,
+    quantize_int8,
+)
 from malm.export.student import StudentConfig, StudentImageEncoder
 from malm.preprocess import PreprocessConfig
 
@@ -51,7 +59,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     fp32 = ox.export_image_encoder(ox.ImageEncoderForExport(enc, tokens=True), root / "image_fp32.onnx", SIZE,
                                    metadata={"model_hash": "abc", "config": '{"x": 1}'})
     int8 = root / "image_int8.onnx"
-    info = quantize_int8(fp32, int8, paths, PP)
+    info = quantize_int8(fp32, int8, ImageCalibration(paths, PP))
     return {"enc": enc, "fp32": fp32, "int8": int8, "images": images, "info": info, "paths": paths}
 
 
@@ -129,7 +137,7 @@ def test_cpu_variant_has_uint8_activations_and_symmetric_per_channel_int8_weight
     fp32, paths, images = exported["fp32"], exported["paths"], exported["images"]
     assert isinstance(fp32, Path) and isinstance(paths, list) and isinstance(images, np.ndarray)
     cpu_model = tmp_path / "image_int8_cpu.onnx"
-    info = quantize_int8(fp32, cpu_model, paths, PP, **VARIANTS["image_int8_cpu"])
+    info = quantize_int8(fp32, cpu_model, ImageCalibration(paths, PP), VARIANTS["image_int8_cpu"])
     assert info["activations"] == "uint8 asymmetric"
     props = qdq_properties(cpu_model)
     assert props["activation_zero_point_types"] == ["uint8"]
@@ -154,7 +162,7 @@ def test_cpu_variant_has_uint8_activations_and_symmetric_per_channel_int8_weight
     sym = qdq_properties(exported["int8"])  # type: ignore[arg-type]
     assert sym["activation_zero_point_types"] == ["int8"] and sym["all_zero_points_zero"]
     with pytest.raises(MalmError, match="unknown activation quantization"):
-        quantize_int8(fp32, tmp_path / "x.onnx", paths, PP, activations="int4")
+        quantize_int8(fp32, tmp_path / "x.onnx", ImageCalibration(paths, PP), Int8Spec(activations="int4"))
 
 
 def _assert_seven_bit_dense_weights(model: onnx.ModelProto, inits: dict[str, np.ndarray]) -> None:
@@ -177,14 +185,14 @@ def test_seven_bit_dense_weights_run_without_saturation(tmp_path: Path, exported
     fp32, paths, images = exported["fp32"], exported["paths"], exported["images"]
     assert isinstance(fp32, Path) and isinstance(paths, list) and isinstance(images, np.ndarray)
     q = tmp_path / "gemm7.onnx"
-    info = quantize_int8(fp32, q, paths, PP, activations="asymmetric", reduce_range="gemm")
+    info = quantize_int8(fp32, q, ImageCalibration(paths, PP), Int8Spec(activations="asymmetric", reduce_range="gemm"))
     assert "7-bit in dense layers" in info["weights"]
     model = onnx.load(str(q))
     _assert_seven_bit_dense_weights(model, {t.name: numpy_helper.to_array(t) for t in model.graph.initializer})
     agree = ox.cosine_rows(ox.run_image(ox.session(q), images), ox.run_image(exact_session(q), images))
     assert agree.mean() >= 0.999 and agree.min() >= 0.99  # fused-kernel rounding only
     with pytest.raises(MalmError, match="unknown weight quantization"):
-        quantize_int8(fp32, tmp_path / "x.onnx", paths, PP, reduce_range="some")
+        quantize_int8(fp32, tmp_path / "x.onnx", ImageCalibration(paths, PP), Int8Spec(reduce_range="some"))
 
 
 def test_unreadable_calibration_image_is_named(tmp_path: Path, exported: dict[str, object]) -> None:
@@ -193,7 +201,7 @@ def test_unreadable_calibration_image_is_named(tmp_path: Path, exported: dict[st
     fp32 = exported["fp32"]
     assert isinstance(fp32, Path)
     with pytest.raises(MalmError, match="bad.jpg"):
-        quantize_int8(fp32, tmp_path / "q.onnx", [bad], PP)
+        quantize_int8(fp32, tmp_path / "q.onnx", ImageCalibration([bad], PP))
 
 
 def test_calibration_reports_each_image(exported: dict[str, object], tmp_path: Path) -> None:
@@ -201,5 +209,5 @@ def test_calibration_reports_each_image(exported: dict[str, object], tmp_path: P
     paths = exported["paths"]
     assert isinstance(paths, list)
     seen: list[int] = []
-    quantize_int8(exported["fp32"], tmp_path / "q.onnx", paths[:5], PP, on_image=seen.append)  # type: ignore[arg-type]
+    quantize_int8(exported["fp32"], tmp_path / "q.onnx", ImageCalibration(paths[:5], PP), on_item=seen.append)  # type: ignore[arg-type]
     assert seen == [1] * 5

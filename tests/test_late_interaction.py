@@ -149,3 +149,30 @@ def test_late_score_trains_on_the_whole_image_when_the_task_encodes_it(monkeypat
         Task(cfg, vocab_size=128).train()(batch, 0.5)
     patches = (16 // 4) ** 2
     assert seen == [patches, round(patches * 0.25)]
+
+
+def test_itm_weight_zero_decodes_no_pairs_and_keeps_the_late_loss(monkeypatch) -> None:
+    """loss.matching.global_weight 0 with the late score: the cross-attention decoder is never run (its only
+    consumer, the ITM head, is off), and the late local loss is the one the objective computes on its own."""
+    calls: list[int] = []
+    original = MatchingModule.forward
+
+    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MatchingModule, "forward", spy)
+    g = torch.Generator().manual_seed(0)
+    batch = _batch(torch.randint(0, WORDS, (64,), generator=g), torch.arange(8), noise=False, g=g)
+    local = {}
+    for weight, decoded in ((1.0, 1), (0.0, 0)):
+        calls.clear()
+        cfg = load_preset("malm-tiny").with_overrides({**SMALL, "loss.matching.global_weight": weight})
+        torch.manual_seed(0)  # the same weights for both (the decoder is built either way)
+        task = Task(cfg, vocab_size=128).train()
+        task.seed_step(0)
+        losses, _ = task(batch, 0.5)
+        assert len(calls) == decoded
+        assert ("match_itm_loss" in losses) == (weight > 0)
+        local[weight] = losses["match_local_loss"].detach()
+    torch.testing.assert_close(local[0.0], local[1.0])

@@ -96,7 +96,7 @@ def obtain(ctx: Context, recipes: int) -> DeploymentBundle:
     from malm.bundle import BundleWriter
     from malm.export import onnx_export as ox
     from malm.export.distill import StudentFeatures
-    from malm.export.quantize import quantize_int8
+    from malm.export.quantize import VARIANTS, ImageCalibration, quantize_int8
     from malm.export.student import StudentConfig, StudentImageEncoder
     from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
     from malm.training.config import load_preset
@@ -129,13 +129,14 @@ def obtain(ctx: Context, recipes: int) -> DeploymentBundle:
         calib = real if len(real) >= 16 else calib
     except Exception as e:  # the tiny model build is not required for deployment-size speed
         ctx.log(f"deployment bundle: calibrating on synthetic photos ({e})")
-    qinfo = quantize_int8(fp32, int8, calib, pp)
+    qinfo = quantize_int8(fp32, int8, ImageCalibration(calib, pp), VARIANTS["image_int8"])
     info["export_s"] = round(time.perf_counter() - t0, 1)
     # The CPU variant the exporter ships beside the TensorRT-compatible one (uint8 activations), when this
     # malm's quantizer has it; and a what-if (not shipped): the same in QOperator format (see WHATIF_NOTE).
     int8_cpu = tmp / "image_int8_cpu.onnx"
     try:
-        cinfo: dict[str, Any] | None = quantize_int8(fp32, int8_cpu, calib, pp, activations="asymmetric")
+        cinfo: dict[str, Any] | None = quantize_int8(fp32, int8_cpu, ImageCalibration(calib, pp),
+                                                     VARIANTS["image_int8_cpu"])
     except TypeError:  # an older quantizer without the CPU variant
         cinfo = None
     whatif: dict[str, str] = {}

@@ -44,12 +44,13 @@ def info_command(
         verify_files(bundle, manifest)
     report = _report(bundle)
     files = manifest.get("files") or {}
-    info = {"bundle": str(bundle), "malm_version": manifest.get("malm_version"),
+    info: dict[str, Any] = {"bundle": str(bundle), "malm_version": manifest.get("malm_version"),
             "format_version": manifest.get("format_version"), "model": (manifest.get("model") or {}).get("name"),
             "embedding": manifest.get("embedding"), "preprocess": manifest.get("preprocess"),
             "eval_pairs": report.get("eval_pairs"), "variants": variant_rows(manifest, report),
             "index": index_summary(manifest), "files": len(files),
             "bytes": sum(int(f.get("bytes", 0)) for f in files.values()), "verified": verify or None}
+    info["recipe_encoders"] = _recipe_encoders(manifest)
     if json_out:
         typer.echo(json.dumps(info, indent=1, ensure_ascii=False))
         return
@@ -76,6 +77,25 @@ def info_command(
         console.print(f"index: {idx['recipes']} recipes, dim {idx['dim']}, space {idx['space']}, M {idx['M']}, "
                       f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}, "
                       f"rerank {idx['rerank'] or 'none'}")
+    if info["recipe_encoders"]:
+        console.print("recipe encoders: " + ", ".join(
+            f"{r['name']} {r['kind']} {r['precision']} {_cell(r['size_mb'], '{:.2f}')} MB"
+            + (f" (gate cosine {r['gate_cosine']:.4f})" if r["gate_cosine"] is not None else "")
+            for r in info["recipe_encoders"]), markup=False, highlight=False)
+
+
+def _recipe_encoders(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recipe encoder's variants (fp32, int8, TensorRT-ready, CoreML) with their size and int8 gate."""
+    files = manifest.get("files") or {}
+    out = []
+    for name, e in (manifest.get("encoders") or {}).items():
+        if isinstance(e, dict) and e.get("role") == "recipe":
+            size = (files.get(e.get("file")) or {}).get("bytes")
+            gate: dict[str, Any] = e["gate"] if isinstance(e.get("gate"), dict) else {}
+            out.append({"name": name, "file": e.get("file"), "kind": e.get("kind"), "precision": e.get("precision"),
+                        "size_mb": round(size / 1e6, 3) if isinstance(size, int) else None,
+                        "gate_cosine": gate.get("cosine_mean_exact")})
+    return out
 
 
 @bundle_app.command("card")

@@ -101,6 +101,7 @@ class Artifacts:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    recipe_selfcheck: Any = None  # malm.manifest.RecipeSelfCheckSection, when a target wrote its files
 
     def add(self, src: Path, rel: str, name: str, entry: dict[str, Any], row: dict[str, Any],
             variant: str | None = None) -> None:
@@ -118,6 +119,7 @@ class Artifacts:
             out.encoders.update(part.encoders)
             out.variants.update(part.variants)
             out.notes += part.notes
+            out.recipe_selfcheck = part.recipe_selfcheck or out.recipe_selfcheck
         return out
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from malm.errors import MalmError
+from malm.export.onnx_export import RecipeEncoderForExport
 from malm.preprocess import PreprocessConfig
 
 WEIGHT_MODES = ("none", "int8", "palettize6")
@@ -160,6 +161,11 @@ def inspect_spec(mlmodel: Any) -> dict[str, Any]:
         if kind == "imageType":
             inputs[i.name] = {"type": "image", "width": i.type.imageType.width, "height": i.type.imageType.height,
                               "color": {10: "GRAYSCALE", 20: "RGB", 30: "BGR"}.get(i.type.imageType.colorSpace, "?")}
+        elif kind == "multiArrayType":  # a tensor input (the recipe encoder's token ids)
+            arr = i.type.multiArrayType
+            inputs[i.name] = {"type": "multiarray", "shape": list(arr.shape),
+                              "dtype": {65552: "float16", 65568: "float32", 131104: "int32"}.get(arr.dataType,
+                                                                                            str(arr.dataType))}
         else:
             inputs[i.name] = {"type": kind}
     outputs = {}
@@ -193,3 +199,53 @@ def prediction_note() -> str:
         return "available (macOS)"
     return (f"skipped: CoreML prediction needs macOS (CoreML.framework); this is {platform.system()}, "
             "so the conversion and spec were checked instead")
+
+
+RECIPE_INPUTS = ("title", "ingredients", "instructions")
+
+
+def convert_recipe(model: nn.Module, out_path: Path, example: dict[str, np.ndarray], *,
+                   metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write the recipe encoder (`RecipeEncoderForExport`) as an fp16 mlprogram at `out_path`: int32 token ids
+    `title` [1,T], `ingredients` [1,Ni,L], `instructions` [1,Ns,L] → `embedding` [1,D].
+
+    Converted from `torch.export` (static shapes), not a TorchScript trace: the trace records the positional
+    encoding's width as a runtime int (`x.shape[2]`) and coremltools cannot invert an int. Returns the spec facts
+    and `exported_parity`: the cosine between the exported program CoreML converted and the eager model on
+    `example` (what Linux can check; prediction needs macOS).
+    """
+    module = RecipeEncoderForExport(model).eval()
+    args = tuple(torch.from_numpy(np.asarray(example[k][:1], np.int64)) for k in RECIPE_INPUTS)
+    with quiet_coremltools():
+        ct = _coremltools()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.export(module, args).run_decompositions({})
+                parity = float(torch.nn.functional.cosine_similarity(program.module()(*args), module(*args)).min())
+            with warnings.catch_warnings():
+                # The attention mask's float32 minimum becomes -inf in fp16 (what masking means); numpy warns.
+                warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                mlmodel = ct.convert(program, inputs=[ct.TensorType(name=k, dtype=np.int32) for k in RECIPE_INPUTS],
+                                     outputs=[ct.TensorType(name="embedding")], convert_to="mlprogram",
+                                     compute_precision=ct.precision.FLOAT16,
+                                     minimum_deployment_target=ct.target.iOS16)
+        except Exception as e:  # noqa: BLE001 - torch.export and coremltools raise many types; say which step
+            raise MalmError(f"CoreML conversion of the recipe encoder failed ({type(e).__name__}: {e})") from None
+        for k, v in (metadata or {}).items():
+            mlmodel.user_defined_metadata[k] = v
+        mlmodel.short_description = "malm recipe encoder: token ids → L2-normalized recipe-space embedding"
+        with tempfile.TemporaryDirectory(prefix="malm-coreml-", dir=out_path.parent) as tmp:
+            staged = Path(tmp) / out_path.name
+            mlmodel.save(str(staged))
+            if out_path.exists():
+                shutil.rmtree(out_path)
+            staged.rename(out_path)
+    if not parity >= 0.9999:
+        raise MalmError(f"CoreML conversion of the recipe encoder: the exported program differs from the model "
+                        f"(min cosine {parity:.6f} < 0.9999)")
+    info = inspect_spec(mlmodel)
+    info["exported_parity"] = round(parity, 6)
+    info["prediction"] = prediction_note()
+    return info

@@ -26,7 +26,7 @@ from malm.export.context import Artifacts, ExportContext, Log, Progress, no_prog
 from malm.export.matching_head import head_source
 from malm.export.registry import TARGETS, ExportOptions, require
 from malm.export.report import to_markdown
-from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection
+from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection, TokenizerSection
 from malm.model_card import refresh_model_card
 from malm.preprocess import PreprocessConfig
 
@@ -76,6 +76,8 @@ def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = 
         report = _report(ctx, artifacts)
         if gate:
             report["int8_gate"] = gate
+            if "recipe_int8" in artifacts.variants:  # gated in malm/export/recipe.py, listed with the image ones
+                gate["variants"]["recipe_int8"] = artifacts.variants["recipe_int8"]["gate"]
         write_bundle(req.bundle, ctx, artifacts, report, selfcheck)
     if opts.tokens and "matching_head" in artifacts.encoders:
         # Calibrate the fusion weight through the bundle just written (its ONNX files, its index).
@@ -117,6 +119,11 @@ def write_bundle(bundle: Path, ctx: ExportContext, artifacts: Artifacts, report:
             bw.set_encoder(name, EncoderEntry.from_dict(entry, f"export into {bundle}", name))
         if selfcheck:
             bw.set_selfcheck(selfcheck)
+        if artifacts.recipe_selfcheck:
+            bw.set_recipe_selfcheck(artifacts.recipe_selfcheck)
+        if vocab.is_file() and any(e.get("role") == "recipe" for e in artifacts.encoders.values()):
+            # The text limits the recipe encoders were exported with, stated (docs/bundle-format.md, "Tokenizer").
+            bw.set_tokenizer(TokenizerSection(**config.data.limits().to_dict()))
         bw.add_quality(report["variants"])
         merged = merge_report(bw.root, report, teacher.sha256)
         bw.write_json("report.json", merged)

@@ -142,4 +142,4 @@ def _write_selfcheck(fp32: Path, images: np.ndarray, tmp: Path, files: list[tupl
         files.append((path, f"{SELFCHECK_DIR}/{name}"))
         out[name] = f"{SELFCHECK_DIR}/{name}"
     return SelfCheckSection(out["inputs.npy"], out["fp32_embeddings.npy"], int(len(x)), MIN_COSINE, {},
-                            cpu.description())
+                            cpu.description(), inputs_dtype=str(x.dtype))

@@ -1,4 +1,4 @@
-"""Static int8 quantization of an image encoder with ONNX Runtime: QDQ, per-channel, symmetric.
+"""Static int8 quantization of the image and recipe encoders with ONNX Runtime: QDQ, per-channel, symmetric.
 
 Symmetric int8 for activations *and* weights (every zero point 0) is what TensorRT's explicit
 quantization requires, so one QDQ model serves ONNX Runtime on CPU and TensorRT on a Jetson.
@@ -9,9 +9,10 @@ activation ranges are the ones the device will see.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,23 +38,65 @@ def calibration_batches(image_paths: Sequence[Path], cfg: PreprocessConfig, batc
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over preprocessed image batches (one image per call keeps the
-    calibration model's batch dim trivially compatible with static-shape exports)."""
+    """onnxruntime CalibrationDataReader over one calibration item per call (batch 1 keeps the calibration model's
+    batch dim trivially compatible with static-shape exports)."""
 
-    def __init__(self, image_paths: Sequence[Path], cfg: PreprocessConfig, input_name: str,
-                 on_image: Callable[[int], None] | None = None) -> None:
-        self._it = (x[j:j + 1] for x in calibration_batches(image_paths, cfg) for j in range(len(x)))
-        self.input_name = input_name
-        self._on_image = on_image
+    def __init__(self, feeds: Iterator[dict[str, np.ndarray]], on_item: Callable[[int], None] | None = None) -> None:
+        self._it = feeds
+        self._on_item = on_item
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self._it, None)
-        if x is not None and self._on_image is not None:
-            self._on_image(1)
-        return None if x is None else {self.input_name: x}
+        if x is not None and self._on_item is not None:
+            self._on_item(1)
+        return x
 
     def rewind(self) -> None:  # pragma: no cover - only some calibrators call it
         raise MalmError("calibration reader cannot rewind")
+
+
+class Calibration(Protocol):
+    """What calibrates an int8 model: `count` items of `what` ("images", "recipes"), fed one at a time."""
+
+    @property
+    def what(self) -> str: ...
+
+    @property
+    def count(self) -> int: ...
+
+    def feeds(self) -> Iterator[dict[str, np.ndarray]]: ...
+
+
+@dataclass(frozen=True)
+class ImageCalibration:
+    """Photos through the deployment preprocessing: the activation ranges the device will see (input `image`)."""
+
+    paths: Sequence[Path]
+    cfg: PreprocessConfig
+    what: str = "images"
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+    def feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        return ({"image": x[j:j + 1]} for x in calibration_batches(self.paths, self.cfg) for j in range(len(x)))
+
+
+@dataclass(frozen=True)
+class RecipeCalibration:
+    """Recipes as the recipe encoder reads them: token id arrays `title` [N,T], `ingredients` [N,Ni,L],
+    `instructions` [N,Ns,L] (malm.text.encode_recipe), fed as int64."""
+
+    arrays: Mapping[str, np.ndarray]
+    what: str = "recipes"
+
+    @property
+    def count(self) -> int:
+        return len(self.arrays["title"]) if "title" in self.arrays else 0
+
+    def feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        return ({k: np.asarray(v[i:i + 1], np.int64) for k, v in self.arrays.items()} for i in range(self.count))
 
 
 def input_affine_nodes(model_path: Path) -> list[str]:
@@ -123,30 +166,12 @@ SCOPES = ("all", "linear")
 ACTIVATIONS = ("symmetric", "asymmetric")
 WEIGHTS = ("int8", "uint8")
 REDUCE_RANGE = (False, True, "gemm")
-
-# The exported int8 variants (bundle name -> quantize_int8 options), measured on an AVX2-only x86 CPU with
-# benchmarks/int8_cpu.py (results in benchmarks/results/int8-cpu.{json,md}):
-# * image_int8: what TensorRT's explicit quantization needs (int8 activations and weights, every zero point 0).
-# * image_int8_cpu: uint8 activations, so every conv becomes a QLinearConv (~1.4-1.9x fp32 on x86).
-# Both keep 8-bit weights. Their exact QDQ math (TensorRT; x86 with VNNI; ARM) is within the export gate
-# (malm/export/int8_gate.py). On x86 *without* VNNI ONNX Runtime's U8S8 kernel (VPMADDUBSW) sums u8*s8
-# pairs in 16 bits and saturates: measured cosine to fp32 0.52-0.80 at 224px. No int8 form is both right
-# and fast there: 7-bit weights (reduce_range, or "gemm") stop the saturation but cost accuracy (0.95-0.96),
-# uint8 weights (U8U8) are right (0.986) but 3.6x slower than fp32. So on such a CPU the SDK's self-check
-# (malm/sdk/selfcheck.py) sees the disagreement and runs fp32, saying so.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "image_int8": {"activations": "symmetric"},
-    "image_int8_cpu": {"activations": "asymmetric"},
-}
+METHODS = ("minmax", "percentile", "entropy")
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path], cfg: PreprocessConfig, *,
-                  method: str = "minmax", exclude_ops: Sequence[str] = (),
-                  activations: str = "symmetric", weights: str = "int8", per_channel: bool = True,
-                  reduce_range: bool | str = False, pre_process: bool = True, scope: str = "all",
-                  on_image: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Write the QDQ int8 model; returns what was done (for the manifest). `on_image(1)` after each
-    calibration image (a progress bar).
+@dataclass(frozen=True)
+class Int8Spec:
+    """How one int8 variant is quantized (QDQ). `VARIANTS` names the ones `malm export` ships.
 
     activations="symmetric": int8 activations with zero point 0 (TensorRT's explicit quantization).
     activations="asymmetric": uint8 activations with a calibrated zero point (the x86 CPU variant). x86 ONNX
@@ -157,60 +182,104 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: Sequence[Path],
     path, kept for benchmarks/int8_cpu.py). `reduce_range`: True = 7-bit weights everywhere, "gemm" = 7-bit
     weights only where x86 ORT's U8S8 GEMM would saturate without VNNI (see `gemm_weights`). `per_channel`
     and `pre_process` (ORT's shape inference + graph optimization first) exist for the investigations in
-    benchmarks/; the exported models use `VARIANTS`. `scope="linear"` quantizes only the MatMul / Gemm layers
-    with constant weights (`non_linear_nodes`: a hybrid tower's convolutional stem stays float).
+    benchmarks/. `scope="linear"` quantizes only the MatMul / Gemm layers with constant weights
+    (`non_linear_nodes`: a hybrid tower's convolutional stem stays float).
     """
-    if scope not in SCOPES:
-        raise MalmError(f"unknown quantization scope {scope!r}; one of {SCOPES}")
-    if activations not in ACTIVATIONS:
-        raise MalmError(f"unknown activation quantization {activations!r}; one of {ACTIVATIONS}")
-    if weights not in WEIGHTS or reduce_range not in REDUCE_RANGE:
-        raise MalmError(f"unknown weight quantization {weights!r}/reduce_range={reduce_range!r}; "
-                        f"one of {WEIGHTS} / {REDUCE_RANGE}")
-    symmetric = activations == "symmetric"
+
+    activations: str = "symmetric"
+    weights: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool | str = False
+    method: str = "minmax"  # calibration: minmax | percentile | entropy
+    scope: str = "all"
+    pre_process: bool = True
+    exclude_ops: tuple[str, ...] = ()  # node names left in float
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise MalmError(f"unknown quantization scope {self.scope!r}; one of {SCOPES}")
+        if self.activations not in ACTIVATIONS:
+            raise MalmError(f"unknown activation quantization {self.activations!r}; one of {ACTIVATIONS}")
+        if self.weights not in WEIGHTS or self.reduce_range not in REDUCE_RANGE:
+            raise MalmError(f"unknown weight quantization {self.weights!r}/reduce_range={self.reduce_range!r}; "
+                            f"one of {WEIGHTS} / {REDUCE_RANGE}")
+        if self.method not in METHODS:
+            raise MalmError(f"unknown calibration method {self.method!r}; one of {sorted(METHODS)}")
+
+    @property
+    def symmetric(self) -> bool:
+        return self.activations == "symmetric"
+
+    def describe(self, calibration: Calibration) -> dict[str, Any]:
+        """What was done, for the manifest's `quantization`."""
+        reduced = {False: "", True: ", 7-bit", "gemm": ", 7-bit in dense layers"}[self.reduce_range]
+        return {"format": "QDQ", "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
+                "weights": f"{self.weights} symmetric per-channel{reduced}",
+                f"calibration_{calibration.what}": calibration.count, "calibration_method": self.method,
+                **({"scope": "linear layers only (MatMul/Gemm with constant weights; the rest stays float)"}
+                   if self.scope == "linear" else {})}
+
+
+# The exported int8 variants (bundle name -> how), image ones measured on an AVX2-only x86 CPU with
+# benchmarks/int8_cpu.py (results in benchmarks/results/int8-cpu.{json,md}):
+# * image_int8: what TensorRT's explicit quantization needs (int8 activations and weights, every zero point 0).
+# * image_int8_cpu: uint8 activations, so every conv becomes a QLinearConv (~1.4-1.9x fp32 on x86).
+# Both keep 8-bit weights. Their exact QDQ math (TensorRT; x86 with VNNI; ARM) is within the export gate
+# (malm/export/int8_gate.py). On x86 *without* VNNI ONNX Runtime's U8S8 kernel (VPMADDUBSW) sums u8*s8
+# pairs in 16 bits and saturates: measured cosine to fp32 0.52-0.80 at 224px. No int8 form is both right
+# and fast there: 7-bit weights (reduce_range, or "gemm") stop the saturation but cost accuracy (0.95-0.96),
+# uint8 weights (U8U8) are right (0.986) but 3.6x slower than fp32. So on such a CPU the SDK's self-check
+# (malm/sdk/selfcheck.py) sees the disagreement and runs fp32, saying so.
+# * recipe_int8: the recipe encoder's linear layers (symmetric, TensorRT-ready); embeddings, attention products,
+#   layer norms and softmax stay float (malm/export/recipe.py measures it against the gate).
+VARIANTS: dict[str, Int8Spec] = {
+    "image_int8": Int8Spec(activations="symmetric"),
+    "image_int8_cpu": Int8Spec(activations="asymmetric"),
+    "recipe_int8": Int8Spec(activations="symmetric", scope="linear"),
+}
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: Calibration, spec: Int8Spec = Int8Spec(),
+                  on_item: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Write the QDQ int8 model of `fp32_path` as `spec` says, calibrated on `calibration`; returns what was done
+    (for the manifest). `on_item(1)` after each calibration item (a progress bar)."""
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise MalmError("int8 quantization needs onnxruntime: pip install onnxruntime") from None
-    if len(calib_images) < QUANT_MIN_CALIB:
-        raise MalmError("int8 quantization needs calibration images; none were found in the training split")
+    if calibration.count < QUANT_MIN_CALIB:
+        raise MalmError(f"int8 quantization needs calibration {calibration.what}; none were found in the training "
+                        "split")
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    if method not in methods:
-        raise MalmError(f"unknown calibration method {method!r}; one of {sorted(methods)}")
     with tempfile.TemporaryDirectory(prefix="malm-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         # Shape inference + graph optimization first, as ORT recommends: fused Conv+BN etc. get one scale.
-        if pre_process:
+        if spec.pre_process:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         else:
             pre.write_bytes(Path(fp32_path).read_bytes())
-        exclude = [*exclude_ops, *input_affine_nodes(pre), *(non_linear_nodes(pre) if scope == "linear" else [])]
+        exclude = [*spec.exclude_ops, *input_affine_nodes(pre),
+                   *(non_linear_nodes(pre) if spec.scope == "linear" else [])]
         overrides: dict[str, Any] = {}
-        if reduce_range == "gemm":
+        if spec.reduce_range == "gemm":
             # Per tensor, with the per-channel axis given: an override without "axis" means per-tensor.
             overrides = {w: [{"axis": ax, "reduce_range": True}] for w, ax in gemm_weights(pre).items()}
         with atomic_path(out_path) as out_tmp:
             quantize_static(
-                str(pre), str(out_tmp), _Reader(calib_images, cfg, "image", on_image),
+                str(pre), str(out_tmp), _Reader(calibration.feeds(), on_item),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
-                per_channel=per_channel,
-                reduce_range=reduce_range is True,  # "gemm" goes through the overrides
-                calibrate_method=methods[method],
+                activation_type=QuantType.QInt8 if spec.symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8 if spec.weights == "int8" else QuantType.QUInt8,
+                per_channel=spec.per_channel,
+                reduce_range=spec.reduce_range is True,  # "gemm" goes through the overrides
+                calibrate_method=methods[spec.method],
                 nodes_to_exclude=exclude,
-                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                extra_options={"ActivationSymmetric": spec.symmetric, "WeightSymmetric": True,
                                **({"TensorQuantOverrides": overrides} if overrides else {})},
             )
-    return {"format": "QDQ", "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-            "weights": f"{weights} symmetric per-channel" + {False: "", True: ", 7-bit",
-                                                              "gemm": ", 7-bit in dense layers"}[reduce_range],
-            "calibration_images": len(calib_images),
-            "calibration_method": method,
-            **({"scope": "linear layers only (MatMul/Gemm with constant weights; convolutions stay float)"}
-               if scope == "linear" else {})}
+    return spec.describe(calibration)
 
 
 def exact_session(path: Path, threads: int = 1) -> Any:

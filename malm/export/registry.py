@@ -43,7 +43,8 @@ TARGETS: dict[str, Target] = {
         "onnx", "ONNX image (+ recipe) encoder, dynamic batch, opset 17; --int8 adds QDQ int8 models (TensorRT-ready "
         "symmetric, and a uint8-activation CPU one); --tokens adds the matching head",
         ("encoders/image_fp32.onnx", "encoders/image_int8.onnx", "encoders/image_int8_cpu.onnx",
-         "encoders/recipe_fp32.onnx", "rerank/matching_head.onnx"),
+         "encoders/recipe_fp32.onnx", "rerank/matching_head.onnx", "encoders/recipe_int8.onnx",
+         "tensorrt/recipe_static.onnx"),
         frozenset({"int8", "calib_images", "recipe_encoder", "tokens"}),
         (("onnx", "onnx>=1.16"), ("onnxruntime", "onnxruntime>=1.17")),
         "onnx",
@@ -57,8 +58,8 @@ TARGETS: dict[str, Target] = {
     ),
     "coreml": Target(
         "coreml", "CoreML mlprogram (fp16, image input, normalization folded in); --weights compresses",
-        ("encoders/image.mlpackage",),
-        frozenset({"weights"}),
+        ("encoders/image.mlpackage", "encoders/recipe.mlpackage"),
+        frozenset({"weights", "recipe_encoder"}),
         (("coremltools", "coremltools>=8"),),
         "coreml",
     ),
@@ -156,7 +157,7 @@ class ExportOptions:
 
     @property
     def with_recipe_encoder(self) -> bool:
-        return self.target == "onnx" and self.recipe_encoder is not False
+        return self.target in ("onnx", "coreml") and self.recipe_encoder is not False
 
     @property
     def num_eval_images(self) -> int:

@@ -246,7 +246,7 @@ class Retriever:
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
         """L2-normalized embeddings [N, D] of decoded images (raises `ImageError` on the first bad one)."""
         cfg = self._open_snapshot().bundle.preprocess
-        batch = np.stack([preprocess(load_image(im, cfg.max_pixels, cfg.resize), cfg) for im in images])
+        batch = np.stack([preprocess(load_image(im, cfg.max_pixels, cfg.draft_side), cfg) for im in images])
         return self._backend.encode(batch).embedding
 
     def search(self, image: ImageInput, k: int = 10, rerank: bool = False,
@@ -277,7 +277,7 @@ class Retriever:
             part: list[list[Hit] | MalmError] = [[] for _ in chunk]
             for i, im in enumerate(chunk):
                 try:
-                    pixels.append(preprocess(load_image(im, cfg.max_pixels, cfg.resize), cfg))
+                    pixels.append(preprocess(load_image(im, cfg.max_pixels, cfg.draft_side), cfg))
                     slots.append(i)
                 except MalmError as e:
                     part[i] = e

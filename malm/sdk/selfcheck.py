@@ -100,10 +100,14 @@ def recall(bundle: Bundle, t: Target) -> SelfCheck | None:
 def measure(bundle: Bundle, sc: SelfCheckSection, backend: ImageBackend) -> float:
     """Mean cosine of `backend`'s embeddings of the reference inputs to their fp32 embeddings."""
     try:
-        x = np.load(io.BytesIO(bundle.read_bytes(sc.inputs)), allow_pickle=False).astype(np.float32)
+        stored = np.load(io.BytesIO(bundle.read_bytes(sc.inputs)), allow_pickle=False)
         ref = np.load(io.BytesIO(bundle.read_bytes(sc.fp32_embeddings)), allow_pickle=False).astype(np.float32)
     except (OSError, ValueError) as e:
         raise BundleError(f"bundle {bundle.root}: self-check data cannot be read ({e})") from None
+    if stored.dtype != np.dtype(sc.inputs_dtype):
+        raise BundleError(f"bundle {bundle.root}: self-check inputs {sc.inputs} are {stored.dtype}, the manifest "
+                          f"says {sc.inputs_dtype}")
+    x = stored.astype(np.float32)  # float16 -> float32 is exact: the reference embeddings saw these values
     if x.ndim != 4 or ref.ndim != 2 or len(x) != len(ref) or ref.shape[1] != bundle.dim:
         raise BundleError(f"bundle {bundle.root}: self-check inputs {x.shape} / embeddings {ref.shape} do not "
                           f"fit an encoder of dim {bundle.dim}")

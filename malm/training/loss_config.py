@@ -55,6 +55,7 @@ class CrossDecoderConfig:
 MATCHING_MODES = ("itm", "paper")
 LOCAL_SCORES = ("decoder", "late")
 TRIPLET_REDUCTIONS = ("all", "violating")
+SELF_DISTILL_TARGETS = ("ema", "whole_image")
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,15 @@ class SelfDistillConfig:
     weight: float = 0.0  # weight of the Smooth-L1 on masked patch features (needs loss.mask); 0 = off
     ema_decay: float = 0.999  # teacher <- decay * teacher + (1 - decay) * student after each step
     predictor_layers: int = 2  # transformer layers predicting the teacher's masked-patch features
+    # Whose whole-image features are predicted: "ema" (MALM's EMA teacher, one more encoder pass per step) or
+    # "whole_image" (the student's own whole-image pass, stop-gradient, shared with the retrieval embedding:
+    # no teacher pass and no EMA update; needs loss.mask.full_image_retrieval). CPU, see malm_lean.md.
+    target: str = "ema"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.ema_decay <= 1.0, "loss.self_distill.ema_decay must be in [0, 1]")
+        _check(self.target in SELF_DISTILL_TARGETS,
+               f"loss.self_distill.target must be one of {SELF_DISTILL_TARGETS}, got {self.target!r}")
         _check(self.weight >= 0 and self.predictor_layers >= 1, "loss.self_distill: bad weight or predictor_layers")
 
     @property
@@ -170,6 +177,10 @@ class LossConfig:
         _check(self.triplet_reduction in TRIPLET_REDUCTIONS,
                f"loss.triplet_reduction must be one of {TRIPLET_REDUCTIONS}, got {self.triplet_reduction!r}")
         _check(self.aux_warmup_epochs >= 0, "loss.aux_warmup_epochs must be >= 0")
+        _check(not self.self_distill.enabled or self.self_distill.target != "whole_image"
+               or (self.mask.enabled and self.mask.full_image_retrieval),
+               "loss.self_distill.target 'whole_image' needs loss.mask.enabled and loss.mask.full_image_retrieval "
+               "(the whole-image pass it predicts)")
 
     def aux_ramp(self, epoch: float) -> float:
         """The auxiliary losses' weight factor at `epoch` (fractional epochs done): linear from 0 to 1."""

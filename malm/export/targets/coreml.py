@@ -3,6 +3,7 @@
     encoders/image.mlpackage        fp16
     encoders/image_w8.mlpackage     --weights int8 (linear, symmetric)
     encoders/image_p6.mlpackage     --weights palettize6 (6-bit k-means)
+    encoders/recipe.mlpackage       the recipe encoder (fp16, int32 token ids), unless --no-recipe-encoder
 
 Prediction needs macOS; on Linux the models are converted, saved and their spec inspected.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from malm.export import recipe
 from malm.export.context import Artifacts, ExportContext
 from malm.export.report import size_mb
 
@@ -40,4 +42,6 @@ def build(ctx: ExportContext) -> Artifacts:
                  "spec": {k: info[k] for k in ("spec_version", "model_type", "fp16_compute", "compression_ops")}}
         out.add(path, rel, name, entry, {"size_mb": round(size_mb(path), 3), "note": info["prediction"]})
     out.notes.append(coreml.prediction_note())
+    if ctx.options.with_recipe_encoder:  # the recipe encoder ships like the image encoder (malm/export/recipe.py)
+        return Artifacts.join(out, recipe.coreml_variant(ctx))
     return out

@@ -5,19 +5,22 @@
     encoders/image_int8_cpu.onnx    --int8: uint8 activations (what x86 ONNX Runtime runs fast)
     rerank/matching_head.onnx       --tokens, when the run trained a matching head
     encoders/recipe_fp32.onnx       unless --no-recipe-encoder
+    encoders/recipe_int8.onnx       --int8 (and tensorrt/recipe_static.onnx, selfcheck/recipe_*.npy): recipe.py
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from malm.errors import MalmError
 from malm.export import matching_head as mh
+from malm.export import recipe
 from malm.export.context import Artifacts, ExportContext
-from malm.export.quantize import VARIANTS, qdq_properties, quantize_int8
+from malm.export.quantize import VARIANTS, ImageCalibration, qdq_properties, quantize_int8
 
 FP32 = "encoders/image_fp32.onnx"
 INT8 = "encoders/image_int8.onnx"
@@ -84,8 +87,8 @@ def _image_int8(ctx: ExportContext, emb32: np.ndarray, r32: dict[str, Any]) -> A
         path = ctx.tmp / filename
         ctx.log(message.format(n=len(calib)))
         with ctx.progress(f"calibrating {filename}", len(calib)) as advance:
-            info = quantize_int8(fp32, path, calib, ctx.student.preprocess, **VARIANTS[name], scope=scope,
-                                 on_image=advance)
+            info = quantize_int8(fp32, path, ImageCalibration(calib, ctx.student.preprocess),
+                                 replace(VARIANTS[name], scope=scope), on_item=advance)
         ox.set_metadata(path, ctx.meta_for(role="image", precision="int8", **extra))
         emb8 = ox.run_image(ox.session(path, threads=2), ctx.data.eval_images)
         row = ctx.quality(emb8, path)
@@ -159,4 +162,6 @@ def _recipe_encoder(ctx: ExportContext) -> Artifacts:
                            parity_min_cosine=worst)
     out.add(path, RECIPE, "recipe_fp32", entry, {"size_mb": round(path.stat().st_size / 1e6, 3),
                                                  "parity_min_cosine": worst})
+    if opts.int8:  # the recipe encoder ships like the image encoder (malm/export/recipe.py)
+        return Artifacts.join(out, recipe.int8_variants(ctx, path))
     return out

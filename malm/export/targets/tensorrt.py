@@ -10,7 +10,7 @@ from typing import Any
 from malm.bundle import sha256_path
 from malm.export import tensorrt as trt_mod
 from malm.export.context import Artifacts, ExportContext
-from malm.export.quantize import qdq_properties, quantize_int8
+from malm.export.quantize import VARIANTS, ImageCalibration, qdq_properties, quantize_int8
 
 
 def build(ctx: ExportContext) -> Artifacts:
@@ -35,7 +35,8 @@ def build(ctx: ExportContext) -> Artifacts:
         ctx.log(f"int8: calibrating on {len(calib)} training images (QDQ, symmetric, per-channel: TensorRT "
                 "explicit quantization)")
         with ctx.progress("calibrating image_static.onnx", len(calib)) as advance:
-            info = quantize_int8(static, path, calib, ctx.student.preprocess, on_image=advance)
+            info = quantize_int8(static, path, ImageCalibration(calib, ctx.student.preprocess), VARIANTS["image_int8"],
+                                 on_item=advance)
         extra["quantization"] = {**info, **qdq_properties(path)}
         ox.set_metadata(path, ctx.meta_for(role="image", precision="int8", target="tensorrt"))
     file_hash, _ = sha256_path(path)

@@ -29,6 +29,9 @@ class ItmMatching(Objective):
         self.pair_loss = PairMatchingLoss(mc.temperature)
 
     def forward(self, state: TaskState) -> dict[str, Tensor]:
+        if self.global_weight == 0 and self.local_weight > 0 and self.matching.late is not None:
+            # Weight 0 = off: the late score needs no decoded pairs, so none are decoded (3B decoder passes).
+            return self.late_local(state)
         r = state.recipe
         tokens = image_tokens(state)
         b = tokens.shape[0]

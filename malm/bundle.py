@@ -19,7 +19,8 @@ Manifest keys (typed in malm/manifest.py, written only through BundleWriter's se
     encoders     {name: {"file": relpath, "kind": "onnx"|"coreml"|"tensorrt-onnx", "role": "image"|"recipe"|"rerank",
                          "precision": "fp32"|"int8"|"fp16"|..., "quality": {...}, ...}}
     index        {"file", "store", "space", "dim", "M", "ef_construction", "ef_search", "count", "max_elements"}
-    rerank       {"dim", "kind", "weight", "candidates", "tokens", "offsets", "model", "default"} or absent
+    rerank       {"dim", "kind", "weight", "candidates", "tokens", "offsets", "model", "default", "enabled",
+                  "disabled_reason", "calibration"} or absent
     selfcheck    {"inputs", "fp32_embeddings", "count", "min_cosine", "expected", "exported_on", "inputs_dtype"} or absent
     tokenizer    {"vocab", "rules", "max_title_tokens", "max_ingredients", "max_instructions", "max_tokens"} or absent
     recipe_selfcheck {"title", "ingredients", "instructions", "fp32_embeddings", "count", "min_cosine", ...} or absent

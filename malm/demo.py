@@ -2,11 +2,13 @@
 
     malm demo --out runs/demo
 
-generate the procedural benchmark → train `ht-infonce-hybrid-tiny` (frozen ImageNet EfficientNet-Lite0 stem + tiny
-ViT, H-T's recipe transformer, CLIP's InfoNCE)
+generate the procedural benchmark → train `malm-hybrid-tiny` (frozen ImageNet EfficientNet-Lite0 stem + tiny
+ViT, H-T's recipe transformer, MALM's masking, EMA self-distillation and local matching head)
 → evaluate (Recipe1M protocol) → export the image encoder as int8 ONNX (and CoreML) into a bundle (the
-EfficientNet-Lite0 student distilled from the teacher, or with --student none the teacher itself) → index
-the recipes → query held-out test photos → summary.json and report.html (`malm.demo_report`). Each step
+teacher's own tower, or with --student efficientnet-lite0 a distilled student), with the matching head; the
+export indexes the recipes and chooses the re-ranking weight on validation photos through the bundle → query
+held-out test photos through the SDK with and without re-ranking → summary.json and report.html
+(`malm.demo_report`). Each step
 runs the real `malm` command in a subprocess (so the demo shows exactly what a user would type) and is skipped when its output is already complete, so a rerun reuses what is done
 and a killed demo picks up where it stopped.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -34,13 +37,13 @@ class DemoConfig:
     out: Path
     recipes: int = 3000  # benchmark size: ~350 test pairs
     seed: int = 0
-    # Frozen ImageNet EfficientNet-Lite0 stem + tiny ViT, trained with InfoNCE: the best measured in budget
-    # (docs/ablation.md); its stem runs once per photo (train.stem_cache), and the student reuses it.
-    preset: str = "ht-infonce-hybrid-tiny"
+    # Frozen ImageNet EfficientNet-Lite0 stem + tiny ViT with MALM's objectives (docs/method.md); its stem runs
+    # once per photo (train.stem_cache). Its matching head re-ranks on the device (calibrated at export).
+    preset: str = "malm-hybrid-tiny"
     epochs: int | None = None  # None: the preset's own
     distill_epochs: int = 2  # with --student efficientnet-lite0
     coreml: bool = True
-    queries: int = 5  # held-out test photos shown with their top 5
+    queries: int = 5  # held-out test photos shown with their top 5 (a seeded random sample, `seed`)
     eval_size: int = 500  # validation pairs during training (all of them when fewer)
     # The exported image encoder: "none" ships the teacher's own hybrid tower (2.8 MB fp32; int8 with its
     # transformer's linear layers quantized and the stem in float), which keeps the teacher's accuracy and
@@ -200,51 +203,86 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _test_photos(data: Path, n: int | None) -> list[tuple[Path, str, str]]:
-    """The first `n` (None: all) test recipes that have a photo: (photo, recipe id, title)."""
-    picked = []
-    for recipe in load_recipe1m(data).recipes:
-        if recipe.partition == "test" and recipe.image_paths:
-            picked.append((Path(recipe.image_paths[0]), recipe.id, recipe.title))
-            if len(picked) == n:
-                break
-    return picked
+def _test_photos(data: Path) -> list[tuple[Path, str, str]]:
+    """Every test recipe that has a photo: (its first photo, recipe id, title), in the data's order."""
+    return [(Path(r.image_paths[0]), r.id, r.title) for r in load_recipe1m(data).recipes
+            if r.partition == "test" and r.image_paths]
 
 
-def _search_whole_index(retriever: Any, data: Path) -> dict[str, Any]:
-    """Every test photo searched through the SDK against the bundle's whole index (train, val and test recipes:
-    what a user's query meets), unlike the Recipe1M protocol, which ranks among the test pairs only."""
-    ranks = []
-    for photo, true_id, _ in _test_photos(data, None):
-        ids = [h.recipe_id for h in retriever.search(photo, k=5)]
-        ranks.append(ids.index(true_id) + 1 if true_id in ids else None)
-    n = max(len(ranks), 1)
-    return {"photos": len(ranks), "candidates": retriever.info().get("recipes"),
-            "top1_percent": round(100 * sum(r == 1 for r in ranks) / n, 1),
-            "top5_percent": round(100 * sum(r is not None for r in ranks) / n, 1)}
+def shown_photos(everything: list[tuple[Path, str, str]], n: int, seed: int) -> list[tuple[Path, str, str]]:
+    """The photos the report shows: a seeded random sample (not the first few, not the best few)."""
+    return random.Random(seed).sample(everything, min(n, len(everything)))
+
+
+def _rank(hits: list[dict[str, Any]], true_id: str) -> int | None:
+    return next((i + 1 for i, h in enumerate(hits) if h["recipe_id"] == true_id), None)
 
 
 def _query_test_photos(cfg: DemoConfig, data: Path, bundle: Path, log: Log) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The shown photos' top 5 before and after re-ranking, and every test photo through the SDK against the
+    bundle's whole index (train, val and test recipes: what a user's query meets, unlike the Recipe1M
+    protocol, which ranks among the test pairs only), with and without re-ranking, on 1 thread."""
     # on use only: keeps Pillow, hnswlib, numpy out of the command line's start
     from malm.sdk import Retriever
+    from malm.sdk.measure import measure, rerank_comparison
 
-    retriever = Retriever.load(bundle)
+    everything = _test_photos(data)
+    retriever = Retriever.load(bundle, threads=1)
+    rr = retriever.bundle.sections.rerank
     results = []
-    for photo, true_id, true_title in _test_photos(data, cfg.queries):
+    for photo, true_id, true_title in shown_photos(everything, cfg.queries, cfg.seed):
         t0 = time.perf_counter()
-        hits = retriever.search(photo, k=5)
+        hits = [h.to_dict() for h in retriever.search(photo, k=5)]
         ms = (time.perf_counter() - t0) * 1000
-        rank = next((i + 1 for i, h in enumerate(hits) if h.recipe_id == true_id), None)
-        log(f"\n{photo.name}  (true recipe: {true_title}; found at rank {rank or '>5'}; {ms:.0f} ms)")
+        entry: dict[str, Any] = {"photo": str(photo), "recipe_id": true_id, "title": true_title,
+                                 "rank": _rank(hits, true_id), "ms": round(ms, 1), "hits": hits}
+        if retriever.can_rerank:
+            entry["reranked_hits"] = [h.to_dict() for h in retriever.search(photo, k=5, rerank=True)]
+        elif rr is not None:  # off in this bundle: what it would have given, from the SDK's own scores
+            cand = retriever.candidate_scores([photo])[0]
+            if not isinstance(cand, Exception):
+                order = cand.order(rr.weight)[:5]
+                entry["reranked_hits"] = _records(retriever, order)
+        if "reranked_hits" in entry:
+            entry["reranked_rank"] = _rank(entry["reranked_hits"], true_id)
+        log(f"\n{photo.name}  (true recipe: {true_title}; found at rank {entry['rank'] or '>5'}"
+            + (f", re-ranked {entry['reranked_rank'] or '>5'}" if "reranked_hits" in entry else "") + f"; {ms:.0f} ms)")
         for i, h in enumerate(hits, 1):
-            mark = "  ✔" if h.recipe_id == true_id else ""
-            log(f"  {i}. {h.score:+.3f}  {h.title}{mark}")
-        results.append({"photo": str(photo), "recipe_id": true_id, "title": true_title, "rank": rank,
-                        "ms": round(ms, 1), "hits": [h.to_dict() for h in hits]})
-    whole = _search_whole_index(retriever, data)
-    log(f"\nall {whole['photos']} test photos against the whole index ({whole['candidates']} recipes): true recipe "
-        f"at rank 1 for {whole['top1_percent']}%, in the top 5 for {whole['top5_percent']}%")
+            log(f"  {i}. {h['score']:+.3f}  {h['title']}" + ("  ✔" if h["recipe_id"] == true_id else ""))
+        results.append(entry)
+    photos, truth = [str(p) for p, _, _ in everything], [t for _, t, _ in everything]
+    if rr is not None:
+        sdk = rerank_comparison(retriever, photos, truth, k=5)
+        sdk["threads"] = 1
+        g = sdk["global"]
+    else:
+        m = measure(retriever, photos, truth, k=5)
+        g = {"top1_percent": m.recall["R@1"], "top5_percent": m.recall["R@5"]}
+        sdk = {"photos": len(photos), "enabled": False, "note": "the bundle has no re-ranking data", "global": g}
+    whole = {"photos": len(photos), "candidates": len(retriever), "top1_percent": round(g["top1_percent"], 1),
+             "top5_percent": round(g["top5_percent"], 1), "variant": retriever.backend.variant, "sdk": sdk}
+    log(f"\nall {whole['photos']} test photos against the whole index ({whole['candidates']} recipes, "
+        f"{whole['variant']} encoder): true recipe at rank 1 for {whole['top1_percent']}%, in the top 5 for "
+        f"{whole['top5_percent']}%")
+    if "reranked" in sdk:
+        log(f"with re-ranking (weight {sdk['weight']}{'' if sdk['enabled'] else ', off in this bundle'}): rank 1 "
+            f"for {sdk['reranked']['top1_percent']}%, top 5 for {sdk['reranked']['top5_percent']}%"
+            + (f"; +{sdk['added_ms_p50']} ms per query (p50 wall, 1 thread; {sdk.get('added_cpu_ms_p50')} ms CPU)"
+               if "added_ms_p50" in sdk else ""))
+    retriever.close()
     return results, whole
+
+
+def _records(retriever: Any, ids: list[str]) -> list[dict[str, Any]]:
+    """Hit-like dicts (id, title, ingredients; no score) for recipe ids, from the bundle's recipe store."""
+    # on use only: keeps sqlite3 and numpy out of the command line's start
+    from malm.edge_index.store import RecipeStore
+
+    with RecipeStore.open(retriever.bundle.path(retriever.bundle.index.store)) as store:
+        labels = store.labels_for_ids(ids)
+        records = {r.id: r for r in store.get([labels[i] for i in ids if i in labels]).values()}
+    return [{"recipe_id": i, "title": records[i].title, "ingredients": list(records[i].ingredients)}
+            for i in ids if i in records]
 
 
 def _bundle_bytes(bundle: Path) -> int:
@@ -260,6 +298,8 @@ def _summary(cfg: DemoConfig, bundle: Path, evaluation: dict[str, Any], queries:
     return {
         "benchmark": f"procedural food benchmark, {cfg.recipes} recipes, seed {cfg.seed} (not Recipe1M)",
         "preset": cfg.preset,
+        "shown_photos": f"{len(queries)} test photos drawn at random (seed {cfg.seed}) from all test recipes with "
+                        "a photo, before their results were seen",
         "teacher_eval": evaluation,
         "export_report": report,
         "queries": queries,
@@ -293,6 +333,13 @@ def _format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"all {whole['photos']} test photos against the whole index ({whole['candidates']} recipes, "
                      f"not only the test pairs): rank 1 for {whole['top1_percent']}%, top 5 for "
                      f"{whole['top5_percent']}%")
+        sdk = whole.get("sdk") or {}
+        if "reranked" in sdk:
+            lines.append(f"  with re-ranking (weight {sdk['weight']}"
+                         f"{'' if sdk['enabled'] else ', off in this bundle: ' + str(sdk.get('note'))}): rank 1 for "
+                         f"{sdk['reranked']['top1_percent']}%, top 5 for {sdk['reranked']['top5_percent']}%"
+                         + (f", +{sdk['added_ms_p50']} ms per query (1 thread; {sdk.get('added_cpu_ms_p50')} ms CPU)"
+                            if "added_ms_p50" in sdk else ""))
     lines.append(f"bundle: {summary['bundle_mb']} MB (manifest + encoders + index + recipe store)")
     lines.append("seconds per step: " + ", ".join(f"{k.split('.')[0]}={v}" for k, v in summary["seconds"].items()))
     if summary.get("cpu_seconds"):

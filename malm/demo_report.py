@@ -1,8 +1,9 @@
 """`runs/demo/report.html`: what the demo found, as a page a person can look at.
 
 One self-contained file (photos embedded as data URIs, the chart an inline SVG, no script, no network):
-the query photos with their top-5 recipes (title, ingredients, score, the true one marked), R@1/R@5 of each
-exported variant, and the training curve (loss per logged step, validation image→recipe R@1 per epoch).
+the query photos (a seeded random sample; the page says how they were chosen) with their top-5 recipes before
+and after re-ranking (title, ingredients, score, the true one marked), top-1/top-5 of every test photo through
+the SDK with and without re-ranking (ms added, the weight), R@1/R@5 of each exported variant, and the training curve (loss per logged step, validation image→recipe R@1 per epoch).
 
     from malm.demo_report import write_report
     write_report(Path("runs/demo/report.html"), summary, Path("runs/demo/run/metrics.jsonl"))
@@ -61,11 +62,13 @@ def render_report(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> str
         f"true recipe in the top 5 for <b id='top5-count'>{in_top5}/{len(queries)}</b> shown photos, "
         f"at rank 1 for {_e(summary.get('query_top1', '?'))}</p>",
         _whole_index(summary.get("whole_index")),
+        _sdk_rerank((summary.get("whole_index") or {}).get("sdk")),
         "<h2>Retrieval quality per variant</h2>",
         _metrics_table(summary.get("export_report", {})),
         "<h2>Training</h2>",
         f"<div class='charts'>{_curve(metrics)}</div>",
         "<h2>Held-out test photos and their top 5</h2>",
+        f"<p class='sub' id='shown-photos'>{_e(summary.get('shown_photos', ''))}</p>",
         *(_query_card(q) for q in queries),
         "</body></html>",
     ]
@@ -79,6 +82,32 @@ def _whole_index(whole: dict[str, Any] | None) -> str:
             f"whole index ({_e(whole['candidates'])} recipes, as a user's query is; the table below ranks among the "
             f"test pairs only, as the Recipe1M protocol does): true recipe at rank 1 for "
             f"<b>{_e(whole['top1_percent'])}%</b>, in the top 5 for <b>{_e(whole['top5_percent'])}%</b></p>")
+
+
+def _sdk_rerank(sdk: dict[str, Any] | None) -> str:
+    """Top-1/top-5 through the SDK without and with re-ranking, the milliseconds it adds and its weight."""
+    if not sdk or "reranked" not in sdk:
+        note = (sdk or {}).get("note")
+        return f"<p class='sub' id='sdk-rerank'>Re-ranking: none in this bundle ({_e(note)}).</p>" if note else ""
+    g, r = sdk["global"], sdk["reranked"]
+    cal = sdk.get("calibration") or {}
+    chosen = (f"weight <b>{_e(sdk['weight'])}</b>, chosen on {_e(cal.get('queries'))} validation photos through "
+              f"the bundle (top-1 {_e(cal.get('top1_before'))}% → {_e(cal.get('top1_after'))}%)" if cal
+              else f"weight {_e(sdk['weight'])} (not calibrated)")
+    state = ("on in this bundle" if sdk.get("enabled")
+             else f"<b>off in this bundle</b>: {_e(sdk.get('note'))}; the numbers show what it would give")
+    added = (f"; it adds <b>{_e(sdk['added_ms_p50'])} ms</b> per query (median wall time, 1 thread; "
+             f"{_e(sdk.get('added_cpu_ms_p50'))} ms of CPU)" if sdk.get("added_ms_p50") is not None else "")
+    return ("<table class='metrics' id='sdk-rerank'><tr><th>through the SDK, whole index</th><th>top-1 %</th>"
+            "<th>top-5 %</th><th>ms / query</th></tr>"
+            f"<tr data-mode='global'><td>global search</td><td>{_e(g['top1_percent'])}</td>"
+            f"<td>{_e(g['top5_percent'])}</td><td>{_e(g.get('ms_p50') if g.get('ms_p50') is not None else '–')}"
+            "</td></tr>"
+            f"<tr data-mode='reranked'><td>re-ranked (rerank=True)</td><td>{_e(r['top1_percent'])}</td>"
+            f"<td>{_e(r['top5_percent'])}</td><td>{_e(r.get('ms_p50') if r.get('ms_p50') is not None else '–')}"
+            "</td></tr></table>"
+            f"<p class='sub'>Re-ranking ({_e(sdk.get('variant'))} encoder, the matching head re-scores the top "
+            f"{_e(cal.get('candidates', '?'))}): {state}; {chosen}{added}.</p>")
 
 
 def _e(value: Any) -> str:
@@ -129,21 +158,33 @@ def _data_uri(photo: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def _hit_list(hits: list[dict[str, Any]], true_id: Any, css: str) -> str:
+    items = []
+    for hit in hits:
+        true = hit.get("recipe_id") == true_id
+        ingredients = ", ".join(hit.get("ingredients", [])[:8])
+        score = (f"<span class='score'>{float(hit['score']):+.3f}</span> "
+                 if isinstance(hit.get("score"), (int, float)) else "")
+        items.append(f"<li class='{'true' if true else ''}'>{score}{_e(hit.get('title', ''))}{' ✔' if true else ''}"
+                     f"<br><span class='ingr'>{_e(ingredients)}</span></li>")
+    return f"<ol class='{css}'>{''.join(items)}</ol>"
+
+
+def _verdict(rank: Any) -> str:
+    return (f"<span class='found'>true recipe at rank {rank}</span>" if rank
+            else "<span class='missed'>true recipe not in the top 5</span>")
+
+
 def _query_card(q: dict[str, Any]) -> str:
     rank = q.get("rank")
-    verdict = (f"<span class='found'>true recipe at rank {rank}</span>" if rank
-               else "<span class='missed'>true recipe not in the top 5</span>")
-    items = []
-    for hit in q.get("hits", []):
-        true = hit.get("recipe_id") == q.get("recipe_id")
-        ingredients = ", ".join(hit.get("ingredients", [])[:8])
-        items.append(f"<li class='{'true' if true else ''}'><span class='score'>{float(hit.get('score', 0)):+.3f}"
-                     f"</span> {_e(hit.get('title', ''))}{' ✔' if true else ''}<br>"
-                     f"<span class='ingr'>{_e(ingredients)}</span></li>")
     uri = _data_uri(Path(q.get("photo", "")))
     img = f"<img alt='query photo' src='{uri}'>" if uri else "<div>(photo missing)</div>"
-    return (f"<div class='query' data-rank='{rank or 0}'>{img}<div><b>{_e(q.get('title', ''))}</b> · {verdict}"
-            f"<ol>{''.join(items)}</ol></div></div>")
+    before = f"<div><b>{_e(q.get('title', ''))}</b> · {_verdict(rank)}{_hit_list(q.get('hits', []), q.get('recipe_id'), 'global')}</div>"
+    after = ""
+    if "reranked_hits" in q:
+        after = (f"<div><b>re-ranked</b> · {_verdict(q.get('reranked_rank'))}"
+                 f"{_hit_list(q['reranked_hits'], q.get('recipe_id'), 'reranked')}</div>")
+    return f"<div class='query' data-rank='{rank or 0}' data-reranked-rank='{q.get('reranked_rank') or 0}'>{img}{before}{after}</div>"
 
 
 def _polyline(xs: list[float], ys: list[float], box: tuple[int, int, int, int], color: str) -> str:

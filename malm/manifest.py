@@ -186,6 +186,7 @@ class RerankSettings:
     default: bool = False  # switched on by default only where a measurement showed a gain
     fusion: str = "linear"  # score = (1 - weight) * global + weight * local (docs/bundle-format.md, "Re-ranking")
     missing_tokens: str = "global"  # a recipe without token rows takes its global score as its local score
+    enabled: bool = True  # False: `rerank=True` refused; extra "disabled_reason" says why, "calibration" how weight was chosen
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
 
     def __post_init__(self) -> None:

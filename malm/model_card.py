@@ -102,7 +102,10 @@ def index_summary(manifest: dict[str, Any]) -> dict[str, Any]:
             "M": index.get("M"), "ef_construction": index.get("ef_construction"),
             "ef_search": index.get("ef_search"), "source": index.get("recipes"), "split": index.get("split"),
             "rerank": rerank.get("kind") if rerank else None,
-            "rerank_candidates": rerank.get("candidates") if rerank else None}
+            "rerank_candidates": rerank.get("candidates") if rerank else None,
+            "rerank_weight": rerank.get("weight") if rerank else None,
+            "rerank_enabled": rerank.get("enabled", True) if rerank else None,
+            "rerank_disabled_reason": rerank.get("disabled_reason") if rerank else None}
 
 
 def _data_source(manifest: dict[str, Any], report: dict[str, Any]) -> tuple[str, bool]:
@@ -196,6 +199,10 @@ def _index_lines(manifest: dict[str, Any]) -> list[str]:
     idx = index_summary(manifest)
     if idx["recipes"] is not None:
         rerank = f" over the top {idx['rerank_candidates']}" if idx["rerank_candidates"] else ""
+        if idx["rerank"] and idx["rerank_enabled"]:
+            rerank += f", weight {idx['rerank_weight']}"
+        elif idx["rerank"] and idx["rerank_enabled"] is False:
+            rerank += f", switched off ({idx['rerank_disabled_reason']})"
         return ["", "## Recipe index",
                 f"{idx['recipes']} recipes, {idx['dim']}-d, hnswlib space `{idx['space']}`, M {idx['M']}, "
                 f"ef_construction {idx['ef_construction']}, ef_search {idx['ef_search']}; re-ranking: "

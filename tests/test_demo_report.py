@@ -127,3 +127,34 @@ def test_report_renders_in_a_headless_browser(tmp_path: Path) -> None:
     dom = _chromium(browser, tmp_path, "--dump-dom", page.as_uri())
     assert dom.returncode == 0 and "<html" in dom.stdout, dom.stderr[-1500:]
     _check_elements(dom.stdout)
+
+
+def test_report_shows_top5_before_and_after_rerank_and_the_sdk_numbers(tmp_path: Path) -> None:
+    summary = _summary(tmp_path)
+    for q in summary["queries"]:  # re-ranking moves each true recipe to rank 1
+        q["reranked_hits"] = [dict(h, recipe_id=q["recipe_id"] if i == 0 else f"y{i}") for i, h in enumerate(q["hits"])]
+        q["reranked_rank"] = 1
+    summary["shown_photos"] = "3 test photos drawn at random (seed 0) from all test recipes with a photo"
+    summary["whole_index"] = {"photos": 351, "candidates": 3000, "top1_percent": 7.4, "top5_percent": 27.4, "sdk": {
+        "weight": 0.3, "enabled": True, "variant": "int8_cpu", "added_ms_p50": 1.7, "note": None,
+        "calibration": {"queries": 387, "top1_before": 8.0, "top1_after": 11.1, "candidates": 50},
+        "global": {"top1_percent": 7.4, "top5_percent": 27.4, "ms_p50": 6.1},
+        "reranked": {"top1_percent": 10.3, "top5_percent": 29.9, "ms_p50": 7.8}}}
+    page = render_report(summary, [])
+    assert page.count("<ol class='global'>") == 3 and page.count("<ol class='reranked'>") == 3
+    assert page.count("data-reranked-rank='1'") == 3 and "at random (seed 0)" in page
+    assert "id='sdk-rerank'" in page and "10.3" in page and "1.7 ms" in page and "weight <b>0.3</b>" in page
+    # Off in the bundle: the page says so, and why, next to what it would have given.
+    summary["whole_index"]["sdk"].update(enabled=False, note="re-ranking is disabled in this bundle (no gain)")
+    del summary["whole_index"]["sdk"]["added_ms_p50"]
+    page = render_report(summary, [])
+    assert "off in this bundle" in page and "no gain" in page and " ms</b> per query" not in page
+
+
+def test_shown_photos_are_a_seeded_random_sample() -> None:
+    from malm.demo import shown_photos
+
+    photos = [(Path(f"p{i}.jpg"), f"r{i}", f"t{i}") for i in range(351)]
+    a, b = shown_photos(photos, 5, seed=0), shown_photos(photos, 5, seed=0)
+    assert a == b and len(set(a)) == 5 and a != photos[:5] and shown_photos(photos, 5, seed=1) != a
+    assert shown_photos(photos[:3], 5, seed=0) == shown_photos(photos[:3], 3, seed=0)  # fewer than asked: all

@@ -119,9 +119,32 @@ def build_command(
         report = build_index(bundle, records, encode, M=m, ef_construction=ef_construction, ef_search=ef_search,
                              batch_size=batch_size, progress=advance, report=read, extra=extra)
     use_matching_head(bundle, given=matching_head, shipped=shipped)
+    _calibrate(bundle, recipes)
     if examples and recipes.is_dir():
         _examples(bundle, recipes, split)
     _echo_report(report, bundle, "indexed", json_out)
+
+
+def _calibrate(bundle: Path, recipes: Path) -> None:
+    """A new index changes what re-ranking re-scores: choose its weight again on the data's validation photos
+    through the bundle (or keep the exported choice, saying so, when there are none)."""
+    manifest = load_manifest(bundle)
+    if manifest.rerank is None:
+        return
+    if not recipes.is_dir() or not any(e.role == "image" for e in manifest.encoders.values()):
+        typer.echo("re-ranking: not re-calibrated (needs a Recipe1M folder with validation photos and an exported "
+                   "image encoder); the bundle keeps its weight " + str(manifest.rerank.weight), err=True)
+        return
+    # on use only: keeps numpy, Pillow, onnxruntime and hnswlib out of the command line's start
+    from malm.export import rerank_calibration as rc
+
+    queries = rc.validation_queries(recipes)
+    if not queries:
+        typer.echo(f"re-ranking: not re-calibrated ({recipes} has no validation photos); the bundle keeps its "
+                   f"weight {manifest.rerank.weight}", err=True)
+        return
+    result = rc.calibrate(bundle, queries, log=lambda m: typer.echo(m, err=True))
+    rc.record(bundle, result)
 
 
 def _examples(bundle: Path, data: Path, split: str) -> None:

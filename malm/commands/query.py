@@ -88,6 +88,13 @@ def query_command(
     retriever = Retriever.load(bundle, backend=backend, variant=variant, threads=threads,
                                strict_selfcheck=strict_selfcheck, trusted_keys=trusted_key,
                                require_signature=require_signature)
+    rerank_note = retriever.rerank_note if rerank else None
+    if rerank_note:
+        # Asked for, but this bundle cannot or should not re-rank (e.g. its export measured no gain): say why
+        # and answer with the global search rather than fail.
+        console(stderr=True).print(f"--rerank: {rerank_note}; answering without re-ranking", markup=False,
+                                   highlight=False, soft_wrap=True)
+        rerank = False
     items = expand_photos(photos)
     readable = [(i, path) for i, (_, path, err) in enumerate(items) if err is None and path is not None]
     answers = retriever.search_batch([str(path) for _, path in readable], k=k, rerank=rerank,
@@ -105,7 +112,9 @@ def query_command(
     if json_out:
         info = retriever.info()
         payload = {"results": [{k_: v for k_, v in r.items() if k_ != "_hits"} for r in results],
-                   "encoder": {k_: info[k_] for k_ in ("backend", "variant", "encoder", "device", "selfcheck")}}
+                   "encoder": {k_: info[k_] for k_ in ("backend", "variant", "encoder", "device", "selfcheck")},
+                   "rerank": {"used": rerank, "weight": info["rerank_weight"] if rerank else None,
+                              "note": rerank_note}}
         typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
         # Titles, ingredients and photo paths are data (an app user may title a recipe "[/]"): never markup.

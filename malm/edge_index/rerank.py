@@ -134,3 +134,24 @@ def pad_tokens(recipe_tokens: Sequence[np.ndarray], dim: int) -> tuple[np.ndarra
 
 def fuse(global_scores: np.ndarray, local_scores: np.ndarray, weight: float) -> np.ndarray:
     return (1.0 - weight) * np.asarray(global_scores, np.float32) + weight * np.asarray(local_scores, np.float32)
+
+
+def disabled_reason(settings: RerankSettings) -> str | None:
+    """Why re-ranking ships switched off (`settings.enabled` False), from the section's "disabled_reason"."""
+    reason = settings.extra.get("disabled_reason")
+    return None if settings.enabled else str(reason or "switched off when the bundle was made")
+
+
+def calibration(settings: RerankSettings) -> dict[str, object] | None:
+    """How the export chose `weight` (the section's "calibration": malm/export/rerank_calibration.py), or None."""
+    cal = settings.extra.get("calibration")
+    return dict(cal) if isinstance(cal, Mapping) else None
+
+
+def check_section(settings: RerankSettings, where: str) -> None:
+    """The keys the SDK reads beyond the typed ones, checked like the rest of an untrusted manifest."""
+    extra = settings.extra
+    if not isinstance(settings.enabled, bool) or not isinstance(extra.get("disabled_reason") or "", str) \
+            or not isinstance(extra.get("calibration") or {}, Mapping):
+        raise BundleError(f"{where}: bad rerank section in the manifest ('enabled' must be true or false, "
+                          "'disabled_reason' a string, 'calibration' an object)")

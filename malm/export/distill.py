@@ -243,6 +243,8 @@ def _train_epochs(cfg: DistillConfig, student: StudentImageEncoder, teacher: nn.
     `first_block` > 0 the batch's "image" is the shared stem's feature map (`_training_images`)."""
     cos_loss, rel_loss, tok_loss = EmbeddingCosineLoss(), RelationalRankingLoss(cfg.temperature), TokenCosineLoss()
     step = 0
+    total = cfg.epochs * len(loader) if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * len(loader))
+    t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         student.train()
         sums: dict[str, float] = {}
@@ -273,6 +275,12 @@ def _train_epochs(cfg: DistillConfig, student: StudentImageEncoder, teacher: nn.
             step += 1
             n += 1
             advance(1)
+            if step == 2 or (step == 1 and total == 1):
+                # The cost before the long part: time two batches (the first pays one-off warm-up), extrapolate.
+                per_batch = (time.perf_counter() - t0) / step
+                log(f"distillation: {total} batches ({cfg.epochs} epoch(s) x {len(loader)}); the first {step} took "
+                    f"{per_batch:.2f} s each, so about {per_batch * total / 60:.1f} min on this machine "
+                    f"({cfg.threads} thread(s)); --distill-epochs N changes it, --student none skips it")
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         if n:

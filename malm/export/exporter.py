@@ -23,6 +23,7 @@ from malm.bundle import MANIFEST, BundleWriter, load_manifest, require_same_chec
 from malm.errors import MalmError
 from malm.export import int8_gate, steps
 from malm.export.context import Artifacts, ExportContext, Log, Progress, no_progress
+from malm.export.matching_head import head_source
 from malm.export.registry import TARGETS, ExportOptions, require
 from malm.export.report import to_markdown
 from malm.manifest import EmbeddingSection, EncoderEntry, PreprocessSection, TokenizerSection
@@ -54,6 +55,9 @@ def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = 
     teacher = steps.load_teacher(Path(req.checkpoint), opts.tag)
     say(f"teacher: {teacher.run} ({opts.tag}, {teacher.config.name}), embedding dim {teacher.embed_dim}, "
         f"input {teacher.preprocess.size}px")
+    opts = steps.resolve_options(teacher, opts, say)  # the student and re-ranking that fit this run
+    if opts.tokens and opts.target == "onnx":
+        head_source(teacher.run, opts.tag)  # a head of another step than the encoders: refused before any work
     pp = steps.deploy_preprocess(teacher, opts)
     check_bundle(req.bundle, pp, teacher.sha256)
     prepared = steps.prepare_data(teacher, Path(req.data_dir))
@@ -75,6 +79,11 @@ def run_export(req: ExportRequest, log: Log | None = None, progress: Progress = 
             if "recipe_int8" in artifacts.variants:  # gated in malm/export/recipe.py, listed with the image ones
                 gate["variants"]["recipe_int8"] = artifacts.variants["recipe_int8"]["gate"]
         write_bundle(req.bundle, ctx, artifacts, report, selfcheck)
+    if opts.tokens and "matching_head" in artifacts.encoders:
+        # Calibrate the fusion weight through the bundle just written (its ONNX files, its index).
+        calibration = steps.index_and_calibrate(teacher.run, opts.tag, Path(req.data_dir), req.bundle, say, progress)
+        if calibration is not None:
+            report["rerank"] = calibration
     report["bundle"] = str(req.bundle)
     if student.manifest:
         report["student_key"] = student.manifest["distill_key"]
@@ -160,4 +169,6 @@ def merge_report(root: Path, report: dict[str, Any], teacher_hash: str) -> dict[
             merged["notes"] = [n for n in old.get("notes", []) if n not in report["notes"]] + report["notes"]
             targets = str(old.get("target", "")).split(",") + [report["target"]]
             merged["target"] = ",".join(dict.fromkeys(targets)).strip(",")
+            if "rerank" in old and "rerank" not in merged:
+                merged["rerank"] = old["rerank"]  # a later target (e.g. coreml) keeps the re-ranking calibration
     return merged

@@ -1,7 +1,9 @@
 """The trained MALM matching head (ψ, ψ′), exported to ONNX for the SDK's optional re-ranking.
 
-The head is a training-only module: its weights live in the run's `last.state.safetensors` (the task's
-state, `task.objectives.<i>.matching.*`), not in `{best,last}.safetensors` (the retrieval model). It is
+The head is a training-only module: its weights live in the run's `{tag}.heads.safetensors` (saved with
+each tag's weights) and in `last.state.safetensors` (the task's state), as `task.objectives.<i>.matching.*`,
+not in `{best,last}.safetensors` (the retrieval model). The head must come from the same checkpoint (step)
+as the encoders and the index: `load_trained_head` refuses a head of another step. It is
 exported with `global_token="mean"`: it takes the image encoder's patch tokens and puts their mean in front
 as the [CLS] it was trained with, because neither the edge student nor the bundle's image ONNX has a
 [CLS] token (the student's tokens are distilled to the teacher's patch tokens).
@@ -21,6 +23,7 @@ from malm._atomic import atomic_path
 from malm.errors import MalmError
 
 STATE_FILE = "last.state.safetensors"
+HEADS_SUFFIX = ".heads.safetensors"  # malm.training.checkpoint.HEADS_SUFFIX: {tag}.heads.safetensors
 BUNDLE_PATH = "rerank/matching_head.onnx"
 GLOBAL_TOKEN = "mean"
 
@@ -32,13 +35,60 @@ class TrainedHead:
     source: str  # file the weights came from
 
 
-def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
-    """The run's trained matching head, or None when the preset has no matching loss or no state was saved."""
+def _step_of(meta: Path) -> int | None:
+    try:
+        return int(json.loads(meta.read_text()).get("step"))
+    except (OSError, ValueError, TypeError, AttributeError, json.JSONDecodeError):
+        return None
+
+
+def head_source(run: Path, tag: str) -> tuple[Path, int | None] | None:
+    """Where the head of checkpoint `tag` is: `{tag}.heads.safetensors`, or the training state when it was
+    saved at the same step as `{tag}` (runs of earlier versions, or `--tag last`). None: the run saved no head.
+    Raises `MalmError` when the only head is of another step than `{tag}`'s encoders."""
+    tag_step = _step_of(run / f"{tag}.json")
+    own = run / f"{tag}{HEADS_SUFFIX}"
+    if own.is_file():
+        step = _header_step(own)
+        if tag_step is not None and step is not None and step != tag_step:
+            raise MalmError(f"{own}: saved at training step {step}, but {tag}.safetensors is step {tag_step} "
+                            "(a training run killed between the two writes?); export --tag last, or resume "
+                            "the training to write both again")
+        return own, tag_step if step is None else step
+    state = run / STATE_FILE
+    if not state.is_file():
+        return None
+    state_step = _step_of(run / "last.state.json")
+    if tag != "last" and (state_step is None or tag_step is None or state_step != tag_step):
+        raise MalmError(f"checkpoint {run}: the matching head is saved only with the training state (step "
+                        f"{state_step}), while --tag {tag} is step {tag_step}: encoders, index and re-ranking head "
+                        "must come from one checkpoint. Export with --tag last (and index with --tag last), or "
+                        "export without --tokens (no re-ranking); runs trained with this version save the head "
+                        f"with each tag ({tag}{HEADS_SUFFIX})")
+    return state, state_step
+
+
+def _header_step(path: Path) -> int | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int((f.metadata() or {}).get("step", ""))
+    except ValueError:
+        return None
+    except Exception as e:  # noqa: BLE001 - any decode failure is a bad file
+        raise MalmError(f"{path}: cannot be read ({e})") from None
+
+
+def load_trained_head(run: Path, config: Any, tag: str = "last") -> TrainedHead | None:
+    """The matching head trained with checkpoint `tag`, or None when the preset has no matching loss or no
+    head was saved; a head of another step than `tag` is refused (`head_source`)."""
     if not getattr(getattr(config.loss, "matching", None), "enabled", False):
         return None
-    path = run / STATE_FILE
-    if not path.is_file():
+    source = head_source(run, tag)
+    if source is None:
         return None
+    path, step = source
     # on use only: loads torch
     from safetensors import safe_open
 
@@ -68,13 +118,6 @@ def load_trained_head(run: Path, config: Any) -> TrainedHead | None:
     if missing or unexpected:
         raise MalmError(f"{path}: matching head weights do not fit the config (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]})")
-    step = None
-    meta = run / "last.state.json"
-    if meta.is_file():
-        try:
-            step = int(json.loads(meta.read_text()).get("step"))
-        except (ValueError, TypeError, json.JSONDecodeError):
-            step = None
     return TrainedHead(module.eval(), step, str(path))
 
 
@@ -122,6 +165,14 @@ def export_head(head: TrainedHead, out: Path, metadata: dict[str, str], image_to
     got = session(out).run(["score"], {"image_tokens": img.numpy(), "recipe_tokens": rec.numpy(),
                                        "recipe_mask": mask.numpy()})[0]
     err = float(np.abs(got - want).max())
+    if score_kind(head.module) == "late_interaction":
+        # The SDK feeds a late head the photo's tokens once ([1, P, D]) and lets the graph broadcast them over
+        # the candidates: that must give the same scores as one copy per candidate.
+        once = session(out).run(["score"], {"image_tokens": img.numpy()[:1], "recipe_tokens": rec.numpy(),
+                                            "recipe_mask": mask.numpy()})[0]
+        full = session(out).run(["score"], {"image_tokens": np.repeat(img.numpy()[:1], 3, axis=0),
+                                            "recipe_tokens": rec.numpy(), "recipe_mask": mask.numpy()})[0]
+        err = max(err, float(np.abs(once - full).max()))
     if not err < 1e-4:
         raise MalmError(f"ONNX export of the matching head failed its parity check (max |diff| {err:.2e})")
     return {"file": BUNDLE_PATH, "kind": "onnx", "role": "rerank", "precision": "fp32", "score": score_kind(head.module),

@@ -81,9 +81,11 @@ class ExportOptions:
     """
 
     target: str = _option(..., "--target", "export target", tuple(TARGETS))
-    # the edge student, or "none" to export the teacher's own image encoder
-    student: str = _option("efficientnet-lite0", "--student", "edge student (none: the teacher's own image encoder)",
-                           STUDENTS)
+    # the edge student, or "none" to export the teacher's own image encoder; None: chosen for the run
+    # (steps.resolve_options: the own tower unless a student pays, or --distill-epochs / --image-size ask for one)
+    student: str | None = _option(None, "--student", "edge student (none: the teacher's own image encoder) "
+                                  "[default: the own tower, unless it has >= 10M parameters or --distill-epochs/"
+                                  "--image-size ask for a student]", STUDENTS)
     int8: bool = _option(False, "--int8", "add an int8 QDQ model (onnx, tensorrt)")
     calib_images: int | None = _option(None, "--calib-images", "int8 calibration images [default: 500]")
     distill_epochs: int | None = _option(None, "--distill-epochs", "student distillation epochs [default: 10]")
@@ -92,7 +94,12 @@ class ExportOptions:
     tag: str = _option("best", "--tag", "checkpoint tag", ("best", "last"))
     recipe_encoder: bool | None = _option(None, "--recipe-encoder/--no-recipe-encoder",
                                           "also export the recipe encoder (onnx) [default: yes]")
-    tokens: bool = _option(False, "--tokens", "also output (and distil) patch tokens for re-ranking")
+    # None: on when the run trained a matching head and its own tower ships (the head reads the tokens it learned on)
+    tokens: bool | None = _option(None, "--tokens/--no-tokens",
+                                  "also output (and distil) patch tokens and ship the matching head for re-ranking; "
+                                  "its fusion weight is chosen on validation photos through the bundle (re-ranking "
+                                  "ships off when it does not help) [default: on when the run trained a matching "
+                                  "head and its own tower ships]")
     eval_images: int | None = _option(None, "--eval-images", "test images for the report [default: 1000]")
     # ship int8 models that fail the int8 gate (malm/export/int8_gate.py)
     accept_int8_drop: bool = _option(False, "--accept-int8-drop",
@@ -105,11 +112,13 @@ class ExportOptions:
         target = TARGETS[self.target]
         defaults = {f.name: f.default for f in fields(self)}
         for name in sorted(set().union(*(t.options for t in TARGETS.values()))):  # options some target has
-            if getattr(self, name) != defaults[name] and name not in target.options:
+            asked = getattr(self, name) != defaults[name] and not (name == "tokens" and self.tokens is False)
+            if asked and name not in target.options:
                 supported = sorted(t for t, spec in TARGETS.items() if name in spec.options)
-                raise MalmError(f"{FLAGS[name]} is not supported by --target {self.target} "
+                flag = FLAGS[name] if name != "tokens" else "--tokens"  # asked for: the positive spelling
+                raise MalmError(f"{flag} is not supported by --target {self.target} "
                                 f"(supported by: {', '.join(supported)})")
-        if self.student not in STUDENTS:
+        if self.student is not None and self.student not in STUDENTS:
             raise MalmError(f"--student must be one of {', '.join(STUDENTS)}, got {self.student!r}")
         if self.student == "none" and self.distill_epochs is not None:
             raise MalmError("--distill-epochs needs a student; it does nothing with --student none")

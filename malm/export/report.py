@@ -98,6 +98,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(_fmt(v) for v in vals) + " |")
     lines.append("")
     lines += _int8_gate_lines(report.get("int8_gate"))
+    if report.get("rerank"):
+        lines += [f"- {summary_line(report['rerank'])}", ""]
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
@@ -119,3 +121,15 @@ def _int8_gate_lines(gate: dict[str, Any] | None) -> list[str]:
     if gate.get("accepted"):
         lines.append("- ACCEPTED with --accept-int8-drop although it failed: " + "; ".join(gate["failures"]))
     return [*lines, ""]
+
+
+def summary_line(calibration: dict[str, Any] | None) -> str:
+    """One line for reports: the re-ranking weight and its validation gain, or why it ships off
+    (malm/export/rerank_calibration.py)."""
+    if not calibration:
+        return "re-ranking: not calibrated"
+    if not calibration.get("enabled", True):
+        return f"re-ranking: off ({calibration.get('disabled_reason')})"
+    return (f"re-ranking: on, weight {calibration['weight']} (chosen on {calibration['queries']} "
+            f"{calibration['split']} photos through the bundle: top-1 {calibration['top1_before']}% -> "
+            f"{calibration['top1_after']}%, top-5 {calibration['top5_before']}% -> {calibration['top5_after']}%)")

@@ -14,19 +14,26 @@ from typing import Any
 import numpy as np
 
 from malm._version import __version__
-from malm.bundle import sha256_path
+from malm.bundle import load_manifest, sha256_path
+from malm.edge_index.builder import build_index, shipped_matching_head, use_matching_head
+from malm.edge_index.records import ReadReport, dedupe
 from malm.errors import MalmError
 from malm.export import report as rp
+from malm.export import rerank_calibration as rc
 from malm.export.context import EvalData, Log, Progress, Student, Teacher, no_progress
-from malm.export.registry import ExportOptions
+from malm.export.matching_head import head_source
+from malm.export.registry import TARGETS, ExportOptions
+from malm.model_card import write_model_card
 from malm.preprocess import PreprocessConfig
+from malm.recipe1m import load_recipe1m
+from malm.sdk.examples import write_examples
 from malm.training.data import RecipeImageDataset, prepare
 
 
 def checkpoint_file(run: Path, tag: str) -> Path:
     path = run / f"{tag}.safetensors"
     if not path.is_file():
-        tags = sorted(p.stem for p in run.glob("*.safetensors") if not p.name.endswith(".state.safetensors"))
+        tags = sorted(p.stem for p in run.glob("*.safetensors") if not p.name.endswith((".state.safetensors", ".heads.safetensors")))
         raise MalmError(f"checkpoint {run}: no {path.name} (tags present: {', '.join(tags) or 'none'}); "
                         "pick one with --tag")
     return path
@@ -167,3 +174,83 @@ def onnx_metadata(teacher: Teacher, student: Student, options: ExportOptions) ->
             "config": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.hash(),
             "preprocess": json.dumps(student.preprocess.to_dict(), sort_keys=True),
             "embedding_dim": str(teacher.embed_dim), "student": options.student}
+
+
+# A distilled EfficientNet-Lite0 student (~3.4M parameters, fully int8) pays for its distillation when the
+# trained image tower is several times larger (ViT-B: 86M); the tiny presets' towers (< 3M) ship themselves.
+STUDENT_PAYS_PARAMS = 10_000_000
+
+
+def resolve_options(teacher: Teacher, options: ExportOptions, log: Log) -> ExportOptions:
+    """The options with `student` and `tokens` chosen for this run when not given (`None`), saying why."""
+    student, tokens = options.student, options.tokens
+    if student is None:
+        params = sum(p.numel() for p in teacher.model.image_encoder.parameters()) \
+            if hasattr(teacher.model, "image_encoder") else 0
+        if options.distill_epochs is not None or options.image_size is not None:
+            student, why = "efficientnet-lite0", "--distill-epochs / --image-size ask for one"
+        elif params >= STUDENT_PAYS_PARAMS:
+            student, why = "efficientnet-lite0", f"the trained image tower has {params / 1e6:.1f}M parameters"
+        else:
+            student, why = "none", (f"the trained image tower ({params / 1e6:.1f}M parameters) is small enough to "
+                                    "ship itself; --student efficientnet-lite0 distils an edge student")
+        log(f"student: {student} ({why})")
+    if tokens is None:
+        tokens = False
+        if "tokens" in _target_options(options.target) and student == "none":
+            trained = getattr(getattr(teacher.config.loss, "matching", None), "enabled", False)
+            try:
+                has_head = trained and head_source(teacher.run, teacher.tag) is not None
+            except MalmError as e:
+                has_head = False
+                log(f"re-ranking not exported: {e}")
+            tokens = options.target == "onnx" and has_head
+            if tokens:
+                log("re-ranking: the run trained a matching head and its own tower ships, so the head reads the "
+                    "tokens it was trained on: exporting it (--no-tokens to leave it out)")
+    return replace(options, student=student, tokens=tokens)
+
+
+def _target_options(target: str) -> frozenset[str]:
+    return TARGETS[target].options
+
+
+def index_and_calibrate(run: Path, tag: str, data_dir: Path, bundle: Path, log: Log,
+                        progress: Progress = no_progress) -> dict[str, Any] | None:
+    """After an export that shipped a matching head: make sure the bundle has an index with recipe tokens
+    (build one from `data_dir`, all splits, when it has none), then choose the fusion weight on validation
+    photos through the bundle and record it (malm/export/rerank_calibration.py). Returns the calibration, or
+    None (with a log line) when the bundle's existing index cannot re-rank."""
+    manifest = load_manifest(bundle)
+    shipped = shipped_matching_head(bundle)
+    if manifest.index is None:
+        # on use only: loads torch
+        from malm.training.embed import torch_recipe_encoder
+
+        records = list(dedupe(load_recipe1m(data_dir).recipes, ReadReport()))
+        log(f"index: the bundle has none yet; indexing all {len(records)} recipes of {data_dir} (with the recipe "
+            "token features re-ranking needs), so re-ranking is calibrated on the bundle's own index")
+        encode = torch_recipe_encoder(run, tag, tokens=True)
+        sha, _ = sha256_path(checkpoint_file(run, tag))
+        with progress("encoding recipes", len(records)) as advance:
+            build_index(bundle, records, encode, progress=advance,
+                        extra={"checkpoint": {"run": str(run), "tag": tag, "sha256": sha}, "recipes": str(data_dir),
+                               "split": "all"})
+        _model_card(bundle, data_dir, log)
+    elif manifest.rerank is None:
+        log("re-ranking not calibrated: the bundle's index has no recipe token features; rebuild it with "
+            f"`malm index build --checkpoint {run} --tag {tag} --bundle {bundle}` (it stores them and calibrates)")
+        return None
+    use_matching_head(bundle, shipped=shipped)
+    result = rc.calibrate(bundle, rc.validation_queries(data_dir), log=log)
+    rc.record(bundle, result)
+    return result
+
+
+def _model_card(bundle: Path, data_dir: Path, log: Log) -> None:
+    """examples.png and the model card, as `malm index build` draws them (best effort: a picture)."""
+    try:
+        if write_examples(bundle, data_dir, split="test") is not None:
+            write_model_card(bundle)
+    except (ImportError, MalmError) as e:
+        log(f"(model card examples not drawn: {e})")

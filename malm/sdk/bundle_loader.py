@@ -24,6 +24,7 @@ from malm.bundle import (
     stat_key,
     verify_files,
 )
+from malm.edge_index.rerank import check_section as check_rerank
 from malm.errors import BundleError
 from malm.manifest import EncoderEntry, IndexSection, Manifest
 from malm.preprocess import PreprocessConfig
@@ -162,6 +163,8 @@ def open_bundle(root: str | os.PathLike[str], check_hashes: bool | str = True,
         cfg = PreprocessConfig.from_dict(m.preprocess.to_dict())
     except (TypeError, ValueError) as e:
         raise BundleError(f"bundle {root}: bad preprocess config in the manifest ({e})") from None
+    if m.rerank is not None:
+        check_rerank(m.rerank, f"bundle {root}")
     index = m.index
     if index is None:
         raise BundleError(f"bundle {root}: has no recipe index (run `malm index build --bundle {root}`)")

@@ -30,8 +30,8 @@ from malm.edge_index.rerank import (
     LocalScorer,
     RerankSettings,
     TokenStore,
+    disabled_reason,
     fuse,
-    pad_tokens,
 )
 from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, ImageError, MalmError
@@ -43,6 +43,7 @@ from malm.sdk.backends.ort import OrtImageBackend, OrtSession
 from malm.sdk.bundle_loader import Bundle, open_bundle
 from malm.sdk.image_io import ImageInput, describe, load_image
 from malm.sdk.recipe_encoder import OnnxRecipeEncoder
+from malm.sdk.rerank_head import Candidates, MatchingHeadScorer
 from malm.signing import TrustedKey, TrustPolicy
 
 
@@ -61,38 +62,6 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "recipe_id": self.recipe_id, "title": self.title,
                 "score": round(float(self.score), 6), "ingredients": list(self.ingredients), "url": self.url}
-
-
-class MatchingHeadScorer:
-    """A trained matching head exported to ONNX (`malm.training.models.matching.export_matching_onnx`):
-    `image_tokens` [N,1+P,Wi], `recipe_tokens` [N,S,Wr], `recipe_mask` [N,S] bool → `score` [N], pairwise
-    (image n with recipe n), so the photo's tokens are repeated once per candidate."""
-
-    def __init__(self, session: OrtSession, dim: int) -> None:
-        need = {"image_tokens", "recipe_tokens", "recipe_mask"}
-        if need - set(session.input_names) or "score" not in session.output_names:
-            raise BundleError(f"matching head {session.path}: expected inputs {sorted(need)} and output 'score'")
-        self.session = session
-        self.dim = dim
-        p = session.input_shape("image_tokens")[1]
-        self.n_image_tokens = p if isinstance(p, int) else None
-        meta = session.session.get_modelmeta().custom_metadata_map
-        # "mean": the head builds its [CLS] from the patches itself (malm export --tokens); otherwise it reads
-        # [CLS] + patches and we build the same stand-in here.
-        self.takes_patches = meta.get("global_token") == "mean"
-
-    def __call__(self, image_tokens: np.ndarray, recipe_tokens: Sequence[np.ndarray]) -> np.ndarray:
-        tokens, mask = pad_tokens(recipe_tokens, self.dim)
-        img = np.asarray(image_tokens, np.float32)
-        if not self.takes_patches and (self.n_image_tokens is None or self.n_image_tokens == len(img) + 1):
-            # The head reads [CLS] + patches; the image ONNX gives patches only: their mean stands in for [CLS].
-            img = np.concatenate([img.mean(axis=0, keepdims=True), img], axis=0)
-        if self.n_image_tokens is not None and self.n_image_tokens != len(img):
-            raise MalmError(f"matching head {self.session.path} expects {self.n_image_tokens} image tokens, "
-                            f"the image encoder gives {len(image_tokens)}")
-        image = np.repeat(img[None], len(recipe_tokens), axis=0)
-        out = self.session.run({"image_tokens": image, "recipe_tokens": tokens, "recipe_mask": mask}, ["score"])
-        return np.asarray(out["score"], np.float32).reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -203,7 +172,17 @@ class Retriever:
 
     @property
     def can_rerank(self) -> bool:
-        return self._snap.rerank is not None and self._backend.has_tokens
+        rr = self._snap.rerank
+        return rr is not None and rr.settings.enabled and self._backend.has_tokens
+
+    @property
+    def rerank_note(self) -> str | None:
+        """Why `rerank=True` is refused here (None when it is not): what `malm query --rerank` prints."""
+        try:
+            self._check_rerank(self._snap)
+        except MalmError as e:
+            return str(e)
+        return None
 
     def __len__(self) -> int:
         return len(self._snap.index)
@@ -223,6 +202,8 @@ class Retriever:
             "bundle": str(snap.bundle.root), "backend": backend.name, "variant": backend.variant,
             "encoder": encoder_file(snap.bundle, backend.name, backend.variant),
             "device": backend.device, "recipes": len(snap.index), "dim": snap.bundle.dim, "rerank": self.can_rerank,
+            "rerank_weight": snap.rerank.settings.weight if snap.rerank else None,
+            "rerank_note": self.rerank_note,
             "selfcheck": self._self_check.to_dict() if self._self_check else None,
             # The execution providers the ONNX session really has, in order (ORT drops any it cannot start).
             "providers": list(getattr(session, "providers", [backend.device])),
@@ -312,30 +293,79 @@ class Retriever:
             results.extend(part)
         return results
 
-    def _check_rerank(self, snap: _Snapshot) -> None:
+    def candidate_scores(self, images: Sequence[ImageInput], batch_size: int = 16) -> list[Candidates | MalmError]:
+        """Per image, the global top candidates (as many as re-ranking re-scores) with their global and local
+        scores: what `search(rerank=True)` fuses with the bundle's weight. Export calibrates the weight with it
+        (malm/export/rerank_calibration.py), so the weight is chosen on exactly the SDK's numbers. Works on a
+        bundle whose re-ranking is disabled too (that is how it is measured)."""
+        snap = self._open_snapshot()
+        self._check_rerank(snap, allow_disabled=True)
+        assert snap.rerank is not None  # checked above
+        n_cand = snap.rerank.settings.candidates
+        cfg = snap.bundle.preprocess
+        results: list[Candidates | MalmError] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            pixels: list[np.ndarray] = []
+            slots: list[int] = []
+            part: list[Candidates | MalmError] = [MalmError("not read") for _ in chunk]
+            for i, im in enumerate(chunk):
+                try:
+                    pixels.append(preprocess(load_image(im, cfg.max_pixels, cfg.resize), cfg))
+                    slots.append(i)
+                except MalmError as e:
+                    part[i] = e
+                except (OSError, ValueError) as e:
+                    part[i] = ImageError(f"image {describe(im)}: cannot be preprocessed ({e})")
+            if pixels:
+                out = self._backend.encode(np.stack(pixels), tokens=True)
+                for j, i in enumerate(slots):
+                    assert out.tokens is not None  # _check_rerank: the encoder has tokens
+                    labels, global_, local = self._candidates(snap, out.embedding[j], out.tokens[j], n_cand, set())
+                    records = snap.store.get(labels)
+                    part[i] = Candidates(tuple(records[la].id if la in records else "" for la in labels),
+                                         global_, local if local is not None else global_.copy())
+            results.extend(part)
+        return results
+
+    def _check_rerank(self, snap: _Snapshot, allow_disabled: bool = False) -> None:
         if snap.rerank is None:
             raise MalmError(f"bundle {snap.bundle.root}: has no re-ranking data (build the index with a model "
                             "that gives recipe token features); search without rerank")
+        if not snap.rerank.settings.enabled and not allow_disabled:
+            reason = disabled_reason(snap.rerank.settings)
+            raise MalmError(f"bundle {snap.bundle.root}: re-ranking is disabled in this bundle ({reason}); "
+                            "search without rerank")
         if not self._backend.has_tokens:
             raise MalmError(f"the {self._backend.name} {self._backend.variant} image encoder has no 'tokens' "
                             "output, which re-ranking needs; search without rerank")
 
-    def _rank(self, snap: _Snapshot, embedding: np.ndarray, tokens: np.ndarray | None, k: int, rerank: bool,
-              excluded: set[int]) -> list[Hit]:
-        n_cand = max(k, snap.rerank.settings.candidates) if (rerank and snap.rerank) else k
-        found = snap.index.search(embedding[None], n_cand, exclude=excluded)[0]
+    @staticmethod
+    def _candidates(snap: _Snapshot, embedding: np.ndarray, tokens: np.ndarray | None, n: int,
+                    excluded: set[int]) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+        """The global top `n` (labels, scores) and, given image tokens, each one's local score."""
+        found = snap.index.search(embedding[None], n, exclude=excluded)[0]
         labels = [label for label, _ in found]
         scores = np.array([s for _, s in found], np.float32)
-        if rerank and snap.rerank is not None and tokens is not None and labels:
-            rr = snap.rerank
-            if rr.settings.kind == "late_interaction" and tokens.shape[-1] != rr.tokens.dim:
-                raise BundleError(f"bundle {snap.bundle.root}: image tokens have width {tokens.shape[-1]}, its "
-                                  f"recipe tokens {rr.tokens.dim}: re-ranking cannot compare them")
-            recipe_tokens = [rr.tokens.get(label) for label in labels]
-            local = rr.scorer(tokens, recipe_tokens)
-            # Recipes added without token features keep their global score instead of a local 0.
-            has = np.array([len(t) > 0 for t in recipe_tokens])
-            local = np.where(has, local, scores)
+        if tokens is None or snap.rerank is None or not labels:
+            return labels, scores, None
+        rr = snap.rerank
+        if rr.settings.kind == "late_interaction" and tokens.shape[-1] != rr.tokens.dim:
+            raise BundleError(f"bundle {snap.bundle.root}: image tokens have width {tokens.shape[-1]}, its "
+                              f"recipe tokens {rr.tokens.dim}: re-ranking cannot compare them")
+        recipe_tokens = [rr.tokens.get(label) for label in labels]
+        local = rr.scorer(tokens, recipe_tokens)
+        # Recipes added without token features keep their global score instead of a local 0.
+        has = np.array([len(t) > 0 for t in recipe_tokens])
+        return labels, scores, np.where(has, local, scores).astype(np.float32)
+
+    def _rank(self, snap: _Snapshot, embedding: np.ndarray, tokens: np.ndarray | None, k: int, rerank: bool,
+              excluded: set[int]) -> list[Hit]:
+        rr = snap.rerank if rerank else None
+        n_cand = max(k, rr.settings.candidates) if rr is not None else k
+        labels, scores, local = self._candidates(snap, embedding, tokens if rr is not None else None, n_cand,
+                                                 excluded)
+        if rr is not None and local is not None:
             scores = fuse(scores, local, rr.settings.weight)
             # Stable sort: ties keep the global order, so results are deterministic.
             order = np.argsort(-scores, kind="stable")

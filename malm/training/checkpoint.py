@@ -105,6 +105,18 @@ def save_weights(run_dir: Path, tag: str, model: RetrievalModel, meta: dict[str,
     write_json(run_dir / f"{tag}.json", full)
 
 
+HEADS_SUFFIX = ".heads.safetensors"
+
+
+def save_heads(run_dir: Path, tag: str, task: torch.nn.Module, step: int) -> None:
+    """`{tag}.heads.safetensors`: the task's matching heads saved with the `tag` weights, so export ships the
+    re-ranking head from the same checkpoint as the encoders (keys as in the train state: `task.objectives.*`).
+    Nothing is written for a task without a matching head."""
+    heads = {f"task.{k}": v for k, v in task.state_dict().items() if ".matching." in f".{k}"}
+    if heads:
+        _save_tensors(run_dir / f"{tag}{HEADS_SUFFIX}", heads, {"step": str(step), "format": "malm-heads-1"})
+
+
 def read_config(run_dir: str | Path) -> ExperimentConfig:
     run_dir = Path(run_dir)
     try:

@@ -124,8 +124,10 @@ def save(out: Path, info: dist_util.DistInfo, task: Task, optimizer: torch.optim
     meta = {"step": pos.step, "epoch": pos.epoch, "batch_in_epoch": pos.batch, "config_hash": config.hash(),
             "metrics": metrics, "vocab": "vocab.json"}
     ckpt.save_weights(out, "last", task.model, meta)
+    ckpt.save_heads(out, "last", task, pos.step)  # the re-ranking head of the same step (malm export --tokens)
     if pos.batch == 0 and pos.best["epoch"] == pos.epoch:
         ckpt.save_weights(out, "best", task.model, {**meta, "best_r1": pos.best["r1"]})
+        ckpt.save_heads(out, "best", task, pos.step)
     if with_state:
         ckpt.save_train_state(out, task, optimizer, {"step": pos.step, "epoch": pos.epoch, "batch_in_epoch": pos.batch,
                                                       "best": pos.best, "steps_per_epoch": steps_per_epoch,

@@ -115,7 +115,7 @@ def _matching_head(ctx: ExportContext) -> Artifacts:
     """With --tokens, ship the run's trained matching head for re-ranking (when the preset trained one)."""
     out = Artifacts()
     run, tag = ctx.teacher.run, ctx.teacher.tag
-    head = mh.load_trained_head(run, ctx.teacher.config)
+    head = mh.load_trained_head(run, ctx.teacher.config, tag)  # refuses a head of another step than --tag
     if head is None:
         out.notes.append("no trained matching head in this run (preset without the matching loss, or no "
                          f"{mh.STATE_FILE}): re-ranking can use late interaction only")
@@ -126,10 +126,7 @@ def _matching_head(ctx: ExportContext) -> Artifacts:
     tag_meta = run / f"{tag}.json"
     tag_step = json.loads(tag_meta.read_text()).get("step") if tag_meta.is_file() else None
     entry["tag_step"] = tag_step
-    if head.step is not None and tag_step is not None and head.step != tag_step:
-        # The head is saved with the training state only (the last step); the encoders come from --tag.
-        out.notes.append(f"matching head from training step {head.step} (the run's last state), encoders "
-                         f"from --tag {tag} (step {tag_step}); --tag last pairs them exactly")
+    entry["tag"] = tag
     ctx.log(f"{mh.BUNDLE_PATH}: trained matching head exported (step {head.step}, parity max |diff| "
             f"{entry['parity_max_abs']:.1e})")
     out.add(path, mh.BUNDLE_PATH, "matching_head", entry, {"size_mb": round(path.stat().st_size / 1e6, 3)})

@@ -56,7 +56,30 @@ METHODS = [
     Method("malm-tiny paper", "malm-tiny", {"loss.matching.mode": "paper", "loss.matching.local_score": "decoder"},
            note="MALM, the paper's positive-only matching InfoNCE (decoded global and per-patch)"),
 ]
-BY_NAME = {m.name: m for m in METHODS}
+# On the pretrained hybrid stem (what the demo trains): H-T with InfoNCE against MALM with InfoNCE. A method's
+# own "train.epochs" wins over --epochs, so one comparison holds both the equal-epoch and the equal-CPU runs.
+HYBRID_METHODS = [
+    Method("ht-infonce-hybrid-tiny", "ht-infonce-hybrid-tiny", note="H-T + CLIP's InfoNCE on the EfficientNet-Lite0 "
+           "hybrid (the demo's previous default)"),
+    Method("malm-hybrid-tiny", "malm-hybrid-tiny", note="MALM on the hybrid: InfoNCE, late-interaction local score, "
+           "75% masking, EMA self-distillation"),
+]
+BY_NAME = {m.name: m for m in METHODS + HYBRID_METHODS}
+
+
+def with_epochs(method: Method, epochs: int) -> Method:
+    """`method` trained for `epochs` (its own schedule set for that many), named "<name> e<epochs>"."""
+    return Method(f"{method.name} e{epochs}", method.preset, {**method.overrides, "train.epochs": epochs}, method.note)
+
+
+def resolve(name: str) -> Method:
+    """A method by name; "<name> e<N>" is that method at N epochs."""
+    if name in BY_NAME:
+        return BY_NAME[name]
+    base, _, tail = name.rpartition(" e")
+    if base in BY_NAME and tail.isdigit():
+        return with_epochs(BY_NAME[base], int(tail))
+    raise KeyError(name)
 
 
 def _log(msg: str) -> None:
@@ -77,6 +100,7 @@ def train_one(method: Method, seed: int, data: Path, run_dir: Path, epochs: int,
     from malm.training.config import load_preset
     from malm.training.train import TrainOptions, run
 
+    epochs = int(method.overrides.get("train.epochs", epochs))
     cfg = load_preset(method.preset).with_overrides({
         **method.overrides, "train.seed": seed, "train.epochs": epochs, "train.eval_every": epochs,
         "train.num_workers": 0, "train.log_every": 20})  # fmt: skip
@@ -308,7 +332,8 @@ def one(method: str, seed: int, data: Path, work: Path, epochs: int, n_cand: int
     import torch
 
     torch.set_num_threads(1)
-    m = BY_NAME[method]
+    m = resolve(method)
+    epochs = int(m.overrides.get("train.epochs", epochs))
     run_dir = work / slug(method, seed)
     t0 = time.perf_counter()
     summary = train_one(m, seed, data, run_dir, epochs)
@@ -444,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "compare", help="run folders (default runs/compare)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="*", help="subset of: " + ", ".join(BY_NAME))
+    p.add_argument("--methods", nargs="*", help="subset of: " + ", ".join(BY_NAME) + "; '<name> e<N>': at N epochs")
     p.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     p.add_argument("--nice", type=int, default=5)
     p.add_argument("--candidates", type=int, default=50, help="re-ranked candidates per query")
@@ -458,9 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.data / "layer1.json").exists():
         raise MalmError(f"--data {args.data}: no layer1.json (generate it with `malm data synth`)")
-    methods = METHODS if not args.methods else [BY_NAME[n] for n in args.methods if n in BY_NAME]
-    if args.methods and len(methods) != len(args.methods):
-        raise MalmError(f"--methods: unknown {sorted(set(args.methods) - set(BY_NAME))}; known: {', '.join(BY_NAME)}")
+    try:
+        methods = METHODS if not args.methods else [resolve(n) for n in args.methods]
+    except KeyError as e:
+        raise MalmError(f"--methods: unknown {e}; known: {', '.join(BY_NAME)} (each also as '<name> e<epochs>')") from e
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
         return one(args.one[0], int(args.one[1]), args.data, args.work, args.epochs, args.candidates)

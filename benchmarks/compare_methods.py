@@ -278,7 +278,7 @@ def evaluate_one(run_dir: Path, data: Path, n_cand: int, rerank_only: bool = Fal
         m = retrieval_metrics(test["img"], test["rec"], sizes=[size], protocol="ht", seed=0)
         key = next(iter(m["im2recipe"]))
         out = {"size": size, "im2recipe": m["im2recipe"][key], "recipe2im": m["recipe2im"][key]}
-    trained = load_trained_head(run_dir, cfg)
+    trained = load_trained_head(run_dir, cfg) if n_cand > 0 else None
     if trained is not None and score_kind(trained.module) != "cosine":
         # Image-grounded heads only (ITM / late interaction): the paper head re-ranked at +0.0 R@1 before
         # (docs/ablation.md) and the CPU it would take here is needed for the training runs.
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", help="subset of: " + ", ".join(BY_NAME) + "; '<name> e<N>': at N epochs")
     p.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     p.add_argument("--nice", type=int, default=5)
-    p.add_argument("--candidates", type=int, default=50, help="re-ranked candidates per query")
+    p.add_argument("--candidates", type=int, default=50, help="re-ranked candidates per query (0: no re-ranking)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "compare_methods.json")
     p.add_argument("--calibrate", action="store_true", help="only measure CPU seconds per step / epoch")
     p.add_argument("--calib-steps", type=int, default=15)

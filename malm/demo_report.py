@@ -61,6 +61,7 @@ def render_report(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> str
         f"true recipe in the top 5 for <b id='top5-count'>{in_top5}/{len(queries)}</b> shown photos, "
         f"at rank 1 for {_e(summary.get('query_top1', '?'))}</p>",
         _whole_index(summary.get("whole_index")),
+        _oracle(summary.get("oracle")),
         "<h2>Retrieval quality per variant</h2>",
         _metrics_table(summary.get("export_report", {})),
         "<h2>Training</h2>",
@@ -79,6 +80,14 @@ def _whole_index(whole: dict[str, Any] | None) -> str:
             f"whole index ({_e(whole['candidates'])} recipes, as a user's query is; the table below ranks among the "
             f"test pairs only, as the Recipe1M protocol does): true recipe at rank 1 for "
             f"<b>{_e(whole['top1_percent'])}%</b>, in the top 5 for <b>{_e(whole['top5_percent'])}%</b></p>")
+
+
+def _oracle(oracle: dict[str, Any] | None) -> str:
+    if not oracle or oracle.get("fraction") is None:
+        return ""
+    return (f"<p class='sub' id='oracle'>Ceiling: ranking by the ingredients drawn on each photo alone (a perfect "
+            f"ingredient recogniser) reaches R@1 <b>{_e(oracle['R@1'])}</b> on the same {_e(oracle['pairs'])} test "
+            f"pairs; the model's R@1 {oracle['model_R@1']:.1f} is <b>{100 * oracle['fraction']:.0f}%</b> of it</p>")
 
 
 def _e(value: Any) -> str:

@@ -89,3 +89,21 @@ def test_oracle_follows_evaluate_pairs_and_bounds_itself(bench: Path) -> None:
 def test_oracle_module_needs_no_torch() -> None:
     code = "import sys, malm.training.synth.oracle; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_demo_reports_the_ceiling_and_its_fraction(bench: Path, tmp_path: Path) -> None:
+    from malm.demo import oracle_ceiling
+    from malm.demo_report import render_report
+
+    evaluation = {"im2recipe": {"20": {"R@1": 30.0}}}
+    oracle = oracle_ceiling(bench, evaluation)
+    ceiling = IngredientOracle.load(bench).evaluate("test", size=None)["expected"]["R@1"]
+    assert oracle["R@1"] == round(ceiling, 1) and oracle["fraction"] == round(30.0 / ceiling, 3)
+    page = render_report({"oracle": oracle, "queries": []}, [])
+    assert "id='oracle'" in page and f"{100 * 30.0 / ceiling:.0f}%" in page
+    # data from before the log: a note, no ceiling, and the report leaves the line out
+    old = tmp_path / "old"
+    shutil.copytree(bench, old)
+    (old / DRAWN_LOG).unlink()
+    note = oracle_ceiling(old, evaluation)
+    assert "--write-log" in note["note"] and "id='oracle'" not in render_report({"oracle": note, "queries": []}, [])

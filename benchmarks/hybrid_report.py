@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--oracle", type=Path, help="benchmarks/oracle.py's JSON for the same data")
     p.add_argument("--pair", nargs=3, action="append", default=[], metavar=("LABEL", "A", "B"))
+    p.add_argument("--calibration", type=Path, help="compare_methods.py --calibrate's calibration.json")
+    p.add_argument("--note", action="append", default=[], help="a line for the report (probes, what was cut)")
     p.add_argument("--name", required=True)
     p.add_argument("--title", default="MALM vs H-T on the pretrained hybrid stem (InfoNCE)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -107,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         for q in pairs:
             lines.append(f"| {q['label']} | {q['A']} | {q['B']} | {q['gap_R@1']:+.1f} | {q['gap_se']:.1f} | "
                          f"{q['max_seed_std']:.1f} | {q['cpu_ratio_B_over_A']:.2f} |")
+    if args.calibration:
+        calib = json.loads(args.calibration.read_text())
+        res["calibration"] = calib
+        lines += ["", f"CPU cost per training step (`compare_methods.py --calibrate`, `{args.calibration}`; batch 32, "
+                  "1 thread):", "", "| method | CPU-s / step | steps / epoch there | CPU-s / epoch there |", "|---|---|---|---|"]
+        lines += [f"| {m} | {c['cpu_s_per_step']} | {c['steps_per_epoch']} | {c['cpu_s_per_epoch']} |" for m, c in calib.items()]
+    if args.note:
+        res["notes"] = args.note
+        lines += [""] + [f"- {n}" for n in args.note]
     lines += ["", f"Machine: {summary_line(machine)}."]
     out = args.results_dir / f"{args.name}.json"
     write_text_atomic(out, json.dumps(res, indent=1) + "\n")

@@ -116,8 +116,11 @@ def train_one(method: Method, seed: int, data: Path, run_dir: Path, epochs: int,
     summary = run(TrainOptions(data_dir=data, out_dir=run_dir, config=cfg, device="cpu", progress_bar=False,
                                stop_after_steps=stop_after_steps, save_every=stop_after_steps, log=log))
     c1 = time.process_time()
-    return {**summary, "cpu_total": round(c1 - c0, 1), "cpu_loop": round(c1 - marks.get("loop", c0), 1),
-            "wall_train": round(time.perf_counter() - t0, 1)}
+    out = {**summary, "cpu_total": round(c1 - c0, 1), "cpu_loop": round(c1 - marks.get("loop", c0), 1),
+           "wall_train": round(time.perf_counter() - t0, 1)}
+    # kept beside the run, so `--eval-only` can evaluate it again without losing its cost
+    write_text_atomic(run_dir / "train_cpu.json", json.dumps(out, default=str) + "\n")
+    return out
 
 
 def _embed(model: Any, ds: Any) -> dict[str, Any]:
@@ -126,7 +129,7 @@ def _embed(model: Any, ds: Any) -> dict[str, Any]:
     import torch.nn.functional as F
 
     img, rec, itok, rtok, rmask = [], [], [], [], []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the hybrid's frozen-stem memo reads the input's version counter
         for i in range(0, len(ds), 128):
             items = [ds[j] for j in range(i, min(len(ds), i + 128))]
             b = {k: torch.stack([it[k] for it in items]) for k in ("image", "title", "ingredients", "instructions")}
@@ -327,7 +330,7 @@ def _curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def one(method: str, seed: int, data: Path, work: Path, epochs: int, n_cand: int) -> int:
+def one(method: str, seed: int, data: Path, work: Path, epochs: int, n_cand: int, eval_only: bool = False) -> int:
     """Child process: train + evaluate one (method, seed); writes WORK/<slug>/result.json."""
     import torch
 
@@ -336,7 +339,10 @@ def one(method: str, seed: int, data: Path, work: Path, epochs: int, n_cand: int
     epochs = int(m.overrides.get("train.epochs", epochs))
     run_dir = work / slug(method, seed)
     t0 = time.perf_counter()
-    summary = train_one(m, seed, data, run_dir, epochs)
+    if eval_only:
+        summary = json.loads((run_dir / "train_cpu.json").read_text())
+    else:
+        summary = train_one(m, seed, data, run_dir, epochs)
     c0 = time.process_time()
     ev = evaluate_one(run_dir, data, n_cand)
     res = {"method": method, "seed": seed, "epochs": epochs, "steps": summary["steps"],
@@ -479,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
     p.add_argument("--rerank-again", action="store_true",
                    help="redo the re-ranking evaluation of the finished runs, then rebuild the tables")
+    p.add_argument("--eval-only", action="store_true",
+                   help="with --one: evaluate a run trained before (its train_cpu.json) without training it again")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not (args.data / "layer1.json").exists():
@@ -489,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         raise MalmError(f"--methods: unknown {e}; known: {', '.join(BY_NAME)} (each also as '<name> e<epochs>')") from e
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
-        return one(args.one[0], int(args.one[1]), args.data, args.work, args.epochs, args.candidates)
+        return one(args.one[0], int(args.one[1]), args.data, args.work, args.epochs, args.candidates, args.eval_only)
     if args.calibrate:
         res = calibrate(args.data, args.work, args.calib_steps, methods)
         write_text_atomic(args.work / "calibration.json", json.dumps(res, indent=1) + "\n")

@@ -107,3 +107,11 @@ def test_demo_reports_the_ceiling_and_its_fraction(bench: Path, tmp_path: Path) 
     (old / DRAWN_LOG).unlink()
     note = oracle_ceiling(old, evaluation)
     assert "--write-log" in note["note"] and "id='oracle'" not in render_report({"oracle": note, "queries": []}, [])
+
+
+def test_oracle_benchmark_writes_json_and_markdown(bench: Path, tmp_path: Path) -> None:
+    from benchmarks.oracle import main
+
+    assert main([str(bench), "--size", "0", "--name", "t", "--results-dir", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "oracle_t.json").read_text())
+    assert res["size"] == res["pairs"] and res["machine"] and "expected (the ceiling)" in (tmp_path / "oracle_t.md").read_text()

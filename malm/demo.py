@@ -193,7 +193,8 @@ def oracle_ceiling(data: Path, evaluation: dict[str, Any]) -> dict[str, Any]:
         res = IngredientOracle.load(data).evaluate("test", size=None)
     except MalmError as e:
         return {"note": str(e)}
-    model_r1 = next(iter(evaluation.get("im2recipe", {}).values()), {}).get("R@1")
+    first: dict[str, Any] = next(iter(evaluation.get("im2recipe", {}).values()), {})
+    model_r1 = first.get("R@1")
     ceiling = res["expected"]["R@1"]
     return {"R@1": round(ceiling, 1), "R@1_pessimistic": round(res["pessimistic"]["R@1"], 1), "pairs": res["pairs"],
             "model_R@1": model_r1,

@@ -56,7 +56,30 @@ METHODS = [
     Method("malm-tiny paper", "malm-tiny", {"loss.matching.mode": "paper", "loss.matching.local_score": "decoder"},
            note="MALM, the paper's positive-only matching InfoNCE (decoded global and per-patch)"),
 ]
-BY_NAME = {m.name: m for m in METHODS}
+# On the pretrained hybrid stem (what the demo trains): H-T with InfoNCE against MALM with InfoNCE. A method's
+# own "train.epochs" wins over --epochs, so one comparison holds both the equal-epoch and the equal-CPU runs.
+HYBRID_METHODS = [
+    Method("ht-infonce-hybrid-tiny", "ht-infonce-hybrid-tiny", note="H-T + CLIP's InfoNCE on the EfficientNet-Lite0 "
+           "hybrid (the demo's previous default)"),
+    Method("malm-hybrid-tiny", "malm-hybrid-tiny", note="MALM on the hybrid: InfoNCE, late-interaction local score, "
+           "75% masking, EMA self-distillation"),
+]
+BY_NAME = {m.name: m for m in METHODS + HYBRID_METHODS}
+
+
+def with_epochs(method: Method, epochs: int) -> Method:
+    """`method` trained for `epochs` (its own schedule set for that many), named "<name> e<epochs>"."""
+    return Method(f"{method.name} e{epochs}", method.preset, {**method.overrides, "train.epochs": epochs}, method.note)
+
+
+def resolve(name: str) -> Method:
+    """A method by name; "<name> e<N>" is that method at N epochs."""
+    if name in BY_NAME:
+        return BY_NAME[name]
+    base, _, tail = name.rpartition(" e")
+    if base in BY_NAME and tail.isdigit():
+        return with_epochs(BY_NAME[base], int(tail))
+    raise KeyError(name)
 
 
 def _log(msg: str) -> None:
@@ -77,6 +100,7 @@ def train_one(method: Method, seed: int, data: Path, run_dir: Path, epochs: int,
     from malm.training.config import load_preset
     from malm.training.train import TrainOptions, run
 
+    epochs = int(method.overrides.get("train.epochs", epochs))
     cfg = load_preset(method.preset).with_overrides({
         **method.overrides, "train.seed": seed, "train.epochs": epochs, "train.eval_every": epochs,
         "train.num_workers": 0, "train.log_every": 20})  # fmt: skip
@@ -92,8 +116,11 @@ def train_one(method: Method, seed: int, data: Path, run_dir: Path, epochs: int,
     summary = run(TrainOptions(data_dir=data, out_dir=run_dir, config=cfg, device="cpu", progress_bar=False,
                                stop_after_steps=stop_after_steps, save_every=stop_after_steps, log=log))
     c1 = time.process_time()
-    return {**summary, "cpu_total": round(c1 - c0, 1), "cpu_loop": round(c1 - marks.get("loop", c0), 1),
-            "wall_train": round(time.perf_counter() - t0, 1)}
+    out = {**summary, "cpu_total": round(c1 - c0, 1), "cpu_loop": round(c1 - marks.get("loop", c0), 1),
+           "wall_train": round(time.perf_counter() - t0, 1)}
+    # kept beside the run, so `--eval-only` can evaluate it again without losing its cost
+    write_text_atomic(run_dir / "train_cpu.json", json.dumps(out, default=str) + "\n")
+    return out
 
 
 def _embed(model: Any, ds: Any) -> dict[str, Any]:
@@ -102,7 +129,7 @@ def _embed(model: Any, ds: Any) -> dict[str, Any]:
     import torch.nn.functional as F
 
     img, rec, itok, rtok, rmask = [], [], [], [], []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the hybrid's frozen-stem memo reads the input's version counter
         for i in range(0, len(ds), 128):
             items = [ds[j] for j in range(i, min(len(ds), i + 128))]
             b = {k: torch.stack([it[k] for it in items]) for k in ("image", "title", "ingredients", "instructions")}
@@ -254,7 +281,7 @@ def evaluate_one(run_dir: Path, data: Path, n_cand: int, rerank_only: bool = Fal
         m = retrieval_metrics(test["img"], test["rec"], sizes=[size], protocol="ht", seed=0)
         key = next(iter(m["im2recipe"]))
         out = {"size": size, "im2recipe": m["im2recipe"][key], "recipe2im": m["recipe2im"][key]}
-    trained = load_trained_head(run_dir, cfg)
+    trained = load_trained_head(run_dir, cfg) if n_cand > 0 else None
     if trained is not None and score_kind(trained.module) != "cosine":
         # Image-grounded heads only (ITM / late interaction): the paper head re-ranked at +0.0 R@1 before
         # (docs/ablation.md) and the CPU it would take here is needed for the training runs.
@@ -303,15 +330,19 @@ def _curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def one(method: str, seed: int, data: Path, work: Path, epochs: int, n_cand: int) -> int:
+def one(method: str, seed: int, data: Path, work: Path, epochs: int, n_cand: int, eval_only: bool = False) -> int:
     """Child process: train + evaluate one (method, seed); writes WORK/<slug>/result.json."""
     import torch
 
     torch.set_num_threads(1)
-    m = BY_NAME[method]
+    m = resolve(method)
+    epochs = int(m.overrides.get("train.epochs", epochs))
     run_dir = work / slug(method, seed)
     t0 = time.perf_counter()
-    summary = train_one(m, seed, data, run_dir, epochs)
+    if eval_only:
+        summary = json.loads((run_dir / "train_cpu.json").read_text())
+    else:
+        summary = train_one(m, seed, data, run_dir, epochs)
     c0 = time.process_time()
     ev = evaluate_one(run_dir, data, n_cand)
     res = {"method": method, "seed": seed, "epochs": epochs, "steps": summary["steps"],
@@ -444,26 +475,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "compare", help="run folders (default runs/compare)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="*", help="subset of: " + ", ".join(BY_NAME))
+    p.add_argument("--methods", nargs="*", help="subset of: " + ", ".join(BY_NAME) + "; '<name> e<N>': at N epochs")
     p.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     p.add_argument("--nice", type=int, default=5)
-    p.add_argument("--candidates", type=int, default=50, help="re-ranked candidates per query")
+    p.add_argument("--candidates", type=int, default=50, help="re-ranked candidates per query (0: no re-ranking)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "compare_methods.json")
     p.add_argument("--calibrate", action="store_true", help="only measure CPU seconds per step / epoch")
     p.add_argument("--calib-steps", type=int, default=15)
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
     p.add_argument("--rerank-again", action="store_true",
                    help="redo the re-ranking evaluation of the finished runs, then rebuild the tables")
+    p.add_argument("--eval-only", action="store_true",
+                   help="with --one: evaluate a run trained before (its train_cpu.json) without training it again")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not (args.data / "layer1.json").exists():
         raise MalmError(f"--data {args.data}: no layer1.json (generate it with `malm data synth`)")
-    methods = METHODS if not args.methods else [BY_NAME[n] for n in args.methods if n in BY_NAME]
-    if args.methods and len(methods) != len(args.methods):
-        raise MalmError(f"--methods: unknown {sorted(set(args.methods) - set(BY_NAME))}; known: {', '.join(BY_NAME)}")
+    try:
+        methods = METHODS if not args.methods else [resolve(n) for n in args.methods]
+    except KeyError as e:
+        raise MalmError(f"--methods: unknown {e}; known: {', '.join(BY_NAME)} (each also as '<name> e<epochs>')") from e
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
-        return one(args.one[0], int(args.one[1]), args.data, args.work, args.epochs, args.candidates)
+        return one(args.one[0], int(args.one[1]), args.data, args.work, args.epochs, args.candidates, args.eval_only)
     if args.calibrate:
         res = calibrate(args.data, args.work, args.calib_steps, methods)
         write_text_atomic(args.work / "calibration.json", json.dumps(res, indent=1) + "\n")

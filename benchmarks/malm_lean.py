@@ -74,8 +74,7 @@ def _embeddings(model: Any, ds: Any) -> tuple[Any, Any]:
 
 def evaluate(run_dir: Path, data: Path) -> dict[str, Any]:
     """Test image→recipe / recipe→image metrics of the `last` weights over all test pairs (no re-ranking)."""
-    from malm.training.evaluate import retrieval_metrics
-
+    from malm.evaluation import retrieval_metrics
     from malm.training.checkpoint import load_model
     from malm.training.data import RecipeImageDataset, prepare
 

@@ -63,6 +63,7 @@ def render_report(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> str
         f"at rank 1 for {_e(summary.get('query_top1', '?'))}</p>",
         _whole_index(summary.get("whole_index")),
         _sdk_rerank((summary.get("whole_index") or {}).get("sdk")),
+        _oracle(summary.get("oracle")),
         "<h2>Retrieval quality per variant</h2>",
         _metrics_table(summary.get("export_report", {})),
         "<h2>Training</h2>",
@@ -108,6 +109,12 @@ def _sdk_rerank(sdk: dict[str, Any] | None) -> str:
             "</td></tr></table>"
             f"<p class='sub'>Re-ranking ({_e(sdk.get('variant'))} encoder, the matching head re-scores the top "
             f"{_e(cal.get('candidates', '?'))}): {state}; {chosen}{added}.</p>")
+def _oracle(oracle: dict[str, Any] | None) -> str:
+    if not oracle or oracle.get("fraction") is None:
+        return ""
+    return (f"<p class='sub' id='oracle'>Ceiling: ranking by the ingredients drawn on each photo alone (a perfect "
+            f"ingredient recogniser) reaches R@1 <b>{_e(oracle['R@1'])}</b> on the same {_e(oracle['pairs'])} test "
+            f"pairs; the model's R@1 {oracle['model_R@1']:.1f} is <b>{100 * oracle['fraction']:.0f}%</b> of it</p>")
 
 
 def _e(value: Any) -> str:

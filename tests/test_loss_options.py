@@ -1,4 +1,4 @@
-"""Issue #13's loss options: triplet reduction (H-T's "all" vs AdaMine's "violating"), the auxiliary-loss ramp,
+"""Loss options: triplet reduction (H-T's "all" vs AdaMine's "violating"), the auxiliary-loss ramp,
 per-rank mask randomness, near-duplicate families of the procedural benchmark, recipe-only batches."""
 
 from __future__ import annotations
@@ -80,6 +80,24 @@ def test_aux_ramp_is_linear_from_zero_and_spares_the_triplet(tiny_preset: Callab
         assert losses[key].item() == pytest.approx(0.5 * report[key].item(), rel=1e-6), key
     with pytest.raises(ConfigError, match="aux_warmup_epochs"):
         load_preset("malm-tiny").with_overrides({"loss.aux_warmup_epochs": -1})
+
+
+def test_infonce_retrieval_has_its_full_weight_at_step_0_while_auxiliaries_ramp(
+        tiny_preset: Callable[..., ExperimentConfig]) -> None:
+    # "Is this the retrieval loss" is the objective's own property, not its key's name: InfoNCE is not ramped.
+    cfg = tiny_preset("malm-tiny", {"model.recipe.dropout": 0.0, "loss.retrieval": "infonce",
+                                    "loss.aux_warmup_epochs": 1.0}, epochs=4)
+    torch.manual_seed(0)
+    task = Task(cfg, vocab_size=40).train()
+    assert [type(o).__name__ for o in task.objectives if o.retrieval] == ["ContrastiveRetrieval"]
+    task.seed_step(0)
+    losses, report = task(_batch(), progress=0.0)  # step 0: ramp 0
+    assert report["aux_ramp"].item() == 0.0
+    assert losses["infonce_loss"].item() > 0.1
+    assert losses["infonce_loss"].item() == pytest.approx(report["infonce_loss"].item())
+    for key in ("recipe_ssl_loss", "match_itm_loss", "match_local_loss", "distill_loss"):
+        assert report[key].item() != 0.0 and losses[key].item() == 0.0, key
+    assert Task.total(losses).item() == pytest.approx(losses["infonce_loss"].item())  # step 0 trains InfoNCE alone
 
 
 # ------------------------------------------------------------------------------ per-rank masks

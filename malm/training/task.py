@@ -15,7 +15,8 @@ weighted and summed into the total, the rest are logged. `after_step` runs after
 Randomness of the task itself (which patches are masked, which hard negatives are sampled) comes from its own
 CPU generator, seeded from (train.seed, rank, step) by `seed_step`: every DDP rank draws different masks
 (the global RNG is seeded identically on every rank) and a resumed run draws what the uninterrupted one would.
-Every loss but the triplet is scaled by `loss.aux_ramp` (a linear ramp over `loss.aux_warmup_epochs`).
+Every loss but the retrieval objective's (`Objective.retrieval`: the triplet or InfoNCE) is scaled by
+`loss.aux_ramp` (a linear ramp over `loss.aux_warmup_epochs`).
 """
 
 from __future__ import annotations
@@ -85,11 +86,12 @@ class Task(nn.Module):
         report: dict[str, Tensor] = {}  # detached, on the device: the train loop reads them every log_every steps
         ramp = self.config.loss.aux_ramp(progress * self.config.train.epochs)
         for objective in self.objectives:
+            # Auxiliaries ramp in; the retrieval objective (triplet or InfoNCE) has its full weight from step 0.
+            scale = 1.0 if objective.retrieval else ramp
             for key, value in objective(state).items():
                 if key.endswith("_loss"):
-                    # Auxiliaries ramp in; the retrieval (triplet) loss has its full weight from step 0.
                     # The report keeps the unramped value, so curves show the loss itself.
-                    losses[key] = value if key == "triplet_loss" or ramp == 1.0 else value * ramp
+                    losses[key] = value if scale == 1.0 else value * scale
                 report[key] = value.detach()
         if ramp != 1.0:
             report["aux_ramp"] = torch.tensor(ramp)

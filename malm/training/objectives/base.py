@@ -9,7 +9,7 @@ mask tokens, as MALM does. The teacher always sees the whole image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -50,7 +50,13 @@ def whole_image(state: TaskState) -> ImageFeatures | None:
 
 
 class Objective(nn.Module):
-    """One training objective: `forward(state) -> {name: tensor}`; `*_loss` keys must be weighted scalars."""
+    """One training objective: `forward(state) -> {name: tensor}`; `*_loss` keys must be weighted scalars.
+
+    `retrieval`: this objective trains the global retrieval embedding (the triplet or InfoNCE), so its losses
+    have their full weight from step 0; every other objective is an auxiliary that `loss.aux_warmup_epochs` ramps in.
+    """
+
+    retrieval: ClassVar[bool] = False
 
     def forward(self, state: TaskState) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError

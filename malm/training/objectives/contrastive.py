@@ -19,6 +19,8 @@ from malm.training.objectives.base import Objective, TaskState, gather_and_rank
 class ContrastiveRetrieval(Objective):
     """Symmetric InfoNCE between the image and recipe embeddings, all negatives of the global batch."""
 
+    retrieval = True
+
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -14,6 +14,8 @@ from malm.training.objectives.base import Objective, TaskState
 class TripletObjective(Objective):
     """Bidirectional triplet loss on the global embeddings, all negatives of the global batch."""
 
+    retrieval = True
+
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()
         self.cfg = cfg

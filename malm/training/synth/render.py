@@ -2,7 +2,8 @@
 
 Drawn at twice the asked size and reduced (cheap anti-aliasing). Everything random comes from one
 `random.Random` seeded from (seed, recipe index, photo index), so a photo does not depend on which worker drew
-it or in what order.
+it or in what order. `render_logged` also says which ingredients were put on the canvas (pieces, fills or
+colour areas); ingredients the catalogue never draws (spices, oil) are absent from that log.
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def _in_disk(rnd: random.Random, x: float, y: float, r: float) -> tuple[float, f
     return x + rr * math.cos(t), y + rr * math.sin(t)
 
 
-def _pieces(d: ImageDraw.ImageDraw, name: str, amount: float, regions: list[tuple[float, float, float]],
-            k: float, rnd: random.Random, max_pieces: int = 400) -> None:
+def _draw_pieces(d: ImageDraw.ImageDraw, name: str, amount: float, regions: list[tuple[float, float, float]],
+                 k: float, rnd: random.Random, drawn: set[str], max_pieces: int = 400) -> None:
     ing = INGREDIENTS[name]
     if ing.shape in ("fill", "none"):
         return
+    drawn.add(name)  # at least one piece or stroke follows
     if ing.shape == "drizzle":
         x, y, r = regions[0]
         for _ in range(max(1, round(ing.count * amount))):
@@ -110,12 +112,23 @@ def _pieces(d: ImageDraw.ImageDraw, name: str, amount: float, regions: list[tupl
         draw_piece(d, ing.shape, px, py, ing.size * k * rnd.uniform(0.85, 1.15), c, ing.color2, rnd)
 
 
-def _fill_color(name: str) -> RGB:
-    return INGREDIENTS[name].color
-
-
 def render(spec: PhotoSpec) -> Image.Image:
     """Draw the photo of `spec` (an RGB image of spec.size × spec.size)."""
+    return render_logged(spec)[0]
+
+
+def render_logged(spec: PhotoSpec) -> tuple[Image.Image, tuple[str, ...]]:
+    """The photo of `spec` and the ingredients drawn on it (sorted names; the same random draws as `render`)."""
+    drawn: set[str] = set()
+
+    def _fill_color(name: str) -> RGB:
+        drawn.add(name)
+        return INGREDIENTS[name].color
+
+    def _pieces(d: ImageDraw.ImageDraw, name: str, amount: float, regions: list[tuple[float, float, float]],
+                k: float, rnd: random.Random) -> None:
+        _draw_pieces(d, name, amount, regions, k, rnd, drawn)
+
     rnd = random.Random(spec.seed)
     rng = np.random.default_rng(spec.seed)
     big = spec.size * SUPERSAMPLE
@@ -179,16 +192,18 @@ def render(spec: PhotoSpec) -> Image.Image:
         for name, amount in grains:  # rice served on the side of a curry: one mound
             side = rnd.uniform(0, 2 * math.pi)
             mx, my = cx + 0.45 * rf * math.cos(side), cy + 0.45 * rf * math.sin(side)
-            _ellipse(d, mx, my, 0.45 * rf, 0.45 * rf, fill=INGREDIENTS[name].color)
+            _ellipse(d, mx, my, 0.45 * rf, 0.45 * rf, fill=_fill_color(name))
             _pieces(d, name, amount * 0.5, [(mx, my, 0.4 * rf)], k, rnd)
             items.remove((name, amount))
         regions = [(cx, cy, 0.8 * rf)]
     elif dish == "bowl":
         base = INGREDIENTS[spec.base]
+        drawn.add(spec.base)
         _ellipse(d, cx, cy, rf, rf, fill=_mix(base.color, base.color2, 0.3))
         _pieces(d, spec.base, 0.6, [(cx, cy, 0.95 * rf)], k, rnd)
     elif dish == "dessert":
         base = INGREDIENTS[spec.base]
+        drawn.add(spec.base)
         if spec.base == "pancake mix":
             for j in range(3, 0, -1):
                 _ellipse(d, cx, cy + j * 0.05 * rf, 0.75 * rf, 0.7 * rf, fill=base.color2)
@@ -212,6 +227,7 @@ def render(spec: PhotoSpec) -> Image.Image:
         regions = [(cx, cy, 0.75 * rf)]
     elif dish == "sandwich":
         base = INGREDIENTS[spec.base]
+        drawn.add(spec.base)
         a = rnd.uniform(-0.4, 0.4)
         regions = []
         for side in (-1, 1):
@@ -222,6 +238,7 @@ def render(spec: PhotoSpec) -> Image.Image:
             regions.append((sx, sy, 0.33 * rf))
     elif dish == "tacos":
         base = INGREDIENTS[spec.base]
+        drawn.add(spec.base)
         n = rnd.randint(2, 3)
         a0 = rnd.uniform(0, 2 * math.pi)
         regions = []
@@ -263,7 +280,7 @@ def render(spec: PhotoSpec) -> Image.Image:
         if spec.sauce and INGREDIENTS[spec.sauce].shape in ("drizzle", "blob"):
             _pieces(d, spec.sauce, 1.0, regions, k, rnd)
 
-    return _camera(img, spec.size, rnd, rng)
+    return _camera(img, spec.size, rnd, rng), tuple(sorted(drawn))
 
 
 @functools.lru_cache(maxsize=8)

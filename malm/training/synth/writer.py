@@ -5,6 +5,11 @@
     OUT/det_ingrs.json  [{id, ingredients: [{text}], valid: [bool]}]
     OUT/images/<partition>/<c0>/<c1>/<c2>/<c3>/<image id>
     OUT/synth.json      generator version, seed and counts (deterministic: no timings)
+    OUT/drawn_ingredients.json  {"version", "photos": {image id: [ingredient names drawn on it]}}
+
+`drawn_ingredients.json` is a sidecar beside the Recipe1M files (Recipe1M readers ignore it): what each photo
+actually shows, for the ingredient oracle (`malm.training.synth.oracle`). Benchmarks generated before it
+existed get it from `write_drawn_log`, which redraws the photos in memory (same seed, same draws).
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from malm._atomic import write_text_atomic
 from malm.errors import MalmError
 from malm.training.synth.ingredients import INGREDIENTS
 from malm.training.synth.recipes import PARTITIONS, RecipeSpec, generate_recipes
-from malm.training.synth.render import PhotoSpec, encode_jpeg, render
+from malm.training.synth.render import PhotoSpec, encode_jpeg, render_logged
 
 SYNTH_VERSION = 1
 URL_ROOT = "https://synth.malm.invalid"  # .invalid: never resolves, so nobody mistakes these for real pages
 MAX_RECIPES = 2_000_000
 IN_PROGRESS = ".synth-in-progress"  # present while a run writes; lets --force replace an interrupted run
+DRAWN_LOG = "drawn_ingredients.json"
+DRAWN_LOG_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,12 @@ def photo_seed(seed: int, index: int, k: int) -> int:
     return int.from_bytes(hashlib.sha1(f"malm-synth-photo:{seed}:{index}:{k}".encode()).digest()[:8], "big") >> 1
 
 
-def _draw_and_write(spec: PhotoSpec) -> float:
-    """Draw, encode and write one photo; returns the CPU seconds it took (for benchmarks on shared machines)."""
+def _draw_and_write(spec: PhotoSpec) -> tuple[float, str, tuple[str, ...]]:
+    """Draw, encode and write one photo; returns the CPU seconds it took (for benchmarks on shared machines),
+    the photo's file name and the ingredients drawn on it."""
     t0 = time.process_time()
-    data = encode_jpeg(render(spec), spec.seed)
+    img, drawn = render_logged(spec)
+    data = encode_jpeg(img, spec.seed)
     path = Path(spec.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # temp + rename (no fsync per photo: thousands of fsyncs would dominate the run; synth.json, written
@@ -69,7 +78,14 @@ def _draw_and_write(spec: PhotoSpec) -> float:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    return time.process_time() - t0
+    return time.process_time() - t0, path.name, drawn
+
+
+def _draw_only(spec: PhotoSpec) -> tuple[float, str, tuple[str, ...]]:
+    """`_draw_and_write` without the file: what a photo shows, for the log of an existing benchmark."""
+    t0 = time.process_time()
+    drawn = render_logged(spec)[1]
+    return time.process_time() - t0, Path(spec.path).name, drawn
 
 
 def _photo_specs(recipes: list[RecipeSpec], out: Path, seed: int, size: int) -> Iterator[PhotoSpec]:
@@ -150,12 +166,16 @@ def write_json_files(out: Path, recipes: list[RecipeSpec], seed: int, image_size
     return meta
 
 
-def _run(specs: Iterable[PhotoSpec], total: int, workers: int,
-         progress: Callable[[int, int], None] | None) -> float:
+def _run(specs: Iterable[PhotoSpec], total: int, workers: int, progress: Callable[[int, int], None] | None,
+         drawn: dict[str, tuple[str, ...]], task: Callable[[PhotoSpec], tuple[float, str, tuple[str, ...]]] = _draw_and_write,
+         ) -> float:
+    """Draw every photo (`task`), `workers` processes; fills `drawn` (photo file name -> ingredients drawn)."""
     done, cpu = 0, 0.0
     if workers == 1 or total < 32:
         for s in specs:
-            cpu += _draw_and_write(s)
+            c, name, ings = task(s)
+            cpu += c
+            drawn[name] = ings
             done += 1
             if progress and done % 64 == 0:
                 progress(done, total)
@@ -165,8 +185,9 @@ def _run(specs: Iterable[PhotoSpec], total: int, workers: int,
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
         with ctx.Pool(workers) as pool:
-            for c in pool.imap_unordered(_draw_and_write, specs, chunksize=chunk):
+            for c, name, ings in pool.imap_unordered(task, specs, chunksize=chunk):
                 cpu += c
+                drawn[name] = ings
                 done += 1
                 if progress and done % 256 == 0:
                     progress(done, total)
@@ -188,15 +209,49 @@ def generate(out_dir: str | os.PathLike[str], recipes: int, seed: int, image_siz
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / IN_PROGRESS, "")
     # a previous benchmark (checked above): drop it so no stale photo or half-finished marker is left
-    for name in ("synth.json", "layer1.json", "layer2.json", "det_ingrs.json"):
+    for name in ("synth.json", "layer1.json", "layer2.json", "det_ingrs.json", DRAWN_LOG):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "images", ignore_errors=True)
     specs = generate_recipes(recipes, seed)
     n_images = sum(len(r.image_ids) for r in specs)
-    render_cpu = _run(_photo_specs(specs, out, seed, image_size), n_images, workers, progress)
+    drawn: dict[str, tuple[str, ...]] = {}
+    render_cpu = _run(_photo_specs(specs, out, seed, image_size), n_images, workers, progress, drawn)
+    _write_drawn_log(out, specs, drawn, PARTITIONS)
     meta = write_json_files(out, specs, seed, image_size)
     (out / IN_PROGRESS).unlink()
     return SynthStats(out_dir=str(out), seed=seed, recipes=len(specs), images=n_images,
                       families=int(meta["families"]),  # type: ignore[call-overload]
                       per_partition=meta["partitions"],  # type: ignore[arg-type]
                       seconds=time.perf_counter() - t0, render_cpu_seconds=render_cpu)
+
+
+def _write_drawn_log(out: Path, recipes: list[RecipeSpec], drawn: dict[str, tuple[str, ...]],
+                     partitions: Iterable[str]) -> None:
+    """OUT/drawn_ingredients.json, photos in recipe order (deterministic whatever the workers' order)."""
+    parts = tuple(partitions)
+    photos = {i: list(drawn[i]) for r in recipes if r.partition in parts for i in r.image_ids}
+    write_text_atomic(out / DRAWN_LOG, json.dumps({"version": DRAWN_LOG_VERSION, "partitions": list(parts),
+                                                   "photos": photos}, separators=(",", ":")) + "\n")
+
+
+def write_drawn_log(out_dir: str | os.PathLike[str], partitions: Iterable[str] = PARTITIONS, workers: int = 2,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write the drawn-ingredients log of a benchmark generated without one (redraws its photos in memory,
+    writes no photo). Only `partitions` are redrawn (the oracle needs the test split). Returns the log's path."""
+    out = Path(out_dir)
+    try:
+        meta = json.loads((out / "synth.json").read_text())
+        seed, n, size = int(meta["seed"]), int(meta["recipes"]), int(meta["image_size"])
+        first_id = json.loads((out / "layer1.json").read_text())[0]["id"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise MalmError(f"{out}: not a benchmark written by `malm data synth` ({e})") from None
+    specs = generate_recipes(n, seed)
+    if specs[0].id != first_id:  # another generator version: its photos would not be these
+        raise MalmError(f"{out}: layer1.json does not match this generator's recipes for seed {seed}; regenerate it")
+    parts = tuple(partitions)
+    wanted = [r for r in specs if r.partition in parts]
+    drawn: dict[str, tuple[str, ...]] = {}
+    _run(_photo_specs(wanted, out, seed, size), sum(len(r.image_ids) for r in wanted), workers, progress, drawn,
+         task=_draw_only)
+    _write_drawn_log(out, wanted, drawn, parts)
+    return out / DRAWN_LOG

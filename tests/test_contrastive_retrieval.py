@@ -53,5 +53,5 @@ def test_malm_hybrid_preset_is_malm_with_infonce() -> None:
     cfg = load_preset("malm-hybrid-tiny")
     assert cfg.loss.retrieval == "infonce" and cfg.model.image.backbone == "hybrid_effnet_lite0"
     assert cfg.loss.matching.enabled and cfg.loss.matching.local_score == "late"
-    assert cfg.loss.mask.enabled and cfg.loss.mask.ratio == 0.75 and cfg.loss.distill.enabled
+    assert cfg.loss.mask.enabled and cfg.loss.mask.ratio == 0.75 and cfg.loss.self_distill.weight > 0
     assert cfg.loss.infonce_temperature == load_preset("ht-infonce-hybrid-tiny").loss.infonce_temperature

@@ -36,7 +36,7 @@ import numpy as np
 from malm._atomic import atomic_path
 from malm.edge_index.hnsw import HnswIndex
 from malm.edge_index.records import _UNITS
-from malm.edge_index.rerank import TokenStore
+from malm.edge_index.rerank import TokenStore, disabled_reason
 from malm.edge_index.store import RecipeStore
 from malm.errors import BundleError, MalmError
 from malm.sdk.backends.ort import OrtSession
@@ -192,9 +192,13 @@ def _export_into(src: Any, stage: Path, out: Path, variants: list[str], vectors:
     manifest["recipes"] = {"file": "recipes.json", "count": len(rows)}
 
     rs = src.sections.rerank
-    has_rerank = bool(rerank and rs is not None)
+    # A bundle whose re-ranking was switched off at export (it did not help on validation) ships none to the
+    # browser either, and says why: the client re-ranks whenever the web manifest has a rerank section.
+    has_rerank = bool(rerank and rs is not None and rs.enabled)
     if has_rerank:
         manifest["rerank"] = _export_rerank(src, rs, stage, labels, TokenStore)
+    elif rs is not None and not rs.enabled:
+        manifest["rerank_disabled"] = disabled_reason(rs)
     _carry_source(src, stage, manifest)
 
     # The words an ingredient line's name leaves out (quantities, units, preparation): one list, Python's.

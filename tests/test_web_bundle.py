@@ -116,3 +116,17 @@ def test_a_signed_bundles_signature_travels_with_its_manifest(bundle: Path, tmp_
     assert (out / "source/manifest.sig").read_bytes() == (signed / "manifest.sig").read_bytes()
     assert (out / "source/manifest.json").read_bytes() == (signed / "manifest.json").read_bytes()
     assert "source/manifest.sig" in m["files"]
+
+
+def test_a_bundle_whose_reranking_is_off_ships_none_and_says_why(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    off = tmp_path / "off"
+    shutil.copytree(bundle, off)
+    m = json.loads((off / "manifest.json").read_text())
+    m["rerank"] |= {"enabled": False, "disabled_reason": "did not help on validation"}
+    (off / "manifest.json").write_text(json.dumps(m))
+    out = export_web(off, tmp_path / "web").out
+    web = json.loads((out / "manifest.json").read_text())
+    assert "rerank" not in web and not (out / "rerank").exists()
+    assert web["rerank_disabled"] == "did not help on validation"

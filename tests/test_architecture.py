@@ -31,7 +31,6 @@ MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 450
 KNOWN_LARGE = {
     "malm/training/synth/render.py::render_logged": "training: the procedural renderer (one drawing pass)",
     "malm/bundle.py": "trust-bundle edits it in the same release (issue 25)",
-    "malm/demo.py::run_demo": "malm-ship owns the demo (issue 24)",
 }
 
 

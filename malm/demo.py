@@ -112,64 +112,25 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
         return done
 
     done = step("1. procedural food benchmark")
-    if (data / "synth.json").exists() and (data / "layer1.json").exists():
-        log(f"reusing {data}")
-    else:
-        _malm(["data", "synth", str(data), "--recipes", str(cfg.recipes), "--seed", str(cfg.seed), "--force"], log)
+    _generate_benchmark(cfg, data, log)
     done()
 
     done = step(f"2. train {cfg.preset}")
-    if _training_done(run, cfg.epochs):
-        log(f"reusing {run}")
-    else:
-        args = ["train", "--data", str(data), "--out", str(run), "--eval-size", str(cfg.eval_size)]
-        if (run / "last.state.json").exists():
-            args.append("--resume")
-        else:
-            args += ["--preset", cfg.preset]
-        if cfg.epochs is not None:
-            args += ["--epochs", str(cfg.epochs)]
-        _malm(args, log)
+    _train(cfg, data, run, log)
     _plot_curves(run, log)
     done()
 
     done = step("3. evaluate (Recipe1M protocol, test split)")
-    evaluation_file = out / "eval.json"
-    evaluation = _read_json(evaluation_file)
-    if evaluation is None:
-        # No --size: 1k is used when the test split has 1k pairs, else all of them (with a note).
-        text = _malm(["eval", "--checkpoint", str(run), "--data", str(data), "--split", "test", "--json"],
-                     log, capture=True)
-        evaluation = json.loads(text)
-        evaluation_file.write_text(json.dumps(evaluation, indent=2))
-    # on use only: keeps numpy out of the command line's start
-    from malm.evaluation import format_table
-
-    log(format_table(evaluation))
+    evaluation = _evaluate(out, data, run, log)
     done()
 
-    student = cfg.student
-    what = "the teacher's own image tower" if student == "none" else "distilled student"
+    what = "the teacher's own image tower" if cfg.student == "none" else "distilled student"
     done = step(f"4. export: {what}, int8 ONNX" + (" and CoreML" if cfg.coreml else ""))
-    student_args = ["--student", "none"] if student == "none" else ["--distill-epochs", str(cfg.distill_epochs)]
-    manifest = _read_json(bundle / "manifest.json") or {}
-    if "image_int8" not in manifest.get("encoders", {}):
-        _malm(["export", "--checkpoint", str(run), "--target", "onnx", "--int8", "--data", str(data),
-               "--bundle", str(bundle), *student_args], log)
-    else:
-        log(f"reusing the ONNX encoders in {bundle}")
-    manifest = _read_json(bundle / "manifest.json") or {}
-    if cfg.coreml and not any(e.get("kind") == "coreml" for e in manifest.get("encoders", {}).values()):
-        _malm(["export", "--checkpoint", str(run), "--target", "coreml", "--data", str(data),
-               "--bundle", str(bundle), *student_args], log)
+    _export(cfg, data, run, bundle, log)
     done()
 
     done = step("5. recipe index")
-    manifest = _read_json(bundle / "manifest.json") or {}
-    if not manifest.get("index"):
-        _malm(["index", "build", "--checkpoint", str(run), "--recipes", str(data), "--bundle", str(bundle)], log)
-    else:
-        log(f"reusing the index in {bundle}")
+    _build_index(data, run, bundle, log)
     done()
 
     done = step("6. query held-out test photos")
@@ -187,6 +148,71 @@ def run_demo(cfg: DemoConfig, log: Log) -> dict[str, Any]:
     log(_format_summary(summary))
     log(f"report (open it in a browser): {report}")
     return summary
+
+
+def _generate_benchmark(cfg: DemoConfig, data: Path, log: Log) -> None:
+    """Step 1: the procedural benchmark, unless a complete one is already there."""
+    if (data / "synth.json").exists() and (data / "layer1.json").exists():
+        log(f"reusing {data}")
+    else:
+        _malm(["data", "synth", str(data), "--recipes", str(cfg.recipes), "--seed", str(cfg.seed), "--force"], log)
+
+
+def _train(cfg: DemoConfig, data: Path, run: Path, log: Log) -> None:
+    """Step 2: train (or resume) the preset, unless the run already reached its epochs."""
+    if _training_done(run, cfg.epochs):
+        log(f"reusing {run}")
+        return
+    args = ["train", "--data", str(data), "--out", str(run), "--eval-size", str(cfg.eval_size)]
+    if (run / "last.state.json").exists():
+        args.append("--resume")
+    else:
+        args += ["--preset", cfg.preset]
+    if cfg.epochs is not None:
+        args += ["--epochs", str(cfg.epochs)]
+    _malm(args, log)
+
+
+def _evaluate(out: Path, data: Path, run: Path, log: Log) -> dict[str, Any]:
+    """Step 3: the Recipe1M protocol on the test split (reused from eval.json when there), logged as a table."""
+    evaluation_file = out / "eval.json"
+    evaluation = _read_json(evaluation_file)
+    if evaluation is None:
+        # No --size: 1k is used when the test split has 1k pairs, else all of them (with a note).
+        text = _malm(["eval", "--checkpoint", str(run), "--data", str(data), "--split", "test", "--json"],
+                     log, capture=True)
+        evaluation = json.loads(text)
+        evaluation_file.write_text(json.dumps(evaluation, indent=2))
+    # on use only: keeps numpy out of the command line's start
+    from malm.evaluation import format_table
+
+    log(format_table(evaluation))
+    return evaluation
+
+
+def _export(cfg: DemoConfig, data: Path, run: Path, bundle: Path, log: Log) -> None:
+    """Step 4: the int8 ONNX image encoder (and CoreML) into the bundle, each unless already exported."""
+    student = cfg.student
+    student_args = ["--student", "none"] if student == "none" else ["--distill-epochs", str(cfg.distill_epochs)]
+    manifest = _read_json(bundle / "manifest.json") or {}
+    if "image_int8" not in manifest.get("encoders", {}):
+        _malm(["export", "--checkpoint", str(run), "--target", "onnx", "--int8", "--data", str(data),
+               "--bundle", str(bundle), *student_args], log)
+    else:
+        log(f"reusing the ONNX encoders in {bundle}")
+    manifest = _read_json(bundle / "manifest.json") or {}
+    if cfg.coreml and not any(e.get("kind") == "coreml" for e in manifest.get("encoders", {}).values()):
+        _malm(["export", "--checkpoint", str(run), "--target", "coreml", "--data", str(data),
+               "--bundle", str(bundle), *student_args], log)
+
+
+def _build_index(data: Path, run: Path, bundle: Path, log: Log) -> None:
+    """Step 5: the recipe index in the bundle, unless it has one."""
+    manifest = _read_json(bundle / "manifest.json") or {}
+    if not manifest.get("index"):
+        _malm(["index", "build", "--checkpoint", str(run), "--recipes", str(data), "--bundle", str(bundle)], log)
+    else:
+        log(f"reusing the index in {bundle}")
 
 
 def oracle_ceiling(data: Path, evaluation: dict[str, Any]) -> dict[str, Any]:

@@ -119,16 +119,8 @@ def render(spec: PhotoSpec) -> Image.Image:
 
 def render_logged(spec: PhotoSpec) -> tuple[Image.Image, tuple[str, ...]]:
     """The photo of `spec` and the ingredients drawn on it (sorted names; the same random draws as `render`)."""
-    drawn: set[str] = set()
-
-    def _fill_color(name: str) -> RGB:
-        drawn.add(name)
-        return INGREDIENTS[name].color
-
-    def _pieces(d: ImageDraw.ImageDraw, name: str, amount: float, regions: list[tuple[float, float, float]],
-                k: float, rnd: random.Random) -> None:
-        _draw_pieces(d, name, amount, regions, k, rnd, drawn)
-
+    # One random stream for the whole photo: the stages below draw from it in this order (background, frame,
+    # container, base, toppings, camera), so changing that order changes every generated photo.
     rnd = random.Random(spec.seed)
     rng = np.random.default_rng(spec.seed)
     big = spec.size * SUPERSAMPLE
@@ -140,9 +132,41 @@ def render_logged(spec: PhotoSpec) -> tuple[Image.Image, tuple[str, ...]]:
     k = R / (0.41 * 128)  # canvas px per catalogue px (sizes are for a dish of radius 0.41 in a 128 px photo)
     bg_mean = img.resize((1, 1)).getpixel((0, 0))
     shadow = _scale(bg_mean, 0.7)  # type: ignore[arg-type]
+    rf = _draw_container(d, spec.container, rnd, cx, cy, R, shadow)
+    c = _Canvas(d, rnd, cx, cy, rf, k, set())
+    items = list(spec.items)
+    regions = _draw_base(c, spec, items)
+    _draw_toppings(c, spec, items, regions)
+    return _camera(img, spec.size, rnd, rng), tuple(sorted(c.drawn))
 
-    # the container
-    if spec.container == "board":
+
+_Region = tuple[float, float, float]  # (x, y, radius) of a disk that pieces are scattered in
+
+
+@dataclass(frozen=True)
+class _Canvas:
+    """One photo being drawn: where the food sits, its scale, the photo's random stream and what was drawn."""
+
+    d: ImageDraw.ImageDraw
+    rnd: random.Random
+    cx: float
+    cy: float
+    rf: float  # the food's radius, inside the container
+    k: float  # canvas px per catalogue px
+    drawn: set[str]  # ingredients put on the canvas (render_logged's log)
+
+    def fill_color(self, name: str) -> RGB:
+        self.drawn.add(name)
+        return INGREDIENTS[name].color
+
+    def pieces(self, name: str, amount: float, regions: list[_Region]) -> None:
+        _draw_pieces(self.d, name, amount, regions, self.k, self.rnd, self.drawn)
+
+
+def _draw_container(d: ImageDraw.ImageDraw, container: str, rnd: random.Random, cx: float, cy: float, R: float,
+                    shadow: RGB) -> float:
+    """The board, skillet, plate or bowl with its shadow; returns the radius the food fills inside it."""
+    if container == "board":
         wood = _jitter(_BOARDS[rnd.randrange(len(_BOARDS))], rnd)
         a = rnd.uniform(0, math.pi)
         corners = [(-1.05 * R, -0.95 * R), (1.05 * R, -0.95 * R), (1.05 * R, 0.95 * R), (-1.05 * R, 0.95 * R)]
@@ -150,107 +174,145 @@ def render_logged(spec: PhotoSpec) -> tuple[Image.Image, tuple[str, ...]]:
         d.polygon(_rot(corners, cx, cy, a), fill=wood)
         for j in range(-3, 4):  # grain lines
             d.line(_rot([(-R, j * 0.25 * R), (R, j * 0.25 * R)], cx, cy, a), fill=_scale(wood, 0.88), width=2)
-        rf = 0.86 * R
-    elif spec.container == "skillet":
+        return 0.86 * R
+    if container == "skillet":
         a = rnd.uniform(0, 2 * math.pi)
         _ellipse(d, cx + 0.06 * R, cy + 0.08 * R, R, R, fill=shadow)
         d.line(_rot([(0.9 * R, 0), (1.6 * R, 0)], cx, cy, a), fill=(35, 35, 38), width=int(0.2 * R))
         _ellipse(d, cx, cy, R, R, fill=(45, 45, 48))
         _ellipse(d, cx, cy, 0.9 * R, 0.9 * R, fill=(60, 60, 64))
-        rf = 0.8 * R
+        return 0.8 * R
+    plate = _jitter(_PLATES[rnd.randrange(len(_PLATES))], rnd, 6)
+    _ellipse(d, cx + 0.06 * R, cy + 0.08 * R, R, R, fill=shadow)
+    _ellipse(d, cx, cy, R, R, fill=plate)
+    if container == "bowl":
+        _ellipse(d, cx, cy, 0.86 * R, 0.86 * R, fill=_scale(plate, 0.78))
+        return 0.8 * R
+    _ellipse(d, cx, cy, 0.78 * R, 0.78 * R, fill=_scale(plate, 0.94))
+    return 0.74 * R
+
+
+def _draw_base(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    """The dish's base (sauce and pasta, soup, crust, bread...); returns the regions its toppings go in.
+    A curry's rice is drawn here as a mound beside it and taken out of `items`."""
+    draw = _BASES.get(spec.dish)
+    return draw(c, spec, items) if draw else [(c.cx, c.cy, 0.85 * c.rf)]
+
+
+def _base_pasta(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    d, rnd, cx, cy, rf = c.d, c.rnd, c.cx, c.cy, c.rf
+    if spec.sauce:
+        d.polygon(_blob_points(cx, cy, 0.8 * rf, rnd, 12), fill=c.fill_color(spec.sauce))
+    c.pieces(spec.base, 1.0, [(cx, cy, 0.78 * rf)])
+    if spec.sauce:
+        for _ in range(6):
+            sx, sy = _in_disk(rnd, cx, cy, 0.6 * rf)
+            d.polygon(_blob_points(sx, sy, 0.14 * rf, rnd), fill=c.fill_color(spec.sauce))
+    return [(cx, cy, 0.7 * rf)]
+
+
+def _base_salad(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    c.pieces(spec.base, 1.0, [(c.cx, c.cy, 0.85 * c.rf)])
+    return [(c.cx, c.cy, 0.75 * c.rf)]
+
+
+def _base_soup(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    d, rnd, cx, cy, rf = c.d, c.rnd, c.cx, c.cy, c.rf
+    fill = c.fill_color(spec.base)
+    _ellipse(d, cx, cy, rf, rf, fill=fill)
+    _ellipse(d, cx + 0.2 * rf, cy - 0.15 * rf, 0.4 * rf, 0.3 * rf, fill=_mix(fill, INGREDIENTS[spec.base].color2, 0.6))
+    grains = [it for it in items if INGREDIENTS[it[0]].shape == "grain" and INGREDIENTS[it[0]].count >= 100]
+    for name, amount in grains:  # rice served on the side of a curry: one mound
+        side = rnd.uniform(0, 2 * math.pi)
+        mx, my = cx + 0.45 * rf * math.cos(side), cy + 0.45 * rf * math.sin(side)
+        _ellipse(d, mx, my, 0.45 * rf, 0.45 * rf, fill=c.fill_color(name))
+        c.pieces(name, amount * 0.5, [(mx, my, 0.4 * rf)])
+        items.remove((name, amount))
+    return [(cx, cy, 0.8 * rf)]
+
+
+def _base_bowl(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    base = INGREDIENTS[spec.base]
+    c.drawn.add(spec.base)
+    _ellipse(c.d, c.cx, c.cy, c.rf, c.rf, fill=_mix(base.color, base.color2, 0.3))
+    c.pieces(spec.base, 0.6, [(c.cx, c.cy, 0.95 * c.rf)])
+    return [(c.cx, c.cy, 0.85 * c.rf)]
+
+
+def _base_dessert(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    d, cx, cy, rf = c.d, c.cx, c.cy, c.rf
+    base = INGREDIENTS[spec.base]
+    c.drawn.add(spec.base)
+    if spec.base == "pancake mix":
+        for j in range(3, 0, -1):
+            _ellipse(d, cx, cy + j * 0.05 * rf, 0.75 * rf, 0.7 * rf, fill=base.color2)
+            _ellipse(d, cx, cy + j * 0.05 * rf - 0.04 * rf, 0.72 * rf, 0.66 * rf, fill=base.color)
     else:
-        plate = _jitter(_PLATES[rnd.randrange(len(_PLATES))], rnd, 6)
-        _ellipse(d, cx + 0.06 * R, cy + 0.08 * R, R, R, fill=shadow)
-        _ellipse(d, cx, cy, R, R, fill=plate)
-        if spec.container == "bowl":
-            _ellipse(d, cx, cy, 0.86 * R, 0.86 * R, fill=_scale(plate, 0.78))
-            rf = 0.8 * R
-        else:
-            _ellipse(d, cx, cy, 0.78 * R, 0.78 * R, fill=_scale(plate, 0.94))
-            rf = 0.74 * R
+        _ellipse(d, cx, cy, rf, rf, fill=base.color)
+        _ellipse(d, cx - 0.2 * rf, cy - 0.2 * rf, 0.35 * rf, 0.3 * rf, fill=base.color2)
+    return [(cx, cy, 0.6 * rf)]
 
-    items = list(spec.items)
-    regions = [(cx, cy, 0.85 * rf)]
-    dish = spec.dish
-    if dish == "pasta":
-        if spec.sauce:
-            d.polygon(_blob_points(cx, cy, 0.8 * rf, rnd, 12), fill=_fill_color(spec.sauce))
-        _pieces(d, spec.base, 1.0, [(cx, cy, 0.78 * rf)], k, rnd)
-        if spec.sauce:
-            for _ in range(6):
-                sx, sy = _in_disk(rnd, cx, cy, 0.6 * rf)
-                d.polygon(_blob_points(sx, sy, 0.14 * rf, rnd), fill=_fill_color(spec.sauce))
-        regions = [(cx, cy, 0.7 * rf)]
-    elif dish == "salad":
-        _pieces(d, spec.base, 1.0, [(cx, cy, 0.85 * rf)], k, rnd)
-        regions = [(cx, cy, 0.75 * rf)]
-    elif dish in ("soup", "curry"):
-        fill = _fill_color(spec.base)
-        _ellipse(d, cx, cy, rf, rf, fill=fill)
-        _ellipse(d, cx + 0.2 * rf, cy - 0.15 * rf, 0.4 * rf, 0.3 * rf, fill=_mix(fill, INGREDIENTS[spec.base].color2, 0.6))
-        grains = [it for it in items if INGREDIENTS[it[0]].shape == "grain" and INGREDIENTS[it[0]].count >= 100]
-        for name, amount in grains:  # rice served on the side of a curry: one mound
-            side = rnd.uniform(0, 2 * math.pi)
-            mx, my = cx + 0.45 * rf * math.cos(side), cy + 0.45 * rf * math.sin(side)
-            _ellipse(d, mx, my, 0.45 * rf, 0.45 * rf, fill=_fill_color(name))
-            _pieces(d, name, amount * 0.5, [(mx, my, 0.4 * rf)], k, rnd)
-            items.remove((name, amount))
-        regions = [(cx, cy, 0.8 * rf)]
-    elif dish == "bowl":
-        base = INGREDIENTS[spec.base]
-        drawn.add(spec.base)
-        _ellipse(d, cx, cy, rf, rf, fill=_mix(base.color, base.color2, 0.3))
-        _pieces(d, spec.base, 0.6, [(cx, cy, 0.95 * rf)], k, rnd)
-    elif dish == "dessert":
-        base = INGREDIENTS[spec.base]
-        drawn.add(spec.base)
-        if spec.base == "pancake mix":
-            for j in range(3, 0, -1):
-                _ellipse(d, cx, cy + j * 0.05 * rf, 0.75 * rf, 0.7 * rf, fill=base.color2)
-                _ellipse(d, cx, cy + j * 0.05 * rf - 0.04 * rf, 0.72 * rf, 0.66 * rf, fill=base.color)
-        else:
-            _ellipse(d, cx, cy, rf, rf, fill=base.color)
-            _ellipse(d, cx - 0.2 * rf, cy - 0.2 * rf, 0.35 * rf, 0.3 * rf, fill=base.color2)
-        regions = [(cx, cy, 0.6 * rf)]
-    elif dish == "pizza":
-        _ellipse(d, cx, cy, rf, rf, fill=_CRUST_EDGE)
-        _ellipse(d, cx, cy, 0.95 * rf, 0.95 * rf, fill=_CRUST)
-        _ellipse(d, cx, cy, 0.84 * rf, 0.84 * rf, fill=_fill_color(spec.base))
-        for _ in range(rnd.randint(6, 9)):
-            mx, my = _in_disk(rnd, cx, cy, 0.65 * rf)
-            d.polygon(_blob_points(mx, my, 0.15 * rf, rnd), fill=_MOZZARELLA)
-        regions = [(cx, cy, 0.72 * rf)]
-    elif dish == "stir-fry":
-        if spec.sauce:
-            d.polygon(_blob_points(cx, cy, 0.85 * rf, rnd, 12), fill=_fill_color(spec.sauce))
-        _pieces(d, spec.base, 0.8, [(cx, cy, 0.8 * rf)], k, rnd)
-        regions = [(cx, cy, 0.75 * rf)]
-    elif dish == "sandwich":
-        base = INGREDIENTS[spec.base]
-        drawn.add(spec.base)
-        a = rnd.uniform(-0.4, 0.4)
-        regions = []
-        for side in (-1, 1):
-            sx, sy = cx + side * 0.48 * rf * math.cos(a), cy + side * 0.48 * rf * math.sin(a)
-            sq = [(-0.45 * rf, -0.5 * rf), (0.45 * rf, -0.5 * rf), (0.45 * rf, 0.45 * rf), (-0.45 * rf, 0.45 * rf)]
-            d.polygon(_rot(sq, sx, sy, a), fill=base.color2)
-            d.polygon(_rot([(0.88 * px, 0.88 * py) for px, py in sq], sx, sy, a), fill=base.color)
-            regions.append((sx, sy, 0.33 * rf))
-    elif dish == "tacos":
-        base = INGREDIENTS[spec.base]
-        drawn.add(spec.base)
-        n = rnd.randint(2, 3)
-        a0 = rnd.uniform(0, 2 * math.pi)
-        regions = []
-        for j in range(n):
-            t = a0 + 2 * math.pi * j / n
-            tx, ty = cx + 0.45 * rf * math.cos(t), cy + 0.45 * rf * math.sin(t)
-            _ellipse(d, tx, ty, 0.5 * rf, 0.5 * rf, fill=base.color2)
-            _ellipse(d, tx, ty, 0.46 * rf, 0.46 * rf, fill=base.color)
-            regions.append((tx, ty, 0.32 * rf))
 
-    # the toppings
-    if dish == "bowl":  # each topping in its own sector, as grain bowls are plated
+def _base_pizza(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    d, rnd, cx, cy, rf = c.d, c.rnd, c.cx, c.cy, c.rf
+    _ellipse(d, cx, cy, rf, rf, fill=_CRUST_EDGE)
+    _ellipse(d, cx, cy, 0.95 * rf, 0.95 * rf, fill=_CRUST)
+    _ellipse(d, cx, cy, 0.84 * rf, 0.84 * rf, fill=c.fill_color(spec.base))
+    for _ in range(rnd.randint(6, 9)):
+        mx, my = _in_disk(rnd, cx, cy, 0.65 * rf)
+        d.polygon(_blob_points(mx, my, 0.15 * rf, rnd), fill=_MOZZARELLA)
+    return [(cx, cy, 0.72 * rf)]
+
+
+def _base_stir_fry(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    if spec.sauce:
+        c.d.polygon(_blob_points(c.cx, c.cy, 0.85 * c.rf, c.rnd, 12), fill=c.fill_color(spec.sauce))
+    c.pieces(spec.base, 0.8, [(c.cx, c.cy, 0.8 * c.rf)])
+    return [(c.cx, c.cy, 0.75 * c.rf)]
+
+
+def _base_sandwich(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    d, rnd, cx, cy, rf = c.d, c.rnd, c.cx, c.cy, c.rf
+    base = INGREDIENTS[spec.base]
+    c.drawn.add(spec.base)
+    a = rnd.uniform(-0.4, 0.4)
+    regions: list[_Region] = []
+    for side in (-1, 1):
+        sx, sy = cx + side * 0.48 * rf * math.cos(a), cy + side * 0.48 * rf * math.sin(a)
+        sq = [(-0.45 * rf, -0.5 * rf), (0.45 * rf, -0.5 * rf), (0.45 * rf, 0.45 * rf), (-0.45 * rf, 0.45 * rf)]
+        d.polygon(_rot(sq, sx, sy, a), fill=base.color2)
+        d.polygon(_rot([(0.88 * px, 0.88 * py) for px, py in sq], sx, sy, a), fill=base.color)
+        regions.append((sx, sy, 0.33 * rf))
+    return regions
+
+
+def _base_tacos(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]]) -> list[_Region]:
+    d, rnd, cx, cy, rf = c.d, c.rnd, c.cx, c.cy, c.rf
+    base = INGREDIENTS[spec.base]
+    c.drawn.add(spec.base)
+    n = rnd.randint(2, 3)
+    a0 = rnd.uniform(0, 2 * math.pi)
+    regions: list[_Region] = []
+    for j in range(n):
+        t = a0 + 2 * math.pi * j / n
+        tx, ty = cx + 0.45 * rf * math.cos(t), cy + 0.45 * rf * math.sin(t)
+        _ellipse(d, tx, ty, 0.5 * rf, 0.5 * rf, fill=base.color2)
+        _ellipse(d, tx, ty, 0.46 * rf, 0.46 * rf, fill=base.color)
+        regions.append((tx, ty, 0.32 * rf))
+    return regions
+
+
+_BASES = {
+    "pasta": _base_pasta, "salad": _base_salad, "soup": _base_soup, "curry": _base_soup, "bowl": _base_bowl,
+    "dessert": _base_dessert, "pizza": _base_pizza, "stir-fry": _base_stir_fry, "sandwich": _base_sandwich,
+    "tacos": _base_tacos,
+}
+
+
+def _draw_toppings(c: _Canvas, spec: PhotoSpec, items: list[tuple[str, float]], regions: list[_Region]) -> None:
+    """The ingredients on the base, bottom layer first, then the sauce when it is drizzled or dolloped."""
+    rnd, cx, cy, rf = c.rnd, c.cx, c.cy, c.rf
+    if spec.dish == "bowl":  # each topping in its own sector, as grain bowls are plated
         order = items[:]
         start = rnd.uniform(0, 2 * math.pi)
         width = 2 * math.pi / max(1, len(order))
@@ -258,29 +320,26 @@ def render_logged(spec: PhotoSpec) -> tuple[Image.Image, tuple[str, ...]]:
             mid = start + (j + 0.5) * width
             sub = [(cx + 0.55 * rf * math.cos(mid + o * width * 0.25), cy + 0.55 * rf * math.sin(mid + o * width * 0.25),
                     0.28 * rf) for o in (-1, 0, 1)]
-            _pieces(d, name, amount, sub, k, rnd)
+            c.pieces(name, amount, sub)
         if spec.sauce:
             for _ in range(2):
                 sx, sy = _in_disk(rnd, cx, cy, 0.3 * rf)
-                d.line(_curve(sx, sy, 1.1 * rf, rnd.uniform(0, 6.3), rnd, 0.9, 6),
-                       fill=_fill_color(spec.sauce), width=max(2, int(3 * k)), joint="curve")
-    else:
-        order = sorted(items, key=lambda it: _LAYER.get(INGREDIENTS[it[0]].category, 2))
-        for name, amount in order:
-            ing = INGREDIENTS[name]
-            if ing.category == "fruit" and ing.shape == "wedge" and dish not in ("dessert",):
-                # citrus wedges sit on the rim, beside the food
-                t = rnd.uniform(0, 2 * math.pi)
-                _pieces(d, name, amount, [(cx + 0.85 * rf * math.cos(t), cy + 0.85 * rf * math.sin(t), 0.1 * rf)],
-                        k, rnd)
-            elif ing.shape == "grain" and ing.count >= 100:
-                _pieces(d, name, amount * 0.5, [regions[0][:2] + (0.4 * rf,)], k, rnd)
-            else:
-                _pieces(d, name, amount, regions, k, rnd)
-        if spec.sauce and INGREDIENTS[spec.sauce].shape in ("drizzle", "blob"):
-            _pieces(d, spec.sauce, 1.0, regions, k, rnd)
-
-    return _camera(img, spec.size, rnd, rng), tuple(sorted(drawn))
+                c.d.line(_curve(sx, sy, 1.1 * rf, rnd.uniform(0, 6.3), rnd, 0.9, 6),
+                         fill=c.fill_color(spec.sauce), width=max(2, int(3 * c.k)), joint="curve")
+        return
+    order = sorted(items, key=lambda it: _LAYER.get(INGREDIENTS[it[0]].category, 2))
+    for name, amount in order:
+        ing = INGREDIENTS[name]
+        if ing.category == "fruit" and ing.shape == "wedge" and spec.dish not in ("dessert",):
+            # citrus wedges sit on the rim, beside the food
+            t = rnd.uniform(0, 2 * math.pi)
+            c.pieces(name, amount, [(cx + 0.85 * rf * math.cos(t), cy + 0.85 * rf * math.sin(t), 0.1 * rf)])
+        elif ing.shape == "grain" and ing.count >= 100:
+            c.pieces(name, amount * 0.5, [regions[0][:2] + (0.4 * rf,)])
+        else:
+            c.pieces(name, amount, regions)
+    if spec.sauce and INGREDIENTS[spec.sauce].shape in ("drizzle", "blob"):
+        c.pieces(spec.sauce, 1.0, regions)
 
 
 @functools.lru_cache(maxsize=8)

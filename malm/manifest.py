@@ -8,7 +8,6 @@ are kept in each section's `extra` and written back unchanged, so a newer writer
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +26,10 @@ from malm.manifest_spec import (  # noqa: F401  (re-exported: the manifest's sec
     PreprocessSection,
     RecipeSelfCheckSection,
     TokenizerSection,
+    _extra,
+    _is_int,
+    _is_num,
+    _obj,
     _selfcheck_dtype,
 )
 
@@ -84,25 +87,6 @@ def _bounded(section: str, **values: int) -> None:
 
 _BOUNDS = {"dim": MAX_DIM, "M": MAX_M, "ef_construction": MAX_EF, "ef_search": MAX_EF, "count": MAX_ELEMENTS,
            "max_elements": MAX_ELEMENTS, "next_label": MAX_ELEMENTS, "candidates": MAX_CANDIDATES}
-
-
-def _obj(d: Any, where: str, name: str) -> Mapping[str, Any]:
-    if not isinstance(d, Mapping):
-        raise BundleError(f"{where}: manifest '{name}' must be an object, got {type(d).__name__}")
-    return d
-
-
-def _extra(d: Mapping[str, Any], cls: type) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    return {k: v for k, v in d.items() if k not in known}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)

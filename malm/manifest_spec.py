@@ -25,7 +25,7 @@ RECIPE_INPUTS = ("title", "ingredients", "instructions")
 MAX_SELFCHECK = 100_000  # self-check reference items
 
 
-# The manifest's small shape checks (malm/manifest.py has the same four; this module must not import it: a cycle).
+# The manifest's small shape checks (malm/manifest.py imports them from here: this module cannot import it).
 def _obj(d: Any, where: str, name: str) -> Mapping[str, Any]:
     if not isinstance(d, Mapping):
         raise BundleError(f"{where}: manifest '{name}' must be an object, got {type(d).__name__}")

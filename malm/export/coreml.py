@@ -125,12 +125,7 @@ def _convert_variants(encoder: nn.Module, outputs: list[tuple[Path, str]], cfg: 
         for k, v in meta.items():
             mlmodel.user_defined_metadata[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
         mlmodel.short_description = "malm image encoder: photo → L2-normalized recipe-space embedding"
-        with tempfile.TemporaryDirectory(prefix="malm-coreml-", dir=out_path.parent) as tmp:
-            staged = Path(tmp) / out_path.name
-            mlmodel.save(str(staged))
-            if out_path.exists():
-                shutil.rmtree(out_path)
-            staged.rename(out_path)
+        _save_package(mlmodel, out_path)
         info = inspect_spec(mlmodel)
         info["weights"] = weights
         info["prediction"] = prediction_note()
@@ -236,12 +231,7 @@ def convert_recipe(model: nn.Module, out_path: Path, example: dict[str, np.ndarr
         for k, v in (metadata or {}).items():
             mlmodel.user_defined_metadata[k] = v
         mlmodel.short_description = "malm recipe encoder: token ids → L2-normalized recipe-space embedding"
-        with tempfile.TemporaryDirectory(prefix="malm-coreml-", dir=out_path.parent) as tmp:
-            staged = Path(tmp) / out_path.name
-            mlmodel.save(str(staged))
-            if out_path.exists():
-                shutil.rmtree(out_path)
-            staged.rename(out_path)
+        _save_package(mlmodel, out_path)
     if not parity >= 0.9999:
         raise MalmError(f"CoreML conversion of the recipe encoder: the exported program differs from the model "
                         f"(min cosine {parity:.6f} < 0.9999)")
@@ -249,3 +239,13 @@ def convert_recipe(model: nn.Module, out_path: Path, example: dict[str, np.ndarr
     info["exported_parity"] = round(parity, 6)
     info["prediction"] = prediction_note()
     return info
+
+
+def _save_package(mlmodel: Any, out_path: Path) -> None:
+    """Save an .mlpackage beside its destination, then swap it in: a killed save never leaves half a package."""
+    with tempfile.TemporaryDirectory(prefix="malm-coreml-", dir=out_path.parent) as tmp:
+        staged = Path(tmp) / out_path.name
+        mlmodel.save(str(staged))
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        staged.rename(out_path)

@@ -62,11 +62,19 @@ def test_heads_are_saved_with_each_tag(run: dict[str, Path]) -> None:
         assert step == json.loads((run["run"] / f"{tag}.json").read_text())["step"]
 
 
-def test_default_export_ships_own_tower_head_index_and_calibrated_weight(run: dict[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def default_export(run: dict[str, Path]) -> tuple[Path, Any]:
+    """`malm export` with its defaults, once for the module: (the bundle, the CLI result)."""
     bundle = run["root"] / "bundle"
     res = _invoke(["export", "--checkpoint", str(run["run"]), "--data", str(run["data"]), "--bundle", str(bundle),
                    "--target", "onnx", "--eval-images", "6", "--json"])
     assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    return bundle, res
+
+
+def test_default_export_ships_own_tower_head_index_and_calibrated_weight(
+        default_export: tuple[Path, Any]) -> None:
+    bundle, res = default_export
     report = json.loads(res.stdout)
     assert report["student"] == "none"  # a tiny tower ships itself: no distillation by default
     assert "student: none (the trained image tower" in res.stderr
@@ -124,15 +132,14 @@ def test_a_head_of_another_step_than_the_encoders_is_refused(run: dict[str, Path
     assert verify(tmp_path / "b3")["encoders"]["matching_head"]["source"] == "last.state.safetensors"
 
 
-def test_sdk_benchmark_measures_the_exported_bundle(run: dict[str, Path], tmp_path: Path) -> None:
+def test_sdk_benchmark_measures_the_exported_bundle(run: dict[str, Path], default_export: tuple[Path, Any],
+                                                   tmp_path: Path) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks import rerank_sdk
 
-    bundle = run["root"] / "bundle"  # from test_default_export_ships_own_tower_head_index_and_calibrated_weight
-    if not (bundle / "manifest.json").is_file():
-        pytest.skip("needs the default export above (run the module, not this test alone)")
+    bundle = default_export[0]
     assert rerank_sdk.main(["--bundle", str(bundle), "--data", str(run["data"]), "--out", str(tmp_path),
                             "--name", "r"]) == 0
     result = json.loads((tmp_path / "r.json").read_text())

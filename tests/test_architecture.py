@@ -108,6 +108,15 @@ def _top_level_imports(module: str, anywhere: bool = False) -> set[str]:
     return out
 
 
+def _module_of(name: str) -> str:
+    """The malm module an import names (`from malm.x import y`: y may be a name in malm.x, not a module)."""
+    return name if name in MODULES else name.rsplit(".", 1)[0]
+
+
+def _is_third_party(top: str) -> bool:
+    return top not in sys.stdlib_module_names and top != "__future__"
+
+
 @cache
 def third_party(module: str) -> frozenset[str]:
     """Third-party packages that importing `module` loads (transitively, its parent packages included)."""
@@ -123,8 +132,8 @@ def third_party(module: str) -> frozenset[str]:
         for name in _top_level_imports(mod):
             top = name.split(".")[0]
             if top == "malm":
-                todo.append(name if name in MODULES else name.rsplit(".", 1)[0])
-            elif top not in sys.stdlib_module_names and top != "__future__":
+                todo.append(_module_of(name))
+            elif _is_third_party(top):
                 found.add(top)
     return frozenset(found)
 
@@ -136,8 +145,8 @@ def third_party_in_use(module: str) -> frozenset[str]:
     for name in _top_level_imports(module, anywhere=True):
         top = name.split(".")[0]
         if top == "malm":
-            found |= third_party(name if name in MODULES else name.rsplit(".", 1)[0])
-        elif top not in sys.stdlib_module_names and top != "__future__":
+            found |= third_party(_module_of(name))
+        elif _is_third_party(top):
             found.add(top)
     return frozenset(found)
 
@@ -152,7 +161,7 @@ def startup_modules() -> frozenset[str]:
             continue
         seen.add(mod)
         todo.extend(".".join(mod.split(".")[:i]) for i in range(1, mod.count(".") + 1))
-        todo.extend(n if n in MODULES else n.rsplit(".", 1)[0] for n in _top_level_imports(mod) if n.startswith("malm"))
+        todo.extend(_module_of(n) for n in _top_level_imports(mod) if n.startswith("malm"))
     return frozenset(seen)
 
 
